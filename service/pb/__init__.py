@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC code for proto/meterd/v1 (regenerate with `make proto`)."""
