@@ -1,0 +1,1 @@
+"""Test-only helpers: locating real binaries and starting real servers for integration tests."""
