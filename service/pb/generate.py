@@ -19,9 +19,8 @@ _IMPORT = re.compile(r"^from meterd\.v1 import ", re.MULTILINE)
 
 
 def generate(out_dir: Path) -> list[Path]:
-    from grpc_tools import protoc  # dev dependency, only needed to regenerate
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency, only needed to regenerate
 
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     include = str(Path(grpc_tools.__file__).parent / "_proto")

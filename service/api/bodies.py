@@ -1,0 +1,60 @@
+"""Request-body parsing: size cap, JSON decoding, and pydantic models for the account API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.requests import Request
+
+from service.api.problems import Problem, invalid
+
+MAX_QUOTA = 1 << 62
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise Problem(413, "Content Too Large", f"request body exceeds {max_bytes} bytes")
+    # The body is parsed as JSON whatever Content-Type says (curl -d sends form-urlencoded);
+    # a body that is not JSON gets a 400 that says so.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise Problem(413, "Content Too Large", f"request body exceeds {max_bytes} bytes")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}", slug="malformed-json") from None
+
+
+def parse_model(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body",
+                   "detail": "unknown field" if e["type"] == "extra_forbidden" else e["msg"]}
+                  for e in exc.errors()]
+        raise invalid(errors) from None
+
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class AccountCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    quota_bytes: Annotated[int, Field(ge=0, le=MAX_QUOTA, strict=True)] | None = None
+    status: Literal["active", "suspended"] = "active"
+
+
+class AccountPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name | None = None
+    quota_bytes: Annotated[int, Field(ge=0, le=MAX_QUOTA, strict=True)] | None = None
+    status: Literal["active", "suspended"] | None = None

@@ -1,0 +1,169 @@
+"""meterd configuration: YAML file, then ``METERD_*`` environment variables (nested with ``__``).
+
+Precedence, highest first: command-line flags, environment, YAML file, defaults. Unknown keys in
+the YAML file are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+
+
+class GrpcSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    max_message_bytes: int = Field(4 * 1024 * 1024, gt=0)
+
+
+class AdminSettings(_Section):
+    """Port for /metrics, /healthz, /readyz of roles that serve no user HTTP (writer, consumer)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9100, ge=0, le=65535)
+
+
+class DatabaseSettings(_Section):
+    # None: a SQLite file in data_dir. Production: postgresql+asyncpg://user:pass@host/db
+    url: SecretStr | None = None
+    pool_size: int = Field(10, gt=0)
+    echo: bool = False
+
+
+class KafkaSettings(_Section):
+    # Empty: start the embedded Tansu broker (development / `meterd up`).
+    bootstrap_servers: str = ""
+    topic: str = "meterd.traffic.v1"
+    dlq_topic: str = "meterd.traffic.v1.dlq"
+    partitions: int = Field(4, gt=0)
+    replication_factor: int = Field(1, gt=0)
+    create_topics: bool = True
+    # Tansu rejects InitProducerId, so idempotence is off by default; batch_id dedupe keeps
+    # correctness either way. Turn it on against Apache Kafka.
+    enable_idempotence: bool = False
+    linger_ms: int = Field(2, ge=0)
+    request_timeout_ms: int = Field(10_000, gt=0)
+    group_id: str = "meterd-aggregator"
+    embedded_port: int = Field(0, ge=0, le=65535)  # 0: a free port
+
+
+class IngestSettings(_Section):
+    max_batch_records: int = Field(10_000, gt=0)
+    max_past_seconds: int = Field(7 * 24 * 3600, gt=0)
+    max_future_seconds: int = Field(300, ge=0)
+    # Per-record ceilings keep per-minute sums far from BIGINT overflow.
+    max_bytes_per_record: int = Field(1 << 44, gt=0)
+    max_requests_per_record: int = Field(1 << 32, gt=0)
+    account_cache_seconds: float = Field(2.0, ge=0)
+    ack_cache_size: int = Field(200_000, ge=0)
+
+
+class ConsumerSettings(_Section):
+    flush_interval_seconds: float = Field(1.0, gt=0)
+    max_buffer_records: int = Field(200_000, gt=0)
+    fetch_max_records: int = Field(2_000, gt=0)
+    # How long batch ids are remembered for dedupe; retries older than this count again.
+    dedupe_retention_seconds: int = Field(7 * 24 * 3600, gt=0)
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["console", "json"] = "console"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="METERD_", env_nested_delimiter="__", extra="forbid")
+
+    service_name: str = Field("meterd", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # development: a random admin token is generated when none is set. production: refuse to start.
+    mode: Literal["development", "production"] | None = None
+    admin_token: SecretStr | None = None
+    data_dir: Path = Path("meterd-data")
+    http: HttpSettings = HttpSettings()
+    grpc: GrpcSettings = GrpcSettings()
+    admin: AdminSettings = AdminSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    ingest: IngestSettings = IngestSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+    log: LogSettings = LogSettings()
+    # Validated by the governance, profiling and relay libraries' own models.
+    governance: dict[str, Any] = Field(default_factory=dict)
+    profiling: dict[str, Any] = Field(default_factory=dict)
+    relay: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs carry the YAML file; the environment must win over it.
+        return env_settings, init_settings
+
+    def database_url(self) -> str:
+        if self.database.url is not None:
+            return self.database.url.get_secret_value()
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'meterd.db').resolve()}"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for a person (the CLI prints it and exits 2)."""
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        env = "METERD_" + "__".join(str(p).upper() for p in err["loc"])
+        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {key}: {msg} (YAML key '{key}' or env {env})")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Reads YAML (optional), applies the environment, then command-line overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    return _override(settings, overrides or {})
+
+
+def _override(model: BaseModel, overrides: dict[str, Any]) -> Any:
+    """Applies already-typed command-line values on top of file and environment (flags win)."""
+    update: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        current = getattr(model, key)
+        update[key] = _override(current, value) if isinstance(value, dict) else value
+    return model.model_copy(update=update)

@@ -1,0 +1,102 @@
+"""gRPC transport of the write path: meterd.v1.TrafficWriter, plus health and reflection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from service.auth import Authenticator, Principal
+from service.ingest.errors import BatchConflict, BrokerUnavailable, ForeignRecords, IngestError, InvalidBatch
+from service.ingest.writer import IngestService
+from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc
+
+log = logging.getLogger("meterd.grpc")
+SERVICE_NAME = traffic_pb2.DESCRIPTOR.services_by_name["TrafficWriter"].full_name
+
+
+def _status(code: grpc.StatusCode, rpc_code: int, message: str, details: Sequence[Any] = ()) -> grpc.Status:
+    st = status_pb2.Status(code=rpc_code, message=message)
+    for d in details:
+        packed = any_pb2.Any()
+        packed.Pack(d)
+        st.details.append(packed)
+    return rpc_status.to_status(st)
+
+
+def status_for(exc: IngestError) -> grpc.Status:
+    if isinstance(exc, InvalidBatch):
+        bad = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in exc.violations])
+        return _status(grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT, exc.detail, [bad])
+    if isinstance(exc, ForeignRecords):
+        return _status(grpc.StatusCode.PERMISSION_DENIED, code_pb2.PERMISSION_DENIED, exc.detail)
+    if isinstance(exc, BatchConflict):
+        return _status(grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS, exc.detail)
+    if isinstance(exc, BrokerUnavailable):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(exc.retry_after * 1000))
+        return _status(grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, exc.detail, [retry])
+    return _status(grpc.StatusCode.INTERNAL, code_pb2.INTERNAL, "internal error")
+
+
+class TrafficWriterServicer(traffic_pb2_grpc.TrafficWriterServicer):
+    def __init__(self, ingest: IngestService, auth: Authenticator) -> None:
+        self._ingest = ingest
+        self._auth = auth
+
+    async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+        md = context.invocation_metadata() or ()
+        header = next((v for k, v in md if k == "authorization"), None)
+        principal = await self._auth.authenticate(header if isinstance(header, str) else None)
+        if principal is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or invalid credentials: send metadata 'authorization: Bearer <token>'")
+        assert principal is not None
+        return principal
+
+    async def _write_one(self, principal: Principal, request: traffic_pb2.WriteRequest,
+                         context: grpc.aio.ServicerContext) -> traffic_pb2.WriteResponse:
+        try:
+            result = await self._ingest.write(principal, request.batch_id, request.records, "grpc")
+        except IngestError as exc:
+            await context.abort_with_status(status_for(exc))
+            raise AssertionError("unreachable") from exc
+        return traffic_pb2.WriteResponse(batch_id=result.batch_id, accepted=result.accepted,
+                                         duplicate=result.duplicate)
+
+    async def Write(self, request: traffic_pb2.WriteRequest,  # noqa: N802 (generated name)
+                    context: grpc.aio.ServicerContext) -> traffic_pb2.WriteResponse:
+        principal = await self._principal(context)
+        return await self._write_one(principal, request, context)
+
+    async def WriteStream(self, request_iterator: AsyncIterator[traffic_pb2.WriteRequest],  # noqa: N802
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[traffic_pb2.WriteResponse]:
+        principal = await self._principal(context)
+        async for request in request_iterator:
+            yield await self._write_one(principal, request, context)
+
+
+def build_grpc_server(servicer: TrafficWriterServicer, *, max_message_bytes: int,
+                      interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> tuple[grpc.aio.Server, Any]:
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(interceptors=list(interceptors), options=options)
+    traffic_pb2_grpc.add_TrafficWriterServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server)
+    return server, health_servicer

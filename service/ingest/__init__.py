@@ -1,0 +1,1 @@
+"""Ingestion: one validation and produce path shared by the gRPC writer and POST /v1/traffic."""

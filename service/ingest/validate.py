@@ -1,0 +1,81 @@
+"""Whole-batch validation. Collects every violation (up to a cap) so a client can fix all at once."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+
+from service.config import IngestSettings
+from service.ingest.errors import FieldViolation, ForeignRecords, InvalidBatch
+from service.pb.meterd.v1 import traffic_pb2
+
+BATCH_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_MAX_VIOLATIONS = 50
+
+
+def validate_batch(
+    batch_id: str,
+    records: Sequence[traffic_pb2.TrafficRecord],
+    statuses: Mapping[str, str],
+    settings: IngestSettings,
+    *,
+    own_account: str | None,
+    now_ms: int | None = None,
+) -> None:
+    """Raises InvalidBatch / ForeignRecords unless every record may be accepted.
+
+    ``statuses`` maps each account id in the batch to its status (missing: unknown account).
+    ``own_account`` is set when an account key (not the admin token) wrote the batch.
+    """
+    violations: list[FieldViolation] = []
+    add = violations.append
+    if not BATCH_ID.match(batch_id):
+        add(FieldViolation("batch_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -"))
+    n = len(records)
+    if n == 0:
+        add(FieldViolation("records", "must contain at least one record"))
+    elif n > settings.max_batch_records:
+        add(FieldViolation("records", f"has {n} records; the limit is {settings.max_batch_records}"))
+    if violations:
+        raise InvalidBatch(violations)
+
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    earliest = now - settings.max_past_seconds * 1000
+    latest = now + settings.max_future_seconds * 1000
+    max_bytes = settings.max_bytes_per_record
+    max_requests = settings.max_requests_per_record
+    for i, r in enumerate(records):
+        acc = r.account_id
+        status = statuses.get(acc)
+        if own_account is not None and acc != own_account and acc:
+            raise ForeignRecords(f"records[{i}].account_id: an account key may only write its own records")
+        if not acc:
+            add(FieldViolation(f"records[{i}].account_id", "is required"))
+        elif status is None:
+            add(FieldViolation(f"records[{i}].account_id", f"unknown account '{acc[:64]}'"))
+        elif status != "active":
+            add(FieldViolation(f"records[{i}].account_id", f"account '{acc}' is {status}"))
+        if not r.node_id:
+            add(FieldViolation(f"records[{i}].node_id", "is required"))
+        elif len(r.node_id) > 128:
+            add(FieldViolation(f"records[{i}].node_id", "must be at most 128 characters"))
+        ts = r.timestamp_ms
+        if ts <= 0:
+            add(FieldViolation(f"records[{i}].timestamp_ms", "is required (Unix time in milliseconds)"))
+        elif ts < earliest:
+            add(FieldViolation(f"records[{i}].timestamp_ms",
+                               f"is more than {settings.max_past_seconds} s in the past"))
+        elif ts > latest:
+            add(FieldViolation(f"records[{i}].timestamp_ms",
+                               f"is more than {settings.max_future_seconds} s in the future"))
+        if r.bytes_in > max_bytes:
+            add(FieldViolation(f"records[{i}].bytes_in", f"must be at most {max_bytes}"))
+        if r.bytes_out > max_bytes:
+            add(FieldViolation(f"records[{i}].bytes_out", f"must be at most {max_bytes}"))
+        if r.requests > max_requests:
+            add(FieldViolation(f"records[{i}].requests", f"must be at most {max_requests}"))
+        if len(violations) >= _MAX_VIOLATIONS:
+            break
+    if violations:
+        raise InvalidBatch(violations)

@@ -1,0 +1,122 @@
+"""The write path: validate a whole batch, produce it once, acknowledge after the broker did."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service.auth import Principal
+from service.config import Settings
+from service.ingest.accounts import AccountStatusCache
+from service.ingest.errors import BatchConflict, IngestError
+from service.ingest.validate import validate_batch
+from service.kafka.producer import BatchProducer
+from service.metrics import PipelineMetrics
+from service.pb.meterd.v1 import pipeline_pb2, traffic_pb2
+from service.storage import Repository
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    batch_id: str
+    accepted: int
+    duplicate: bool
+
+
+def dedupe_key(principal: Principal, batch_id: str) -> str:
+    # Scoped by principal: one account cannot collide with (or probe) another's batch ids.
+    return f"{principal.name}/{batch_id}"
+
+
+class IngestService:
+    def __init__(self, settings: Settings, repo: Repository, producer: BatchProducer,
+                 metrics: PipelineMetrics, header_injector=None) -> None:  # type: ignore[no-untyped-def]
+        self._settings = settings.ingest
+        self._topic = settings.kafka.topic
+        self._repo = repo
+        self._producer = producer
+        self._metrics = metrics
+        self._accounts = AccountStatusCache(repo, settings.ingest.account_cache_seconds)
+        self._inject = header_injector
+        # Recently acknowledged batches (dedupe key -> digest), to answer retries at once.
+        self._acked: OrderedDict[str, bytes] = OrderedDict()
+        self._in_flight: dict[str, asyncio.Future[WriteResult]] = {}
+
+    @property
+    def accounts(self) -> AccountStatusCache:
+        return self._accounts
+
+    async def write(self, principal: Principal, batch_id: str,
+                    records: Sequence[traffic_pb2.TrafficRecord], transport: str) -> WriteResult:
+        try:
+            result = await self._write(principal, batch_id, records)
+        except IngestError:
+            self._metrics.ingest_records.labels(transport, "rejected").inc(len(records))
+            raise
+        if result.duplicate:
+            self._metrics.ingest_records.labels(transport, "duplicate").inc(len(records))
+        else:
+            self._metrics.ingest_records.labels(transport, "accepted").inc(result.accepted)
+            self._metrics.ingest_batch_records.observe(result.accepted)
+        return result
+
+    async def _write(self, principal: Principal, batch_id: str,
+                     records: Sequence[traffic_pb2.TrafficRecord]) -> WriteResult:
+        statuses = await self._accounts.statuses({r.account_id for r in records})
+        validate_batch(batch_id, records, statuses, self._settings, own_account=principal.account_id)
+
+        batch = pipeline_pb2.TrafficBatch(records=records)
+        digest = hashlib.blake2b(batch.SerializeToString(deterministic=True), digest_size=16).digest()
+        key = dedupe_key(principal, batch_id)
+
+        previous = await self._previous_digest(key)
+        if previous is not None:
+            if previous != digest:
+                raise BatchConflict(f"batch_id '{batch_id}' was already used for different records")
+            return WriteResult(batch_id, len(records), True)
+        # The same batch retried while the first attempt is still in flight: share its outcome.
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            first = await asyncio.shield(pending)
+            return WriteResult(batch_id, first.accepted, True)
+
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            batch.dedupe_key = key
+            batch.batch_id = batch_id
+            batch.principal = principal.name
+            batch.received_at_ms = int(time.time() * 1000)
+            batch.digest = digest
+            headers: list[tuple[str, bytes]] = []
+            if self._inject is not None:
+                self._inject(headers)
+            await self._producer.send(self._topic, key.encode(), batch.SerializeToString(), headers)
+            result = WriteResult(batch_id, len(records), False)
+            self._remember(key, digest)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must log it
+            raise
+        finally:
+            del self._in_flight[key]
+
+    async def _previous_digest(self, key: str) -> bytes | None:
+        hit = self._acked.get(key)
+        if hit is not None:
+            return hit
+        # Not acknowledged by this process recently: the consumer may have recorded it.
+        return (await self._repo.seen_digests([key])).get(key)
+
+    def _remember(self, key: str, digest: bytes) -> None:
+        if self._settings.ack_cache_size <= 0:
+            return
+        self._acked[key] = digest
+        if len(self._acked) > self._settings.ack_cache_size:
+            self._acked.popitem(last=False)

@@ -1,0 +1,40 @@
+"""meterd's own pipeline metrics (governance/ and profiling/ define theirs).
+
+Names and labels are part of the contract with dashboards/ and alerts/: change them together.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class PipelineMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.ingest_records = Counter(
+            "meterd_ingest_records", "Records received by the writer, by outcome",
+            ["transport", "result"], registry=registry)
+        self.ingest_batch_records = Histogram(
+            "meterd_ingest_batch_records", "Records per accepted batch", buckets=_BATCH_BUCKETS,
+            registry=registry)
+        self.produce_seconds = Histogram(
+            "meterd_kafka_produce_seconds", "Time from produce to broker acknowledgement",
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.consumer_records = Counter(
+            "meterd_consumer_records", "Records aggregated by the consumer", registry=registry)
+        self.consumer_batches = Counter(
+            "meterd_consumer_batches", "Kafka messages handled by the consumer, by outcome",
+            ["result"], registry=registry)
+        self.consumer_lag = Gauge(
+            "meterd_consumer_lag_messages", "High-water mark minus position, per assigned partition",
+            ["partition"], registry=registry)
+        self.flush_seconds = Histogram(
+            "meterd_consumer_flush_seconds", "Duration of one aggregate flush transaction",
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.dlq = Counter(
+            "meterd_consumer_dlq", "Undecodable messages sent to the dead-letter topic", registry=registry)
+        self.buffer_records = Gauge(
+            "meterd_consumer_buffer_records", "Records aggregated in memory and not yet flushed",
+            registry=registry)

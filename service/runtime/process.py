@@ -1,0 +1,163 @@
+"""One meterd process: the roles it runs, in start-up order, and the graceful drain on SIGINT/SIGTERM.
+
+Drain order matters for "an acknowledged record is never lost": first stop accepting (HTTP and
+gRPC servers finish in-flight requests, each of which is acknowledged only after Kafka did), then
+stop the producer (flushes anything queued), then stop the consumer (flushes aggregates and offsets
+in one transaction), then the database and the embedded broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from starlette.routing import BaseRoute
+
+from service.api.app import ApiContext, ReadinessCheck, build_admin_app, build_api
+from service.auth import Authenticator
+from service.config import Settings
+from service.grpc_writer import TrafficWriterServicer, build_grpc_server
+from service.ingest.writer import IngestService
+from service.kafka.consumer import AggregatingConsumer
+from service.kafka.embedded import EmbeddedBroker
+from service.kafka.producer import BatchProducer
+from service.kafka.topics import ensure_topics
+from service.metrics import PipelineMetrics
+from service.runtime.http_server import HttpServer
+from service.storage import Repository, create_database
+
+log = logging.getLogger("meterd")
+ROLES = ("api", "writer", "consumer")
+
+
+@dataclass
+class Endpoints:
+    http: str | None = None
+    grpc: str | None = None
+    admin: str | None = None
+    kafka: str | None = None
+
+
+@dataclass
+class MeterdProcess:
+    settings: Settings
+    roles: tuple[str, ...]
+    admin_token: str
+    embedded_broker: bool = False
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    endpoints: Endpoints = field(default_factory=Endpoints)
+
+    def __post_init__(self) -> None:
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.metrics = PipelineMetrics(self.registry)
+        self._stops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._stop_requested = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        db = create_database(s.database_url(), pool_size=s.database.pool_size, echo=s.database.echo)
+        self._stops.append(("database", db.close))
+        await db.migrate()
+        repo = Repository(db)
+        auth = Authenticator(repo, self.admin_token)
+
+        async def db_ready() -> str | None:
+            await db.ping()
+            return None
+
+        readiness: list[ReadinessCheck] = [db_ready]
+        bootstrap = s.kafka.bootstrap_servers
+        if self.embedded_broker:
+            broker = EmbeddedBroker(s.kafka.embedded_port)
+            await broker.start()
+            self._stops.append(("embedded broker", broker.stop))
+            bootstrap = broker.bootstrap
+        self.endpoints.kafka = bootstrap
+        if s.kafka.create_topics:
+            await ensure_topics(bootstrap, s.kafka)
+
+        ingest = None
+        if "api" in self.roles or "writer" in self.roles:
+            producer = BatchProducer(bootstrap, s.kafka, self.metrics)
+            await producer.start()
+            self._stops.append(("producer", producer.stop))
+            ingest = IngestService(s, repo, producer, self.metrics)
+
+            async def kafka_ready() -> str | None:
+                return None if await producer.partitions_ready(s.kafka.topic) else "Kafka topic metadata unavailable"
+
+            readiness.append(kafka_ready)
+
+        if "consumer" in self.roles:
+            consumer = AggregatingConsumer(bootstrap, s, repo, self.metrics)
+            await consumer.start()
+            self._stops.append(("consumer", consumer.stop))
+
+            async def consumer_ready() -> str | None:
+                return None if consumer.healthy else "consumer has not completed a healthy poll"
+
+            readiness.append(consumer_ready)
+
+        extra_routes: list[BaseRoute] = []
+        servers_stop: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if "writer" in self.roles:
+            assert ingest is not None
+            grpc_server, health = build_grpc_server(TrafficWriterServicer(ingest, auth),
+                                                    max_message_bytes=s.grpc.max_message_bytes)
+            port = grpc_server.add_insecure_port(f"{s.grpc.host}:{s.grpc.port}")
+            await grpc_server.start()
+            await health.set("", _serving())
+            self.endpoints.grpc = f"{s.grpc.host}:{port}"
+
+            async def stop_grpc() -> None:
+                await health.enter_graceful_shutdown()
+                await grpc_server.stop(grace=10)
+
+            servers_stop.append(("grpc", stop_grpc))
+        if "api" in self.roles:
+            app = build_api(ApiContext(repo=repo, auth=auth, ingest=ingest, registry=self.registry,
+                                       max_body_bytes=s.http.max_body_bytes, readiness=readiness,
+                                       extra_routes=extra_routes))
+            http = HttpServer(app, s.http.host, s.http.port, name="api")
+            await http.start()
+            self.endpoints.http = f"http://{s.http.host}:{http.port}"
+            servers_stop.append(("http", http.stop))
+        else:
+            admin = HttpServer(build_admin_app(self.registry, readiness, extra_routes),
+                               s.admin.host, s.admin.port, name="admin")
+            await admin.start()
+            self.endpoints.admin = f"http://{s.admin.host}:{admin.port}"
+            servers_stop.append(("admin http", admin.stop))
+        # Servers stop first (reverse of list order below), then producer, consumer, db, broker.
+        self._stops.extend(servers_stop)
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def wait(self) -> None:
+        await self._stop_requested.wait()
+
+    async def stop(self) -> None:
+        for name, stop in reversed(self._stops):
+            try:
+                await stop()
+            except Exception:
+                log.exception("error while stopping", extra={"component": name})
+        self._stops.clear()
+
+
+def _serving() -> int:
+    from grpc_health.v1 import health_pb2
+
+    return health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,86 @@
+"""Engine creation and schema migrations."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import event, select, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from service.storage import schema
+
+
+def _initial(conn: Connection) -> None:
+    tables = [t for t in schema.metadata.sorted_tables if t is not schema.schema_migrations]
+    schema.metadata.create_all(conn, tables=tables, checkfirst=True)
+
+
+# Append-only: (version, description, step). A step runs inside the migration transaction.
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
+]
+
+
+@dataclass
+class Database:
+    engine: AsyncEngine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def migrate(self) -> list[int]:
+        """Applies pending migrations; returns the versions applied. Safe to run concurrently."""
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Serialises concurrent `meterd migrate` runs of several replicas.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+            return await conn.run_sync(_apply_pending)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _apply_pending(conn: Connection) -> list[int]:
+    schema.metadata.create_all(conn, tables=[schema.schema_migrations], checkfirst=True)
+    done = {row[0] for row in conn.execute(select(schema.schema_migrations.c.version))}
+    applied = []
+    for version, _description, step in MIGRATIONS:
+        if version in done:
+            continue
+        step(conn)
+        conn.execute(schema.schema_migrations.insert().values(version=version,
+                                                               applied_at_ms=int(time.time() * 1000)))
+        applied.append(version)
+    return applied
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL lets the API read while the consumer writes; busy_timeout rides out short write locks.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def create_database(url: str, *, pool_size: int = 10, echo: bool = False) -> Database:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, echo=echo)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size,
+                                     pool_pre_ping=True)
+    return Database(engine)
