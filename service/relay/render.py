@@ -183,7 +183,7 @@ class Renderer:
             links.append(f"[Silence]({am_url}/#/silences/new?filter={_silence_filter(alert)})")
         if links:
             lines.append(" | ".join(links))
-        return "\n\n".join(lines) + "\n\n"
+        return _paragraphs(lines) + "\n\n"
 
     def _truncation_line(self, count: int, am_url: str) -> str:
         where = f" — see [Alertmanager]({am_url})" if am_url else ""
@@ -212,6 +212,17 @@ class Renderer:
 
     def _time(self, moment: datetime) -> str:
         return moment.astimezone(self._tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _paragraphs(lines: Sequence[str]) -> str:
+    # Consecutive list items stay one list ("\n"); everything else is its own paragraph ("\n\n"),
+    # which DingTalk's markdown needs for a visible line break.
+    out = ""
+    for i, line in enumerate(lines):
+        if i:
+            out += "\n" if line.startswith("- ") and lines[i - 1].startswith("- ") else "\n\n"
+        out += line
+    return out
 
 
 def _inline(value: str) -> str:

@@ -1,0 +1,84 @@
+"""Helpers for relay tests: payload builders and a relay app wired in-process to a fake robot."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+
+from service.relay import RelaySettings, build_relay_app
+from tests.relay.fake_dingtalk import FakeDingTalk
+
+SECRET = "SEC0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd"
+
+
+def relay_settings(fake: FakeDingTalk, **overrides: Any) -> RelaySettings:
+    robot = {"webhook_url": fake.webhook_url, "secret": fake.secret, **overrides.pop("robot", {})}
+    data: dict[str, Any] = {
+        "robots": {"oncall": robot},
+        "merge_window_s": 0.0,
+        "alertmanager_url": "http://alertmanager.example:9093",
+        "dashboard_url": "http://grafana.example:3000",
+        **overrides,
+    }
+    return RelaySettings.model_validate(data)
+
+
+@contextlib.asynccontextmanager
+async def relay_client(
+    settings: RelaySettings, fake: FakeDingTalk, *, window_s: float = 60.0
+) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette, CollectorRegistry]]:
+    """The relay app (lifespan running) reached through httpx; its DingTalk calls go to `fake`."""
+    registry = CollectorRegistry()
+    app = build_relay_app(settings, registry=registry, transport=httpx.ASGITransport(app=fake.app), window_s=window_s)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://relay") as client:
+            yield client, app, registry
+
+
+def notification(
+    *alerts: dict[str, Any], status: str = "firing", receiver: str = "dingtalk-oncall", **extra: Any
+) -> dict[str, Any]:
+    """An Alertmanager webhook v4 payload."""
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="X"}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": receiver,
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://am.internal:9093",
+        "alerts": list(alerts),
+        **extra,
+    }
+
+
+def alert(
+    name: str = "MeterdTestAlert",
+    *,
+    status: str = "firing",
+    severity: str = "warning",
+    fingerprint: str | None = None,
+    **labels: str,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "labels": {"alertname": name, "severity": severity, **labels},
+        "annotations": {
+            "summary": f"{name} summary",
+            "description": f"{name} description",
+            "runbook_url": f"https://runbooks.example/{name}",
+            "dashboard_url": "/d/meterd-overview/meterd-overview",
+        },
+        "startsAt": "2025-01-02T03:04:05.678Z",
+        "endsAt": "2025-01-02T03:14:05Z" if status == "resolved" else "0001-01-01T00:00:00Z",
+        "generatorURL": f"http://prometheus.example:9090/graph?g0.expr={name}",
+        "fingerprint": fingerprint or f"fp-{name}-{'-'.join(sorted(labels.values()))}",
+    }
