@@ -1,0 +1,321 @@
+"""One capture at a time: start py-spy + tracemalloc, stop them, write every file, report.
+
+Three things can end a capture: a stop request, the duration timer, or py-spy exiting on its own
+(its --duration backstop, or a crash). They all converge on one idempotent finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+
+import psutil
+
+from . import ptrace, pyroscope, pyspy
+from .allocations import AllocationTracker
+from .errors import (
+    CaptureAlreadyRunning,
+    NoCaptureRunning,
+    ProfilingDisabled,
+    ProfilingError,
+    PySpyFailed,
+    PySpyNotFound,
+    PySpyPermissionDenied,
+    classify_py_spy_failure,
+)
+from .flamegraph import render_svg, sample_count
+from .info import CaptureInfo, utcnow
+from .metrics import ProfilingMetrics
+from .settings import ProfilingSettings
+from .store import CaptureStore
+from .threads import python_thread_dump
+
+log = logging.getLogger("profiling")
+
+
+@dataclass(eq=False)
+class _Active:
+    info: CaptureInfo
+    store: CaptureStore
+    recording: pyspy.Recording
+    allocations: AllocationTracker | None
+    timer: asyncio.TimerHandle | None = None
+    watcher: asyncio.Task[None] | None = None
+    finish: asyncio.Task[CaptureInfo] | None = None
+    extra_files: dict[str, str] = field(default_factory=dict)
+
+
+class CaptureManager:
+    def __init__(self, settings: ProfilingSettings, metrics: ProfilingMetrics, *, pid: int | None = None):
+        self.settings = settings
+        self.metrics = metrics
+        self.pid = os.getpid() if pid is None else pid
+        self._lock = asyncio.Lock()
+        self._active: _Active | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def store(self) -> CaptureStore:
+        return CaptureStore(self.settings.resolve_directory(), self.settings.file_service_name)
+
+    @property
+    def current(self) -> CaptureInfo | None:
+        """The running capture, if any (also while it is being finished)."""
+        return self._active.info if self._active else None
+
+    # -- commands ------------------------------------------------------------------------------
+
+    async def start(self, trigger: str, duration_s: float | None = None) -> CaptureInfo:
+        async with self._lock:
+            return await self._start_locked(trigger, duration_s)
+
+    async def stop(self, reason: str = "requested") -> CaptureInfo:
+        async with self._lock:
+            active = self._active
+            if active is None:
+                raise NoCaptureRunning("no profiling capture is running", "start one first")
+            task = self._begin_finish(active, reason)
+        return await asyncio.shield(task)
+
+    async def toggle(self, trigger: str) -> CaptureInfo:
+        """Start a capture, or stop the running one (whoever started it): the SIGTRAP semantics."""
+        async with self._lock:
+            active = self._active
+            if active is None or active.finish is not None:
+                return await self._start_locked(trigger, None)
+            task = self._begin_finish(active, "requested")
+        return await asyncio.shield(task)
+
+    async def aclose(self) -> None:
+        active = self._active
+        if active is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._begin_finish(active, "shutdown"))
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.settings.pyroscope.timeout_s + 1)
+
+    # -- start ---------------------------------------------------------------------------------
+
+    async def _start_locked(self, trigger: str, duration_s: float | None) -> CaptureInfo:
+        if not self.settings.enabled:
+            raise ProfilingDisabled("profiling is disabled", "set profiling.enabled to true")
+        if self._active is not None and self._active.finish is not None:
+            # A capture that is still writing its files: let it finish, then start the new one.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._active.finish)
+        if self._active is not None:
+            running = self._active.info
+            raise CaptureAlreadyRunning(
+                f"capture {running.id} (trigger {running.trigger}) is already running",
+                "stop it first (send SIGTRAP again or POST stop), or wait until it ends",
+            )
+        duration = float(duration_s or self.settings.duration_s)
+        started = utcnow()
+        store = self.store()
+        info: CaptureInfo | None = None
+        try:
+            store.prepare()
+            capture_id = store.new_capture_id(started, self.pid)
+            info = CaptureInfo(
+                id=capture_id,
+                service=self.settings.file_service_name,
+                pid=self.pid,
+                trigger=trigger,
+                status="running",
+                started_at=started,
+                requested_duration_s=duration,
+                rate_hz=self.settings.rate_hz,
+            )
+            active = await self._launch(store, info, duration)
+        except ProfilingError as err:
+            self.metrics.failures.labels(err.reason).inc()
+            # One line that says what failed and how to fix it; the caller decides what else to do.
+            log.error("profiling capture (trigger %s) could not start: %s", trigger, err)
+            if info is not None:
+                with contextlib.suppress(OSError):
+                    store.write_meta(info.replace(status="failed", stopped_at=utcnow(), error=str(err)))
+            raise
+        self._active = active
+        self.metrics.captures.labels(trigger).inc()
+        self.metrics.in_progress.set(1)
+        loop = asyncio.get_running_loop()
+        active.timer = loop.call_later(duration, self._begin_finish, active, "duration")
+        active.watcher = asyncio.create_task(self._watch(active), name=f"profiling-watch-{info.id}")
+        log.info(
+            "profiling capture %s started (trigger %s, %.0f s at %d Hz) in %s",
+            info.id, trigger, duration, self.settings.rate_hz, store.directory,
+            extra={"capture_id": info.id, "capture_trigger": trigger},
+        )
+        return active.info
+
+    async def _launch(self, store: CaptureStore, info: CaptureInfo, duration: float) -> _Active:
+        settings = self.settings
+        executable = settings.resolve_py_spy()
+        if executable is None:
+            searched = settings.py_spy_path or "beside the Python executable and on PATH"
+            raise PySpyNotFound(searched)
+        subprocesses = settings.include_subprocesses
+        threads = await self._thread_dump(executable, subprocesses)
+        try:
+            recording = await pyspy.record(
+                executable,
+                self.pid,
+                store.path(info.id, "folded"),
+                rate_hz=settings.rate_hz,
+                duration_s=duration,
+                subprocesses=subprocesses,
+            )
+        except OSError as exc:
+            raise PySpyFailed(f"cannot run {executable}: {exc}") from exc
+        store.write_text(info.id, "threads", threads)
+        allocations = None
+        if settings.tracemalloc:
+            allocations = AllocationTracker(settings.tracemalloc_frames)
+            allocations.start()
+        store.write_meta(info)
+        return _Active(info=info, store=store, recording=recording, allocations=allocations)
+
+    async def _thread_dump(self, executable: str, subprocesses: bool) -> str:
+        try:
+            text = await pyspy.dump(executable, self.pid)
+        except (PySpyPermissionDenied, PySpyNotFound):
+            raise  # recording would fail the same way: report it now
+        except (PySpyFailed, OSError) as exc:
+            return python_thread_dump(f"py-spy dump failed: {exc}")
+        if not subprocesses:
+            return text
+        parts = [text]
+        for child in await asyncio.to_thread(_python_children, self.pid):
+            try:
+                parts.append(await pyspy.dump(executable, child))
+            except (ProfilingError, OSError) as exc:
+                parts.append(f"# child process {child}: no dump ({exc})\n")
+        return "\n".join(parts)
+
+    # -- finish --------------------------------------------------------------------------------
+
+    async def _watch(self, active: _Active) -> None:
+        await active.recording.wait()
+        self._begin_finish(active, "py-spy exited")
+
+    def _begin_finish(self, active: _Active, reason: str) -> asyncio.Task[CaptureInfo]:
+        if active.finish is None:
+            active.finish = asyncio.create_task(self._finish(active, reason), name=f"profiling-finish-{reason}")
+            active.finish.add_done_callback(_log_failure)
+        return active.finish
+
+    async def _finish(self, active: _Active, reason: str) -> CaptureInfo:
+        try:
+            return await self._finish_files(active, reason)
+        finally:
+            if active.timer is not None:
+                active.timer.cancel()
+            if self._active is active:
+                self._active = None
+            self.metrics.in_progress.set(0)
+
+    async def _finish_files(self, active: _Active, reason: str) -> CaptureInfo:
+        settings, store, info = self.settings, active.store, active.info
+        rc = await active.recording.stop()
+        ptrace.clear_tracer()
+        stopped = utcnow()
+        status, error, samples = "completed", None, None
+        folded_path = store.path(info.id, "folded")
+        folded = b""
+        if folded_path.exists():
+            os.chmod(folded_path, 0o600)
+            folded = folded_path.read_bytes()
+            text = folded.decode(errors="replace")
+            samples = sample_count(text)
+            title = f"{info.service} pid {info.pid}: {info.trigger} capture, {info.started_at:%Y-%m-%d %H:%M:%S} UTC"
+            subtitle = f"{settings.rate_hz} Hz, {(stopped - info.started_at).total_seconds():.1f} s,"
+            svg = await asyncio.to_thread(render_svg, text, title, subtitle)
+            store.write_text(info.id, "flamegraph", svg)
+        else:
+            status = "failed"
+            failure = classify_py_spy_failure(info.pid, active.recording.output)
+            error = f"py-spy exited with status {rc} and wrote no stacks: {failure}"
+            self.metrics.failures.labels(failure.reason).inc()
+        if active.allocations is not None:
+            report = await asyncio.to_thread(active.allocations.stop, settings.tracemalloc_top)
+            store.write_text(info.id, "alloc", report)
+        final = info.replace(
+            status=status, stopped_at=stopped, stop_reason=reason, error=error, samples=samples
+        )
+        written = store.read(final.id)
+        files = dict(written.files) if written else {}
+        files["meta"] = store.path(final.id, "meta").name
+        final = final.replace(files=files)
+        store.write_meta(final)
+        paths = {kind: str(store.directory / name) for kind, name in final.files.items()}
+        level = logging.INFO if status == "completed" else logging.ERROR
+        log.log(
+            level,
+            "profiling capture %s %s (trigger %s, %s, %.1f s, %s samples): %s",
+            final.id, status, final.trigger, reason, final.duration_s or 0.0, samples,
+            " ".join(f"{kind}={path}" for kind, path in paths.items()),
+            extra={
+                "capture_id": final.id,
+                "capture_trigger": final.trigger,
+                "capture_status": status,
+                "capture_files": paths,
+                "capture_error": error,
+            },
+        )
+        store.enforce_retention(settings.retention_max_files, settings.retention_max_bytes, keep={final.id})
+        if settings.pyroscope.url and folded:
+            self._spawn_upload(final, folded)
+        return final
+
+    def _spawn_upload(self, info: CaptureInfo, folded: bytes) -> None:
+        settings = self.settings
+        app_name = settings.pyroscope.app_name or f"{settings.file_service_name}.cpu"
+
+        async def upload() -> None:
+            assert info.stopped_at is not None and settings.pyroscope.url
+            try:
+                await pyroscope.upload_folded(
+                    settings.pyroscope.url,
+                    app_name,
+                    folded,
+                    start=info.started_at,
+                    stop=info.stopped_at,
+                    rate_hz=settings.rate_hz,
+                    timeout_s=settings.pyroscope.timeout_s,
+                )
+            except Exception as exc:  # an unreachable Pyroscope must never hurt the service
+                self.metrics.failures.labels("upload_failed").inc()
+                log.warning("profiling capture %s: upload to Pyroscope failed: %s", info.id, exc)
+            else:
+                log.info("profiling capture %s uploaded to Pyroscope as %s", info.id, app_name)
+
+        task = asyncio.create_task(upload(), name=f"profiling-upload-{info.id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _python_children(pid: int, limit: int = 16) -> list[int]:
+    """Worker processes worth dumping: our descendants, minus py-spy helpers."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        try:
+            if "py-spy" in child.name():
+                continue
+        except psutil.Error:
+            continue
+        found.append(child.pid)
+    return found[:limit]
+
+
+def _log_failure(task: asyncio.Task[CaptureInfo]) -> None:
+    # Finishing can run with nobody awaiting it (timer, py-spy exit): never lose its error.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("profiling capture could not be finished: %s", task.exception())
