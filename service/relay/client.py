@@ -7,6 +7,7 @@ URL carries a valid signature.
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass
 
 import httpx
@@ -34,9 +35,26 @@ class SendResult:
     detail: str = ""
 
 
+class _RedactQuery(logging.Filter):
+    """httpx logs every request URL at INFO; the query holds the access token and the signature."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(
+                a.copy_with(query=b"redacted") if isinstance(a, httpx.URL) and a.query else a for a in record.args
+            )
+        return True
+
+
+_REDACT = _RedactQuery()
+
+
 class DingTalkClient:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self._http = http
+        httpx_logger = logging.getLogger("httpx")
+        if _REDACT not in httpx_logger.filters:
+            httpx_logger.addFilter(_REDACT)
 
     async def send(self, robot: RobotSettings, body: bytes) -> SendResult:
         secret = robot.secret.get_secret_value() if robot.secret else None

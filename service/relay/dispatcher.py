@@ -28,12 +28,15 @@ from dataclasses import dataclass, field
 
 from service.relay.client import Delivery, DingTalkClient, SendResult
 from service.relay.metrics import RelayMetrics
-from service.relay.payload import WebhookMessage
+from service.relay.payload import WebhookMessage, severity_rank
 from service.relay.ratelimit import SlidingWindow
-from service.relay.render import Renderer
+from service.relay.render import RenderedMessage, Renderer
 from service.relay.settings import RelaySettings, RobotSettings
 
 log = logging.getLogger("meterd.relay")
+
+# Bounds the rendering work per message; more would never fit 20,000 bytes anyway.
+MAX_NOTIFICATIONS_PER_MESSAGE = 400
 
 
 class Outcome(enum.Enum):
@@ -58,6 +61,12 @@ class _State:
     pending: list[_Entry] = field(default_factory=list)
     retry_at: float = 0.0
     backoff: float = 0.0
+
+
+def _importance(entry: _Entry) -> tuple[int, int]:
+    """Firing before resolved-only, then by the most severe firing alert (sorted() keeps arrival order)."""
+    firing = [severity_rank(a.severity) for a in entry.message.alerts if a.status == "firing"]
+    return (0, min(firing)) if firing else (1, 0)
 
 
 class RobotDispatcher:
@@ -144,23 +153,52 @@ class RobotDispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
                 continue
-            batch, state.pending = state.pending, []
+            batch: list[_Entry] = []
             try:
-                await self._deliver(batch)
+                batch, rendered = self._take_batch()
+                await self._deliver(batch, rendered)
             except asyncio.CancelledError:
                 # Cancelled mid-send (shutdown timeout): hand the batch back for aclose() to settle.
                 state.pending = batch + state.pending
                 raise
             except Exception:
+                # A bug (rendering, metrics): never lose the notifications, never kill the worker.
                 log.exception("relay: unexpected error while delivering robot=%s", self.name)
+                if not batch:
+                    batch, state.pending = state.pending, []
                 self._metrics.send_failures.labels(self.name, "internal").inc()
                 self._retry_later(batch, SendResult(Delivery.RETRY, "internal", "internal error"))
             finally:
                 self._update_pending()
 
-    async def _deliver(self, batch: list[_Entry]) -> None:
+    def _take_batch(self) -> tuple[list[_Entry], RenderedMessage]:
+        """The most important notifications that fit one message whole; the rest wait their turn.
+
+        Only a single notification too large on its own gets truncated, so a storm is spread over
+        as many messages as the budget allows instead of being cut.
+        """
+        state = self._state
+        order = sorted(state.pending, key=_importance)[:MAX_NOTIFICATIONS_PER_MESSAGE]
+
+        def render(k: int) -> RenderedMessage:
+            return self._renderer.render([e.message for e in order[:k]], self._robot.mentions)
+
+        best_k, best = 1, render(1)
+        lo, hi = 2, len(order)
+        while lo <= hi:  # largest k whose message needs no truncation
+            mid = (lo + hi) // 2
+            candidate = render(mid)
+            if candidate.truncated:
+                hi = mid - 1
+            else:
+                best_k, best, lo = mid, candidate, mid + 1
+        batch = order[:best_k]
+        chosen = {id(e) for e in batch}
+        state.pending = [e for e in state.pending if id(e) not in chosen]
+        return batch, best
+
+    async def _deliver(self, batch: list[_Entry], rendered: RenderedMessage) -> None:
         m, robot = self._metrics, self.name
-        rendered = self._renderer.render([e.message for e in batch], self._robot.mentions)
         started = self._clock()
         try:
             result = await self._client.send(self._robot, rendered.encoded)

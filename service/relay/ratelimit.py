@@ -14,9 +14,7 @@ class SlidingWindow:
     start time, so timing from the finished send keeps its window from seeing limit + 1 requests.
     """
 
-    def __init__(
-        self, limit: int, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, limit: int, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         if limit < 1 or window_s <= 0:
             raise ValueError("limit must be >= 1 and window_s > 0")
         self.limit = limit

@@ -200,9 +200,7 @@ class Renderer:
         ats = " ".join(f"@{m}" for m in [*mobiles, *user_ids])
         return "\n\n".join(part for part in (footer, ats) if part)
 
-    def _mentions(
-        self, alerts: Sequence[Alert], mentions: MentionSettings
-    ) -> tuple[list[str], list[str], bool]:
+    def _mentions(self, alerts: Sequence[Alert], mentions: MentionSettings) -> tuple[list[str], list[str], bool]:
         firing = [a for a in alerts if a.status == "firing"]
         if not firing and not mentions.on_resolved:
             return [], [], False

@@ -70,9 +70,7 @@ class RelaySettings(_Section):
     robots: dict[str, RobotSettings] = Field(default_factory=dict)
     routes: RouteSettings = Field(default_factory=RouteSettings)
 
-    max_messages_per_minute: int = Field(
-        DINGTALK_MAX_MESSAGES_PER_MINUTE, ge=1, le=DINGTALK_MAX_MESSAGES_PER_MINUTE
-    )
+    max_messages_per_minute: int = Field(DINGTALK_MAX_MESSAGES_PER_MINUTE, ge=1, le=DINGTALK_MAX_MESSAGES_PER_MINUTE)
     # Whole JSON body, UTF-8 bytes.
     max_message_bytes: int = Field(DINGTALK_MAX_MESSAGE_BYTES, ge=1000, le=DINGTALK_MAX_MESSAGE_BYTES)
     # Notifications for one robot arriving within this window go out as one message.
