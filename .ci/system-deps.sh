@@ -12,6 +12,7 @@ have prometheus-alertmanager || have alertmanager || need+=(prometheus-alertmana
 have amtool || need+=(prometheus-alertmanager)
 have chromium || need+=(chromium)
 have docker-compose || need+=(docker-compose)
+have jq || need+=(jq)
 if ((${#need[@]})); then
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive

@@ -63,6 +63,7 @@ class AggregatingConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.healthy = False
+        self.assigned = asyncio.Event()  # set once the group gave us partitions (start-up readiness)
 
     async def start(self) -> None:
         await self._dlq.start()
@@ -94,6 +95,7 @@ class AggregatingConsumer:
             self._stored = {p: o for p, o in self._stored.items()
                             if TopicPartition(self._kafka.topic, p) in self._consumer.assignment()}
             log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
+            self.assigned.set()
 
     # -- the loop ---------------------------------------------------------------------------
     async def _run(self) -> None:

@@ -98,6 +98,12 @@ class MeterdProcess:
             consumer = AggregatingConsumer(bootstrap, s, repo, self.metrics)
             await consumer.start()
             self._stops.append(("consumer", consumer.stop))
+            # "ready" should mean written usage shows up: wait for the first group assignment
+            # (Tansu takes a few seconds), but do not hang start-up on a group with no partitions.
+            try:
+                await asyncio.wait_for(consumer.assigned.wait(), 30)
+            except TimeoutError:
+                log.warning("consumer got no partitions within 30 s; continuing")
 
             async def consumer_ready() -> str | None:
                 return None if consumer.healthy else "consumer has not completed a healthy poll"
