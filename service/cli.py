@@ -19,7 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 accounts_app = typer.Typer(no_args_is_help=True, help="Manage accounts directly in the database.")
 app.add_typer(accounts_app, name="accounts")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file; METERD_* env vars override it")]
+ConfigOpt = Annotated[Path | None,
+                      typer.Option("--config", "-c", help="YAML config file; METERD_* env vars override it")]
 log = logging.getLogger("meterd")
 
 

@@ -38,5 +38,6 @@ def usage_window(params: dict[str, str], now_s: int) -> tuple[int, int, str, int
     if start >= end:
         raise invalid([{"field": "start", "detail": "must be before end"}])
     if (end - start) // step > MAX_POINTS:
-        raise invalid([{"field": "step", "detail": f"the window holds more than {MAX_POINTS} steps; use a larger step"}])
+        detail = f"the window holds more than {MAX_POINTS} steps; use a larger step"
+        raise invalid([{"field": "step", "detail": detail}])
     return start, end, step_name, step
