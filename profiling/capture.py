@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -223,19 +224,13 @@ class CaptureManager:
         rc = await active.recording.stop()
         ptrace.clear_tracer()
         stopped = utcnow()
-        status, error, samples = "completed", None, None
+        status, error = "completed", None
         folded_path = store.path(info.id, "folded")
-        folded = b""
-        if folded_path.exists():
-            os.chmod(folded_path, 0o600)
-            folded = folded_path.read_bytes()
-            text = folded.decode(errors="replace")
-            samples = sample_count(text)
-            title = f"{info.service} pid {info.pid}: {info.trigger} capture, {info.started_at:%Y-%m-%d %H:%M:%S} UTC"
-            subtitle = f"{settings.rate_hz} Hz, {(stopped - info.started_at).total_seconds():.1f} s,"
-            svg = await asyncio.to_thread(render_svg, text, title, subtitle)
-            store.write_text(info.id, "flamegraph", svg)
-        else:
+        title = f"{info.service} pid {info.pid}: {info.trigger} capture, {info.started_at:%Y-%m-%d %H:%M:%S} UTC"
+        subtitle = f"{settings.rate_hz} Hz, {(stopped - info.started_at).total_seconds():.1f} s,"
+        # Reading the stacks and laying out the SVG can take a while for a long capture: off the loop.
+        folded, samples = await asyncio.to_thread(_render, store, info.id, folded_path, title, subtitle)
+        if folded is None:
             status = "failed"
             failure = classify_py_spy_failure(info.pid, active.recording.output)
             error = f"py-spy exited with status {rc} and wrote no stacks: {failure}"
@@ -296,6 +291,19 @@ class CaptureManager:
         task = asyncio.create_task(upload(), name=f"profiling-upload-{info.id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _render(
+    store: CaptureStore, capture_id: str, folded_path: Path, title: str, subtitle: str
+) -> tuple[bytes | None, int | None]:
+    """(folded bytes, samples) after writing the flamegraph; (None, None) when py-spy wrote nothing."""
+    if not folded_path.exists():
+        return None, None
+    os.chmod(folded_path, 0o600)
+    folded = folded_path.read_bytes()
+    text = folded.decode(errors="replace")
+    store.write_text(capture_id, "flamegraph", render_svg(text, title, subtitle))
+    return folded, sample_count(text)
 
 
 def _python_children(pid: int, limit: int = 16) -> list[int]:

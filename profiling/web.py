@@ -69,7 +69,7 @@ def routes(profiler: Profiler, authorize: Authorize) -> list[BaseRoute]:
             except Exception:  # a broken check must fail closed
                 allowed = False
             if not allowed:
-                if "authorization" not in request.headers and "cookie" not in request.headers:
+                if not request.headers.get("authorization") and not request.headers.get("cookie"):
                     response = problem(401, "Unauthorized", "admin credentials are required", "unauthorized")
                     response.headers["WWW-Authenticate"] = "Bearer"
                     return response
