@@ -28,6 +28,13 @@ from service.storage.repository import OffsetConflict
 log = logging.getLogger("meterd.consumer")
 
 
+def _check_batch(batch: pipeline_pb2.TrafficBatch) -> None:
+    # Protobuf parses almost any bytes into *some* message; a batch the writer produced always has
+    # these, so anything without them is not ours and belongs in the dead-letter topic.
+    if not batch.dedupe_key or not batch.batch_id or not batch.records or len(batch.digest) != 16:
+        raise DecodeError("not a writer-produced batch (missing dedupe_key, batch_id, records or digest)")
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, owner: AggregatingConsumer) -> None:
         self._owner = owner
@@ -129,8 +136,7 @@ class AggregatingConsumer:
                 batch = pipeline_pb2.TrafficBatch()
                 try:
                     batch.ParseFromString(msg.value or b"")
-                    if not batch.dedupe_key:
-                        raise DecodeError("missing dedupe_key")
+                    _check_batch(batch)
                 except DecodeError as exc:
                     await self._dead_letter(msg, f"undecodable TrafficBatch: {exc}")
                     continue
