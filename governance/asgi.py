@@ -1,0 +1,160 @@
+"""Pure-ASGI adapter: one middleware, no BaseHTTPMiddleware, no per-message work beyond the status.
+
+Labels are route templates ("/v1/accounts/{id}/usage"), resolved from a Starlette app's routes
+before the chain runs (plugins need the route to pick per-route overrides); anything unmatched is
+"<unmatched>", so label values stay bounded whatever paths clients send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from governance.core import (
+    CANCELLED,
+    FAILURE,
+    SUCCESS,
+    Call,
+    Chain,
+    Outcome,
+    Rejection,
+    rejection_status,
+)
+from governance.outbound import DependencyUnavailable
+from governance.problem import PROBLEM_TYPE, problem_body, rejection_body, retry_after_seconds
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+UNMATCHED = "<unmatched>"
+
+
+class StarletteRouteResolver:
+    """scope -> route template by walking a Starlette app's routes (Mounts included), cached per path."""
+
+    def __init__(self, app: Any, unmatched: str = UNMATCHED, cache_size: int = 4096) -> None:
+        self._app, self._unmatched, self._cache_size = app, unmatched, cache_size
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, scope: Scope) -> str:
+        path = scope["path"]
+        hit = self._cache.get(path)
+        if hit is not None:
+            return hit
+        template = self._match(getattr(self._app, "routes", ()), scope, "") or self._unmatched
+        if len(self._cache) >= self._cache_size:  # id-heavy paths: start over rather than grow
+            self._cache.clear()
+        self._cache[path] = template
+        return template
+
+    def _match(self, routes: Any, scope: Scope, prefix: str) -> str | None:
+        from starlette.routing import Host, Match, Mount
+
+        partial = None
+        for route in routes:
+            match, child = route.matches(scope)
+            if match is Match.NONE:
+                continue
+            path = getattr(route, "path", "")
+            if isinstance(route, (Mount, Host)):
+                sub_routes = route.routes
+                found = self._match(sub_routes, {**scope, **child}, prefix + path)
+                if found is not None:
+                    return found
+                if sub_routes:
+                    continue
+                return f"{prefix}{path}/{{path}}"
+            template = prefix + path
+            if match is Match.FULL:
+                return template
+            partial = partial or template  # e.g. wrong method: still that route (405)
+        return partial
+
+
+def _default_resolver(app: Any) -> Callable[[Scope], str]:
+    if hasattr(app, "routes"):
+        return StarletteRouteResolver(app)
+    return lambda scope: UNMATCHED
+
+
+class GovernanceMiddleware:
+    def __init__(self, app: ASGIApp, chain: Chain, *, client_key: Callable[[Scope], str | None] | None = None,
+                 route_resolver: Callable[[Scope], str] | None = None) -> None:
+        self.app = app
+        self.chain = chain
+        self.client_key = client_key
+        self.route_resolver = route_resolver or _default_resolver(app)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        route = self.route_resolver(scope)
+        method = scope["method"]
+        call = Call("http", route, method, self.client_key(scope) if self.client_key else None, start)
+        call.attributes["carrier"] = scope["headers"]
+        chain = self.chain
+        plan = chain.plan("http", method, route)
+        try:
+            await chain.admit(call, plan)
+        except Rejection as rej:
+            await _send_rejection(send, rej, rejection_status("http", rej))
+            return
+
+        status = 0
+
+        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                extra = call.response_headers
+                if extra:
+                    message["headers"] = [*message.get("headers", ()),
+                                          *((k.lower().encode(), v.encode()) for k, v in extra)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            await chain.release(call, plan, Outcome(CANCELLED, status or 499, time.perf_counter() - start))
+            raise
+        except DependencyUnavailable as exc:
+            if status == 0:  # nothing sent yet: answer 503 like any other "unavailable"
+                await _send_problem(send, 503, problem_body(503, None, str(exc), dependency=exc.name),
+                                    retry_after_seconds(exc.retry_after))
+                await chain.release(call, plan, Outcome(FAILURE, 503, time.perf_counter() - start))
+                return
+            await chain.release(call, plan, Outcome(FAILURE, status, time.perf_counter() - start))
+            raise
+        except BaseException:
+            await chain.release(call, plan, Outcome(FAILURE, status or 500, time.perf_counter() - start))
+            raise
+        await chain.release(call, plan, Outcome(FAILURE if status >= 500 or status == 0 else SUCCESS,
+                                                status or 500, time.perf_counter() - start))
+
+
+async def _send_problem(send: Any, status: int, body: bytes, retry_after: int,
+                        extra: list[tuple[str, str]] | None = None) -> None:
+    headers = [(b"content-type", PROBLEM_TYPE.encode()), (b"content-length", str(len(body)).encode()),
+               (b"retry-after", str(retry_after).encode())]
+    if extra:
+        headers.extend((k.lower().encode(), v.encode()) for k, v in extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_rejection(send: Any, rej: Rejection, status: int) -> None:
+    await _send_problem(send, status, rejection_body(rej, status), retry_after_seconds(rej.retry_after),
+                        rej.headers)
+
+
+async def dependency_unavailable_handler(request: Any, exc: Exception) -> Any:
+    """Starlette exception handler: `exception_handlers={DependencyUnavailable: this}` -> 503 problem."""
+    from starlette.responses import Response
+
+    assert isinstance(exc, DependencyUnavailable)
+    retry = retry_after_seconds(exc.retry_after)
+    return Response(problem_body(503, None, str(exc), dependency=exc.name), status_code=503,
+                    media_type=PROBLEM_TYPE, headers={"Retry-After": str(retry)})

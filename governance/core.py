@@ -1,0 +1,179 @@
+"""Framework-neutral governance core: the `Call`, the plugin protocol, typed rejections, the chain.
+
+The adapters (ASGI, grpc.aio) turn a request into a `Call`, ask the `Chain` to admit it, run the
+handler, and report an `Outcome`. Everything here is transport-agnostic and allocation-light: the
+hot path allocates the `Call`, one `Outcome`, and nothing else of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Transport = Literal["http", "grpc"]
+RejectStatus = Literal["overloaded", "rate_limited", "unavailable"]
+
+# Outcome kinds. Plain module-level strings so comparisons stay cheap and the set stays closed.
+SUCCESS = "success"
+FAILURE = "failure"  # the server or a dependency failed (5xx, UNAVAILABLE, INTERNAL, ...)
+REJECTED = "rejected"  # a plugin later in the chain refused the call; the handler never ran
+CANCELLED = "cancelled"  # the client went away; evidence about neither health nor capacity
+
+# gRPC codes that mean "the server is unhealthy"; everything else (OK, INVALID_ARGUMENT, NOT_FOUND,
+# PERMISSION_DENIED, ...) is the server working correctly and must count as success for breakers.
+GRPC_FAILURE_CODES = frozenset({"UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "UNKNOWN", "DATA_LOSS"})
+
+
+@dataclass(slots=True)
+class Call:
+    """One inbound request as the plugins see it.
+
+    `route` is a bounded label: an HTTP route template ("/v1/accounts/{id}") or a gRPC full method
+    ("/pkg.Service/Method"), never a raw path. For gRPC, `method` is the RPC type
+    ("unary", "client_stream", "server_stream", "bidi_stream"); for HTTP it is the HTTP method.
+    """
+
+    transport: Transport
+    route: str
+    method: str
+    client_key: str | None
+    start: float  # time.perf_counter() when the adapter first saw the request
+    attributes: dict[str, Any] = field(default_factory=dict)
+    # Extra response headers a plugin wants on the reply (e.g. quota's RateLimit fields); kept
+    # None until someone sets it so the common case allocates nothing.
+    response_headers: list[tuple[str, str]] | None = None
+    # Message counts for streaming RPCs, maintained by the gRPC adapter.
+    msgs_in: int = 0
+    msgs_out: int = 0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a call ended. `status` is the HTTP status code (int) or the gRPC code name (str)."""
+
+    kind: str  # SUCCESS | FAILURE | REJECTED
+    status: int | str
+    duration: float  # seconds, perf_counter based
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == SUCCESS
+
+
+class Rejection(Exception):  # noqa: N818 - it is a decision, not an error condition
+    """A plugin's typed refusal. Adapters render it (HTTP 429/503, gRPC RESOURCE_EXHAUSTED/UNAVAILABLE)."""
+
+    __slots__ = ("plugin", "reason", "status", "retry_after", "headers")
+
+    def __init__(
+        self,
+        plugin: str,
+        reason: str,
+        status: RejectStatus,
+        retry_after: float = 1.0,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(f"{plugin}: {reason}")
+        self.plugin = plugin
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        self.headers = headers
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    """What the chain needs from a plugin.
+
+    `before` admits the call (return) or refuses it (raise `Rejection`). `after` runs exactly once
+    for every call whose `before` returned, whatever happened next: a later plugin's rejection
+    (outcome.kind == REJECTED), a handler exception (FAILURE), or a normal reply. A plugin that
+    rejects in its own `before` does its own bookkeeping there; its `after` is not called.
+    """
+
+    name: str
+
+    async def before(self, call: Call) -> None: ...
+
+    async def after(self, call: Call, outcome: Outcome) -> None: ...
+
+
+def http_outcome_kind(status: int) -> str:
+    return FAILURE if status >= 500 else SUCCESS
+
+
+def grpc_outcome_kind(code_name: str) -> str:
+    return FAILURE if code_name in GRPC_FAILURE_CODES else SUCCESS
+
+
+def rejection_status(transport: str, rej: Rejection) -> int | str:
+    """The reply a rejection becomes: HTTP 429/503 or gRPC RESOURCE_EXHAUSTED/UNAVAILABLE."""
+    if transport == "http":
+        return 429 if rej.status == "rate_limited" else 503
+    return "RESOURCE_EXHAUSTED" if rej.status == "rate_limited" else "UNAVAILABLE"
+
+
+RejectListener = Any  # Callable[[Call, Rejection], None]; kept loose to avoid a typing import cycle
+
+
+class Chain:
+    """An ordered set of plugins plus per-route plans.
+
+    A plan is the tuple of plugin instances that governs one (transport, method, route); it is
+    computed once by `resolver` (config decides overrides and disabled plugins) and cached. Route
+    labels are bounded by construction, so the cache is too.
+    """
+
+    __slots__ = ("plugins", "_resolver", "_plans", "_on_reject")
+
+    def __init__(self, plugins: list[Plugin], resolver: Any = None, on_reject: RejectListener = None) -> None:
+        self.plugins: tuple[Plugin, ...] = tuple(plugins)
+        # resolver(transport, method, route) -> tuple[Plugin, ...]; default: every plugin everywhere.
+        self._resolver = resolver
+        self._plans: dict[tuple[str, str, str], tuple[Plugin, ...]] = {}
+        self._on_reject = on_reject
+
+    def plan(self, transport: str, method: str, route: str) -> tuple[Plugin, ...]:
+        key = (transport, method, route)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self.plugins if self._resolver is None else tuple(self._resolver(transport, method, route))
+            self._plans[key] = plan
+        return plan
+
+    async def admit(self, call: Call, plan: tuple[Plugin, ...]) -> None:
+        """Run every `before`; on a rejection, unwind the plugins already admitted, then re-raise.
+
+        Any exception from a `before` (a bug in a plugin included) unwinds the same way, so no
+        plugin is left holding an in-flight slot.
+        """
+        done = 0
+        try:
+            for plugin in plan:
+                await plugin.before(call)
+                done += 1
+        except Rejection as rej:
+            if self._on_reject is not None:
+                self._on_reject(call, rej)
+            await self._unwind(call, plan, done, Outcome(REJECTED, rejection_status(call.transport, rej), 0.0))
+            raise
+        except BaseException:
+            await self._unwind(call, plan, done, Outcome(FAILURE, "UNKNOWN", 0.0))
+            raise
+
+    async def _unwind(self, call: Call, plan: tuple[Plugin, ...], done: int, outcome: Outcome) -> None:
+        outcome.duration = time.perf_counter() - call.start
+        await self.release(call, plan[:done], outcome)
+
+    async def release(self, call: Call, plan: tuple[Plugin, ...], outcome: Outcome) -> None:
+        """Run every `after` in reverse order. One failing `after` must not skip the others."""
+        error: BaseException | None = None
+        for i in range(len(plan) - 1, -1, -1):
+            try:
+                await plan[i].after(call, outcome)
+            except Exception as exc:  # noqa: BLE001 - keep releasing; re-raise the first at the end
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error

@@ -1,0 +1,277 @@
+"""Adaptive overload protection: no static limit to tune.
+
+Baseline is the BBR scheme (Kratos/sponge): over a 10 s window of 100 ms buckets keep the largest
+per-bucket completion count (max_pass) and the smallest per-bucket mean latency (min_rt); their
+product is the concurrency the service has *shown* it can sustain (Little's law). While overloaded,
+and for a cool-off after the last drop, a call is shed when in-flight exceeds that.
+
+What this version changes, and why:
+- CPU comes from the process's own cgroup and from the process itself (see `governance.signals`),
+  sampled every 50 ms with a ~0.3 s EMA, so it reacts in well under a second (BBR: 10-15 s).
+- I/O-bound overload (a downstream concurrency cap, CPU idle) shows as latency, not CPU: when the
+  last second's mean latency exceeds `latency_tolerance` x min_rt, the concurrency cap engages too.
+- In one asyncio process a CPU-bound backlog queues *before* the middleware (ready queue, socket
+  buffers), so in-flight stays ~1 and BBR never sheds. That queue is measured as event-loop lag;
+  when it exceeds the service's own min_rt, an admission-rate cap starts at the best completion
+  rate seen and is steered by the lag (multiplicative decrease, gentle increase).
+- Only successes count as passes and latency samples; in-flight is released in `after`, which the
+  chain always runs, so exceptions cannot leak slots.
+- Retry-After is the cool-off plus the measured queueing delay.
+
+`AdaptiveLimiter` is pure logic with an injected clock; `tick(cpu, lag)` feeds it signals. The
+plugin owns a sampler task that calls `tick` in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Gauge
+from pydantic import BaseModel, ConfigDict, Field
+
+from governance._prom import metric
+from governance.core import SUCCESS, Call, Outcome, Rejection
+from governance.plugins import PluginContext
+from governance.signals import CpuSignal
+
+
+class AdaptiveSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    window: float = Field(10.0, gt=0, description="seconds of history for max_pass/min_rt")
+    buckets: int = Field(100, ge=2)
+    cpu_threshold: float = Field(0.8, gt=0, description="utilisation (0..1) that counts as hot")
+    cooloff: float = Field(1.0, ge=0, description="seconds shedding stays armed after the last drop")
+    latency_tolerance: float = Field(2.0, gt=1, description="short-window latency / min_rt that means queueing")
+    lag_floor: float = Field(0.005, ge=0, description="loop lag below this is timer/GC noise, never overload")
+    tick: float = Field(0.05, gt=0, description="signal sampling period, seconds")
+    cpu_tau: float = Field(0.3, gt=0, description="CPU EMA time constant, seconds")
+    lag_tau: float = Field(0.1, gt=0, description="loop-lag EMA time constant, seconds")
+    cpu_cores: float | None = Field(None, description="cores one process can use; default min(1, quota)")
+
+
+class AdaptiveLimiter:
+    """Decision logic. Not thread-safe by design: one instance lives on one event loop."""
+
+    def __init__(self, settings: AdaptiveSettings | None = None, clock: Callable[[], float] = time.monotonic):
+        s = self.settings = settings or AdaptiveSettings()
+        self._clock = clock
+        self._n = s.buckets
+        self._blen = s.window / s.buckets
+        self._short = max(1, round(1.0 / self._blen))  # buckets in the 1 s "current latency" window
+        self._pass = [0] * self._n
+        self._rt = [0.0] * self._n
+        self._idx = 0
+        self._bstart = clock()
+        self.inflight = 0
+        # Derived every bucket rollover / tick.
+        self.max_pass = 0
+        self.min_rt = 0.0
+        self.max_inflight = 0
+        self.short_rt = 0.0
+        # Signals.
+        self.cpu = 0.0
+        self.lag = 0.0
+        self._last_tick: float | None = None
+        # Decision state.
+        self.conc_armed = False  # some overload signal says: cap concurrency
+        self.rate_armed = False  # loop lag says: cap admission rate
+        self.rate = 0.0  # admissions per second while rate-capped
+        self._tokens = 0.0
+        self._token_t = 0.0
+        self.last_drop = -math.inf
+        self.drops = 0
+
+    # -- window ---------------------------------------------------------------------------------
+    def _advance(self, now: float) -> None:
+        steps = int((now - self._bstart) / self._blen)
+        if steps <= 0:
+            return
+        n = self._n
+        for _ in range(min(steps, n)):
+            self._idx = (self._idx + 1) % n
+            self._pass[self._idx] = 0
+            self._rt[self._idx] = 0.0
+        self._bstart += steps * self._blen
+        self._recompute()
+
+    def _recompute(self) -> None:
+        """max_pass / min_rt over completed buckets (the current one is still filling)."""
+        max_pass, min_rt = 0, math.inf
+        cur, n = self._idx, self._n
+        short_cnt, short_sum = 0, 0.0
+        for back in range(1, n):
+            i = (cur - back) % n
+            p = self._pass[i]
+            if p:
+                if p > max_pass:
+                    max_pass = p
+                avg = self._rt[i] / p
+                if avg < min_rt:
+                    min_rt = avg
+                if back <= self._short:
+                    short_cnt += p
+                    short_sum += self._rt[i]
+        self.max_pass = max_pass
+        self.min_rt = 0.0 if min_rt is math.inf else min_rt
+        self.max_inflight = math.ceil(max_pass * self.min_rt / self._blen) if max_pass else 0
+        self.short_rt = short_sum / short_cnt if short_cnt else 0.0
+
+    # -- signals --------------------------------------------------------------------------------
+    def tick(self, cpu: float, lag: float) -> None:
+        """Feed one sample of CPU utilisation and event-loop lag (seconds); re-evaluate arming."""
+        s = self.settings
+        now = self._clock()
+        dt = s.tick if self._last_tick is None else max(1e-6, now - self._last_tick)
+        self._last_tick = now
+        self.cpu += (cpu - self.cpu) * (1.0 - math.exp(-dt / s.cpu_tau))
+        self.lag += (lag - self.lag) * (1.0 - math.exp(-dt / s.lag_tau))
+        self._advance(now)
+
+        lag_target = max(self.min_rt, s.lag_floor)
+        queueing = self.lag > lag_target
+        latency_up = self.min_rt > 0 and self.short_rt > s.latency_tolerance * self.min_rt
+        self.conc_armed = queueing or latency_up or self.cpu >= s.cpu_threshold
+
+        best_rate = self.max_pass / self._blen
+        if queueing and not self.rate_armed and best_rate > 0:
+            # Start at the best completion rate the window has seen; the lag steers from there.
+            self.rate_armed, self.rate = True, best_rate
+            self._tokens, self._token_t = 1.0, now
+        elif self.rate_armed:
+            if not queueing and now - self.last_drop >= s.cooloff and self.lag < lag_target / 2:
+                self.rate_armed = False
+            elif self.lag > lag_target:
+                self.rate *= 0.9
+            elif self.lag < lag_target / 2:
+                self.rate = min(self.rate * 1.05, max(2 * best_rate, self.rate))
+            self.rate = max(self.rate, 1.0 / self._blen)  # always let a trickle through to probe
+
+    # -- decisions ------------------------------------------------------------------------------
+    def acquire(self) -> str | None:
+        """None to admit (and count in-flight), else the reason for shedding."""
+        if self.conc_armed or self.rate_armed or self.last_drop > -math.inf:
+            now = self._clock()
+            armed = self.conc_armed or now - self.last_drop < self.settings.cooloff
+            if armed and self.max_inflight and self.inflight > 1 and self.inflight > self.max_inflight:
+                self.last_drop = now
+                self.drops += 1
+                return "concurrency"
+            if self.rate_armed:
+                tokens = self._tokens + (now - self._token_t) * self.rate
+                self._token_t = now
+                burst = max(1.0, float(self.max_inflight))
+                if tokens < 1.0:
+                    self._tokens = tokens
+                    self.last_drop = now
+                    self.drops += 1
+                    return "queueing"
+                self._tokens = min(burst, tokens) - 1.0
+        self.inflight += 1
+        return None
+
+    def release(self, duration: float, success: bool) -> None:
+        self.inflight -= 1
+        if success:
+            now = self._clock()
+            if now - self._bstart >= self._blen:
+                self._advance(now)
+            i = self._idx
+            self._pass[i] += 1
+            self._rt[i] += duration
+
+    def retry_after(self) -> float:
+        queue_delay = max(self.lag, self.short_rt - self.min_rt, 0.0)
+        return max(1.0, math.ceil(self.settings.cooloff + queue_delay))
+
+
+class AdaptivePlugin:
+    name = "adaptive"
+
+    def __init__(self, ctx: PluginContext, settings: AdaptiveSettings | None = None, *,
+                 label: str = "default", limiter: AdaptiveLimiter | None = None,
+                 cpu: CpuSignal | None = None, shared: dict[str, Any] | None = None) -> None:
+        self.settings = settings or AdaptiveSettings()
+        self.limiter = limiter or AdaptiveLimiter(self.settings)
+        self._ctx, self._label = ctx, label
+        # Variants for route overrides share one sampler (signals are process-wide).
+        self._shared = shared if shared is not None else {"limiters": [], "task": None, "cpu": cpu}
+        self._shared["limiters"].append(self)
+        reg = ctx.registry
+        labels = ("limiter",)
+        self._g_limit = metric(reg, Gauge, "governance_adaptive_limit",
+                               "Concurrency the adaptive limiter allows while shedding (max_pass x min_rt).",
+                               labels).labels(label)
+        self._g_inflight = metric(reg, Gauge, "governance_adaptive_inflight",
+                                  "Calls admitted by the adaptive limiter and still running.",
+                                  labels).labels(label)
+        self._g_rate = metric(reg, Gauge, "governance_adaptive_rate_limit",
+                              "Admission rate cap (calls/s) while the event loop is queueing; 0 when off.",
+                              labels).labels(label)
+        self._g_cpu = metric(reg, Gauge, "governance_adaptive_cpu_ratio",
+                             "CPU utilisation the adaptive limiter sees (cgroup/process, 0..1).",
+                             labels).labels(label)
+        self._g_lag = metric(reg, Gauge, "governance_adaptive_queue_delay_seconds",
+                             "Event-loop lag (queueing ahead of handlers), EMA.", labels).labels(label)
+        self._g_armed = metric(reg, Gauge, "governance_adaptive_overloaded",
+                               "1 while the adaptive limiter is armed to shed.", labels).labels(label)
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any], ctx: PluginContext) -> AdaptivePlugin:
+        return cls(ctx, AdaptiveSettings(**settings))
+
+    def derive(self, overrides: dict[str, Any], label: str) -> AdaptivePlugin:
+        merged = AdaptiveSettings(**{**self.settings.model_dump(), **overrides})
+        return AdaptivePlugin(self._ctx, merged, label=label, shared=self._shared)
+
+    # -- sampler --------------------------------------------------------------------------------
+    def _ensure_sampler(self) -> None:
+        if self._shared["task"] is None:
+            self._shared["task"] = asyncio.get_running_loop().create_task(
+                self._sample_forever(), name="governance-adaptive-sampler")
+
+    async def _sample_forever(self) -> None:
+        cpu = self._shared["cpu"] or CpuSignal(cores=self.settings.cpu_cores)
+        period = self.settings.tick
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + period
+            await asyncio.sleep(period)
+            lag = max(0.0, loop.time() - due)  # how long ready work kept us from waking on time
+            sample = cpu.sample()
+            for plugin in self._shared["limiters"]:
+                plugin.limiter.tick(sample, lag)
+                plugin.publish()
+
+    def publish(self) -> None:
+        lim = self.limiter
+        self._g_limit.set(lim.max_inflight)
+        self._g_inflight.set(lim.inflight)
+        self._g_rate.set(lim.rate if lim.rate_armed else 0.0)
+        self._g_cpu.set(lim.cpu)
+        self._g_lag.set(lim.lag)
+        self._g_armed.set(1 if (lim.conc_armed or lim.rate_armed) else 0)
+
+    async def aclose(self) -> None:
+        task = self._shared.get("task")
+        if task is not None:
+            self._shared["task"] = None
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, RuntimeError):
+                pass
+
+    # -- plugin protocol ------------------------------------------------------------------------
+    async def before(self, call: Call) -> None:
+        if self._shared["task"] is None:
+            self._ensure_sampler()
+        reason = self.limiter.acquire()
+        if reason is not None:
+            raise Rejection("adaptive", reason, "overloaded", self.limiter.retry_after())
+
+    async def after(self, call: Call, outcome: Outcome) -> None:
+        self.limiter.release(outcome.duration, outcome.kind == SUCCESS)

@@ -1,0 +1,156 @@
+"""Quota limits with the `limits` library's async API, per client key and/or per route.
+
+Storage is `memory://` by default; `redis://host:port` (or `async+redis://...`) shares counters
+across replicas. Only the async storages are used, so a slow Redis never blocks the event loop.
+Allowed and rejected HTTP replies carry the IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers,
+-08 and later): `RateLimit-Policy: "100-per-second";q=100;w=1` and `RateLimit: "100-per-second";r=42;t=1`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Literal
+
+from limits import RateLimitItem, parse_many
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+from limits.errors import ConfigurationError
+from limits.storage import storage_from_string
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from governance.core import Call, Outcome, Rejection
+from governance.plugins import PluginContext
+
+log = logging.getLogger(__name__)
+
+STRATEGIES: dict[str, type[RateLimiter]] = {
+    "moving-window": MovingWindowRateLimiter,
+    "sliding-window": SlidingWindowCounterRateLimiter,
+    "fixed-window": FixedWindowRateLimiter,
+}
+
+
+class QuotaSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: str = Field(..., description='limits string, e.g. "100/second;5000/minute"')
+    per: Literal["client", "route", "client_route", "global"] = "client"
+    strategy: Literal["moving-window", "sliding-window", "fixed-window"] = "moving-window"
+    storage: str = "memory://"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    headers: bool = Field(True, description="send RateLimit-Policy/RateLimit on every reply")
+    fail_open: bool = Field(True, description="admit when the storage is unreachable (logged, rate-limited)")
+    anonymous_key: str = Field("anonymous", description="bucket for calls without a client key")
+
+    @field_validator("limit")
+    @classmethod
+    def _parse(cls, v: str) -> str:
+        try:
+            if not parse_many(v):
+                raise ValueError("empty")
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not a limits string like '100/second;5000/minute': {v!r}") from exc
+        return v
+
+
+def async_storage_uri(uri: str) -> str:
+    return uri if uri.startswith("async+") else f"async+{uri}"
+
+
+def _policy_name(item: RateLimitItem) -> str:
+    unit = item.GRANULARITY.name
+    return f"{item.amount}-per-{unit}" if item.multiples == 1 else f"{item.amount}-per-{item.multiples}-{unit}"
+
+
+class QuotaPlugin:
+    name = "quota"
+
+    def __init__(self, ctx: PluginContext, settings: QuotaSettings, *, namespace: str = "default",
+                 storage: Any = None) -> None:
+        self.settings = s = settings
+        self._ctx, self.namespace = ctx, namespace
+        if storage is None:
+            try:
+                storage = storage_from_string(async_storage_uri(s.storage), **s.storage_options)
+            except ConfigurationError as exc:
+                raise ValueError(f"quota.storage: {exc}") from exc
+        self.storage = storage
+        self.limiter: RateLimiter = STRATEGIES[s.strategy](storage)
+        self.items: list[RateLimitItem] = parse_many(s.limit)
+        self._policy = ", ".join(f'"{_policy_name(i)}";q={i.amount};w={i.get_expiry()}' for i in self.items)
+        self._names = [_policy_name(i) for i in self.items]
+        self._last_storage_warning = 0.0
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any], ctx: PluginContext) -> QuotaPlugin:
+        return cls(ctx, QuotaSettings(**settings))
+
+    def derive(self, overrides: dict[str, Any], label: str) -> QuotaPlugin:
+        merged = QuotaSettings(**{**self.settings.model_dump(), **overrides})
+        same_storage = merged.storage == self.settings.storage and merged.storage_options == \
+            self.settings.storage_options
+        # A route variant counts in its own namespace so it never shares buckets with the default.
+        return QuotaPlugin(self._ctx, merged, namespace=label, storage=self.storage if same_storage else None)
+
+    def _identifiers(self, call: Call) -> tuple[str, ...]:
+        per = self.settings.per
+        key = call.client_key or self.settings.anonymous_key
+        if per == "client":
+            return (self.namespace, key)
+        if per == "route":
+            return (self.namespace, call.route)
+        if per == "client_route":
+            return (self.namespace, key, call.route)
+        return (self.namespace,)
+
+    def _storage_failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_storage_warning > 10.0:
+            self._last_storage_warning = now
+            log.warning("quota storage %s failed (%s); %s", self.settings.storage, exc,
+                        "admitting calls" if self.settings.fail_open else "rejecting calls")
+
+    async def before(self, call: Call) -> None:
+        ids = self._identifiers(call)
+        limiter = self.limiter
+        try:
+            for i, item in enumerate(self.items):
+                if not await limiter.hit(item, *ids):
+                    stats = await limiter.get_window_stats(item, *ids)
+                    retry = max(1.0, math.ceil(stats.reset_time - time.time()))
+                    headers = self._headers(i, 0, retry) if self.settings.headers else None
+                    raise Rejection("quota", "limit_exceeded", "rate_limited", retry, headers)
+            if self.settings.headers:
+                await self._attach_headers(call, ids)
+        except Rejection:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any storage error (connection, timeout, script)
+            self._storage_failed(exc)
+            if not self.settings.fail_open:
+                raise Rejection("quota", "storage_unavailable", "unavailable", 1.0) from exc
+
+    def _headers(self, i: int, remaining: int, reset: float) -> list[tuple[str, str]]:
+        return [("RateLimit-Policy", self._policy),
+                ("RateLimit", f'"{self._names[i]}";r={remaining};t={max(0, math.ceil(reset))}')]
+
+    async def _attach_headers(self, call: Call, ids: tuple[str, ...]) -> None:
+        # Report the most constrained policy: the one with the fewest calls left.
+        best_i, best_rem, best_reset = 0, math.inf, 0.0
+        now = time.time()
+        for i, item in enumerate(self.items):
+            stats = await self.limiter.get_window_stats(item, *ids)
+            if stats.remaining < best_rem:
+                best_i, best_rem, best_reset = i, stats.remaining, stats.reset_time - now
+        headers = self._headers(best_i, int(best_rem), best_reset)
+        if call.response_headers is None:
+            call.response_headers = headers
+        else:
+            call.response_headers.extend(headers)
+
+    async def after(self, call: Call, outcome: Outcome) -> None:
+        return None
