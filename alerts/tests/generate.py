@@ -362,7 +362,7 @@ SCENARIOS: list[dict[str, Any]] = [
 
 def _go_g4(value: float) -> str:
     # Go's %.4g and Python's agree for the finite values used here.
-    return "%.4g" % value
+    return f"{value:.4g}"
 
 
 def humanize(v: float) -> str:

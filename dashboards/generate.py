@@ -1,0 +1,326 @@
+"""Builds the Grafana dashboards (JSON next to this file) from the panel lists below.
+
+Fixed uids, the Prometheus datasource referenced by uid (no `${DS_...}` import inputs), one `job`
+variable. Every expression uses only metrics meterd emits (checked by tests/observability).
+Run after editing:  python dashboards/generate.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DS = {"type": "prometheus", "uid": "meterd-prometheus"}
+J = 'job=~"$job"'
+RI = "$__rate_interval"
+
+
+def q(expr: str, legend: str = "") -> dict[str, str]:
+    return {"expr": expr, "legend": legend}
+
+
+def panel(title: str, targets: list[dict[str, str]], unit: str = "short", *, kind: str = "timeseries",
+          description: str = "", width: int = 12, height: int = 8, mappings: list[Any] | None = None,
+          stack: bool = False, max_value: float | None = None) -> dict[str, Any]:
+    return {"title": title, "targets": targets, "unit": unit, "kind": kind, "description": description,
+            "width": width, "height": height, "mappings": mappings or [], "stack": stack, "max": max_value}
+
+
+def row(title: str) -> dict[str, Any]:
+    return {"row": title}
+
+
+def quantiles(metric: str, by: str, selector: str = J, qs: tuple[float, ...] = (0.5, 0.99)) -> list[dict[str, str]]:
+    legend_by = "".join(f"{{{{{label}}}}} " for label in by.split(", ") if label != "le")
+    return [
+        q(f"histogram_quantile({x}, sum by ({by}) (rate({metric}_bucket{{{selector}}}[{RI}])))",
+          f"{legend_by}p{int(x * 100)}")
+        for x in qs
+    ]
+
+
+BREAKER_STATES = [
+    {"type": "value", "options": {
+        "0": {"text": "closed", "color": "green"},
+        "1": {"text": "open", "color": "red"},
+        "2": {"text": "half-open", "color": "orange"},
+    }}
+]
+
+DASHBOARDS: dict[str, dict[str, Any]] = {
+    "overview": {
+        "uid": "meterd-overview",
+        "title": "meterd / Overview",
+        "description": "RED view of meterd: rate, errors and duration for HTTP and gRPC, and the SLO.",
+        "panels": [
+            row("Service"),
+            panel("Targets up", [q('sum by (job) (up{service="meterd", job=~"$job"})', "{{job}}")],
+                  kind="stat", width=6, height=5,
+                  description="Scraped replicas per role that answer."),
+            panel("Error ratio, last 1h (SLO 99.9%)",
+                  [q('meterd:sli_error_ratio:rate1h{job=~"$job"}', "{{job}} {{transport}}")],
+                  "percentunit", kind="stat", width=6, height=5,
+                  description="Failed calls / all calls over 1h; the budget is 0.1%."),
+            panel("Error budget burn rate (1h)",
+                  [q('meterd:sli_error_ratio:rate1h{job=~"$job"} / 0.001', "{{job}} {{transport}}")],
+                  kind="stat", width=6, height=5,
+                  description="1 = spending exactly the 30-day budget; 14.4 pages."),
+            panel("In-flight HTTP requests", [q(f"sum by (job) (http_server_active_requests{{{J}}})", "{{job}}")],
+                  width=6, height=5),
+            row("HTTP"),
+            panel("HTTP requests/s by route",
+                  [q(f"sum by (route) (rate(http_server_request_duration_seconds_count{{{J}}}[{RI}]))",
+                     "{{route}}")], "reqps", stack=True),
+            panel("HTTP requests/s by status",
+                  [q(f"sum by (status_code) (rate(http_server_request_duration_seconds_count{{{J}}}[{RI}]))",
+                     "{{status_code}}")], "reqps", stack=True),
+            panel("HTTP error ratio (5xx)", [q(
+                f'sum by (route) (rate(http_server_request_duration_seconds_count{{{J}, status_code=~"5.."}}[{RI}]))'
+                f" / sum by (route) (rate(http_server_request_duration_seconds_count{{{J}}}[{RI}]))",
+                "{{route}}")], "percentunit"),
+            panel("HTTP latency by route", quantiles("http_server_request_duration_seconds", "route, le",
+                                                     qs=(0.5, 0.95, 0.99)), "s"),
+            row("gRPC"),
+            panel("RPCs/s by method and code",
+                  [q(f"sum by (grpc_method, grpc_code) (rate(grpc_server_handled_total{{{J}}}[{RI}]))",
+                     "{{grpc_method}} {{grpc_code}}")], "reqps", stack=True),
+            panel("gRPC error ratio (server faults)", [q(
+                f'sum by (grpc_method) (rate(grpc_server_handled_total{{{J}, grpc_code=~"Unknown|Internal|'
+                f'Unavailable|DataLoss|DeadlineExceeded"}}[{RI}])) / sum by (grpc_method) '
+                f"(rate(grpc_server_handled_total{{{J}}}[{RI}]))", "{{grpc_method}}")], "percentunit"),
+            panel("gRPC latency by method", quantiles("grpc_server_handling_seconds", "grpc_method, le",
+                                                      qs=(0.5, 0.95, 0.99)), "s"),
+            panel("Started RPCs and stream messages/s", [
+                q(f"sum by (grpc_method) (rate(grpc_server_started_total{{{J}}}[{RI}]))", "started {{grpc_method}}"),
+                q(f"sum by (grpc_method) (rate(grpc_server_msg_received_total{{{J}}}[{RI}]))",
+                  "received {{grpc_method}}"),
+                q(f"sum by (grpc_method) (rate(grpc_server_msg_sent_total{{{J}}}[{RI}]))", "sent {{grpc_method}}"),
+            ], "ops"),
+        ],
+    },
+    "governance": {
+        "uid": "meterd-governance",
+        "title": "meterd / Governance",
+        "description": "Adaptive limiter, quota limiter and circuit breakers: what was refused and why.",
+        "panels": [
+            row("Adaptive limiter"),
+            panel("Limit vs in-flight", [
+                q(f"governance_adaptive_limit{{{J}}}", "limit {{instance}} {{limiter}}"),
+                q(f"governance_adaptive_inflight{{{J}}}", "in-flight {{instance}} {{limiter}}"),
+            ], description="Shedding starts when in-flight exceeds the limit while overloaded."),
+            panel("CPU seen by the limiter and overload state", [
+                q(f"governance_adaptive_cpu_ratio{{{J}}}", "cpu {{instance}} {{limiter}}"),
+                q(f"governance_adaptive_overloaded{{{J}}}", "overloaded {{instance}} {{limiter}}"),
+            ], "percentunit"),
+            panel("Event-loop queueing delay", [
+                q(f"governance_adaptive_queue_delay_seconds{{{J}}}", "{{instance}} {{limiter}}")], "s"),
+            panel("Admission rate cap while queueing", [
+                q(f"governance_adaptive_rate_limit{{{J}}}", "{{instance}} {{limiter}}")], "reqps",
+                description="0 when the rate cap is off."),
+            row("Rejections"),
+            panel("Rejections/s by plugin and reason", [
+                q(f"sum by (plugin, reason) (rate(governance_rejections_total{{{J}}}[{RI}]))", "{{plugin}} {{reason}}"),
+            ], "reqps", stack=True),
+            panel("Shed ratio (adaptive + breaker)", [
+                q('meterd:governance_shed_ratio:rate5m{job=~"$job"}', "{{job}}")], "percentunit"),
+            panel("Rejections/s by transport", [
+                q(f"sum by (transport) (rate(governance_rejections_total{{{J}}}[{RI}]))", "{{transport}}"),
+            ], "reqps"),
+            row("Circuit breakers"),
+            panel("Outbound breaker state", [q(f"max by (breaker) (governance_breaker_state{{{J}}})", "{{breaker}}")],
+                  kind="stat", width=8, mappings=BREAKER_STATES),
+            panel("Outbound calls refused by open breakers/s", [
+                q(f"sum by (breaker) (rate(governance_breaker_rejections_total{{{J}}}[{RI}]))", "{{breaker}}")],
+                "reqps", width=8),
+            panel("Inbound breaker drop probability by route", [
+                q(f"max by (route) (governance_breaker_drop_ratio{{{J}}})", "{{route}}")], "percentunit", width=8),
+        ],
+    },
+    "ingestion": {
+        "uid": "meterd-ingestion",
+        "title": "meterd / Ingestion pipeline",
+        "description": "Writers to Kafka to the aggregating consumer: throughput, batch sizes, latency, lag, DLQ.",
+        "panels": [
+            row("Writers"),
+            panel("Records/s by transport and result", [
+                q(f"sum by (transport, result) (rate(meterd_ingest_records_total{{{J}}}[{RI}]))",
+                  "{{transport}} {{result}}")], "rps", stack=True),
+            panel("Batch size (records)", [
+                *quantiles("meterd_ingest_batch_records", "le"),
+                q(f"sum(rate(meterd_ingest_batch_records_sum{{{J}}}[{RI}])) / "
+                  f"sum(rate(meterd_ingest_batch_records_count{{{J}}}[{RI}]))", "mean"),
+            ]),
+            panel("Kafka produce latency (to acks=all)", quantiles("meterd_kafka_produce_seconds", "le",
+                                                                   qs=(0.5, 0.95, 0.99)), "s"),
+            panel("Accepted batches/s", [
+                q(f"sum by (job) (rate(meterd_ingest_batch_records_count{{{J}}}[{RI}]))", "{{job}}")], "ops"),
+            row("Consumer"),
+            panel("Records aggregated/s", [
+                q(f"sum by (instance) (rate(meterd_consumer_records_total{{{J}}}[{RI}]))", "{{instance}}")], "rps"),
+            panel("Kafka messages/s by outcome", [
+                q(f"sum by (result) (rate(meterd_consumer_batches_total{{{J}}}[{RI}]))", "{{result}}")],
+                "ops", stack=True),
+            panel("Consumer lag by partition (messages)", [
+                q(f"sum by (partition) (meterd_consumer_lag_messages{{{J}}})", "partition {{partition}}")],
+                stack=True),
+            panel("Dead-lettered messages", [
+                q(f"sum by (instance) (increase(meterd_consumer_dlq_total{{{J}}}[{RI}]))", "{{instance}}")],
+                description="Undecodable messages moved to meterd.traffic.v1.dlq."),
+            panel("Flush latency (one DB transaction)", quantiles("meterd_consumer_flush_seconds", "le",
+                                                                  qs=(0.5, 0.95, 0.99)), "s"),
+            panel("Records buffered, not yet flushed", [
+                q(f"sum by (instance) (meterd_consumer_buffer_records{{{J}}})", "{{instance}}")]),
+        ],
+    },
+    "runtime": {
+        "uid": "meterd-runtime",
+        "title": "meterd / Runtime & profiling",
+        "description": "Process resources, garbage collection, self-profiling and the DingTalk relay.",
+        "panels": [
+            row("Process"),
+            panel("CPU (cores)", [q(f"rate(process_cpu_seconds_total{{{J}}}[{RI}])", "{{job}} {{instance}}")]),
+            panel("Resident memory", [q(f"process_resident_memory_bytes{{{J}}}", "{{job}} {{instance}}")], "bytes"),
+            panel("Open file descriptors", [
+                q(f"process_open_fds{{{J}}}", "{{instance}}"),
+                q(f"process_max_fds{{{J}}}", "max {{instance}}"),
+            ]),
+            panel("GC collections/s by generation", [
+                q(f"sum by (generation) (rate(python_gc_collections_total{{{J}}}[{RI}]))", "gen {{generation}}"),
+                q(f"sum by (generation) (rate(python_gc_objects_collected_total{{{J}}}[{RI}]))",
+                  "collected gen {{generation}}"),
+            ], "ops"),
+            row("Watchdog and profiling"),
+            panel("Watchdog: process CPU and memory (share of limit)", [
+                q(f"profiling_watchdog_cpu_ratio{{{J}}}", "cpu {{instance}}"),
+                q(f"profiling_watchdog_memory_ratio{{{J}}}", "memory {{instance}}"),
+            ], "percentunit", max_value=1),
+            panel("Watchdog: host CPU and memory", [
+                q(f"profiling_watchdog_host_cpu_ratio{{{J}}}", "host cpu {{instance}}"),
+                q(f"profiling_watchdog_host_memory_ratio{{{J}}}", "host memory {{instance}}"),
+            ], "percentunit", max_value=1),
+            panel("Captures by trigger (last 1h)", [
+                q(f"sum by (trigger) (increase(profiling_captures_total{{{J}}}[1h]))", "{{trigger}}")],
+                kind="bargauge", width=8),
+            panel("Capture in progress", [
+                q(f"max by (instance) (profiling_capture_in_progress{{{J}}})", "{{instance}}")],
+                kind="stat", width=8),
+            panel("Capture failures by reason (last 1h)", [
+                q(f"sum by (reason) (increase(profiling_capture_failures_total{{{J}}}[1h]))", "{{reason}}")],
+                kind="bargauge", width=8),
+            row("DingTalk relay"),
+            panel("Notifications/s by result", [
+                q(f"sum by (robot, result) (rate(meterd_relay_notifications_total{{{J}}}[{RI}]))",
+                  "{{robot}} {{result}}"),
+                q(f"sum by (robot) (rate(meterd_relay_notifications_queued_total{{{J}}}[{RI}]))", "{{robot}} queued"),
+            ], "ops", width=8),
+            panel("Messages sent and failed sends/s", [
+                q(f"sum by (robot) (rate(meterd_relay_messages_sent_total{{{J}}}[{RI}]))", "sent {{robot}}"),
+                q(f"sum by (robot, reason) (rate(meterd_relay_send_failures_total{{{J}}}[{RI}]))",
+                  "failed {{robot}} {{reason}}"),
+            ], "ops", width=8),
+            panel("Queued notifications", [
+                q(f"sum by (robot) (meterd_relay_pending_notifications{{{J}}})", "{{robot}}")], width=8),
+            panel("Send latency", quantiles("meterd_relay_send_seconds", "le", qs=(0.5, 0.99)), "s", width=8),
+            panel("Merged notifications and truncated messages/s", [
+                q(f"sum by (robot) (rate(meterd_relay_alerts_merged_total{{{J}}}[{RI}]))", "merged {{robot}}"),
+                q(f"sum by (robot) (rate(meterd_relay_truncated_total{{{J}}}[{RI}]))", "truncated {{robot}}"),
+            ], "ops", width=8),
+            panel("Message size p99", quantiles("meterd_relay_message_bytes", "le", qs=(0.99,)), "bytes", width=8),
+        ],
+    },
+}
+
+
+def _panel_json(spec: dict[str, Any], pid: int, x: int, y: int) -> dict[str, Any]:
+    targets = [
+        {"refId": chr(ord("A") + i), "datasource": DS, "expr": t["expr"], "legendFormat": t["legend"] or "__auto",
+         "range": True}
+        for i, t in enumerate(spec["targets"])
+    ]
+    defaults: dict[str, Any] = {"unit": spec["unit"], "mappings": spec["mappings"]}
+    if spec["max"] is not None:
+        defaults["max"], defaults["min"] = spec["max"], 0
+    if spec["kind"] == "timeseries":
+        defaults["custom"] = {"stacking": {"mode": "normal" if spec["stack"] else "none", "group": "A"},
+                              "fillOpacity": 10 if spec["stack"] else 0, "showPoints": "never"}
+    options: dict[str, Any] = {}
+    if spec["kind"] == "timeseries":
+        options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                   "tooltip": {"mode": "multi", "sort": "desc"}}
+    elif spec["kind"] in ("stat", "bargauge"):
+        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+    return {
+        "id": pid,
+        "type": spec["kind"],
+        "title": spec["title"],
+        "description": spec["description"],
+        "datasource": DS,
+        "gridPos": {"h": spec["height"], "w": spec["width"], "x": x, "y": y},
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
+    }
+
+
+def build(key: str) -> dict[str, Any]:
+    board = DASHBOARDS[key]
+    panels, pid, x, y, row_height = [], 1, 0, 0, 0
+    for spec in board["panels"]:
+        if "row" in spec:
+            if x:
+                y, x = y + row_height, 0
+            panels.append({"id": pid, "type": "row", "title": spec["row"], "collapsed": False,
+                           "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+            pid, y, row_height = pid + 1, y + 1, 0
+            continue
+        if x + spec["width"] > 24:
+            y, x, row_height = y + row_height, 0, 0
+        panels.append(_panel_json(spec, pid, x, y))
+        pid, x, row_height = pid + 1, x + spec["width"], max(row_height, spec["height"])
+    return {
+        "uid": board["uid"],
+        "title": board["title"],
+        "description": board["description"],
+        "tags": ["meterd"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "links": [{"type": "dashboards", "tags": ["meterd"], "asDropdown": True, "title": "meterd dashboards"}],
+        "templating": {"list": [{
+            "name": "job",
+            "label": "Role",
+            "type": "query",
+            "datasource": DS,
+            "query": {"query": 'label_values(up{service="meterd"}, job)', "refId": "job"},
+            "definition": 'label_values(up{service="meterd"}, job)',
+            "refresh": 2,
+            "includeAll": True,
+            "multi": True,
+            "allValue": ".+",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+            "sort": 1,
+        }]},
+        "annotations": {"list": [{
+            "name": "Alerts", "datasource": DS, "enable": True, "iconColor": "red",
+            "expr": 'ALERTS{alertstate="firing", service="meterd"}', "titleFormat": "{{alertname}}",
+            "textFormat": "{{severity}}", "useValueForTime": False, "step": "60s",
+        }]},
+        "panels": panels,
+    }
+
+
+def render_all() -> dict[str, str]:
+    return {f"meterd-{key}.json": json.dumps(build(key), indent=2, ensure_ascii=False) + "\n" for key in DASHBOARDS}
+
+
+if __name__ == "__main__":
+    for name, text in render_all().items():
+        (HERE / name).write_text(text)
+        print(f"wrote {HERE / name}", file=sys.stderr)
