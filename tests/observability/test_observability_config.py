@@ -4,7 +4,6 @@ docker-compose, plus the metric-name contract: a name meterd does not emit fails
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -14,58 +13,28 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.observability.artifacts import (
+    ALERTS,
+    DASHBOARDS,
+    ROOT,
+    RULE_FILES,
+    alert_rules,
+    dashboard_expressions,
+    dashboards,
+    panels,
+    recorded,
+    rule_expressions,
+)
 from tests.observability.emitted_metrics import EMITTED, queryable_names
 from tests.observability.promql_names import metric_names, template_query_names
 from tests.support.require import require_binary
 
-ROOT = Path(__file__).resolve().parents[2]
-ALERTS = ROOT / "alerts"
-DASHBOARDS = ROOT / "dashboards"
-RULE_FILES = sorted((ALERTS / "rules").glob("*.yml"))
-DASHBOARD_FILES = sorted(DASHBOARDS.glob("*.json"))
 SEVERITIES = {"critical", "warning", "info"}
 DATASOURCE = {"type": "prometheus", "uid": "meterd-prometheus"}
 
 
 def _run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, **kw)
-
-
-def _rules() -> list[dict[str, Any]]:
-    return [r for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]]
-
-
-def _alert_rules() -> list[dict[str, Any]]:
-    return [r for r in _rules() if "alert" in r]
-
-
-def _recorded() -> set[str]:
-    return {r["record"] for r in _rules() if "record" in r}
-
-
-def _dashboards() -> dict[str, dict[str, Any]]:
-    return {f.name: json.loads(f.read_text()) for f in DASHBOARD_FILES}
-
-
-def _panels(board: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for p in board["panels"]:
-        out.append(p)
-        out.extend(p.get("panels", []))
-    return out
-
-
-def dashboard_expressions() -> list[tuple[str, str]]:
-    """(where, expr) for every panel target and annotation of every dashboard."""
-    found = []
-    for name, board in _dashboards().items():
-        for p in _panels(board):
-            for t in p.get("targets", []):
-                found.append((f"{name}: {p['title']} [{t['refId']}]", t["expr"]))
-        for a in board.get("annotations", {}).get("list", []):
-            if a.get("expr"):
-                found.append((f"{name}: annotation {a['name']}", a["expr"]))
-    return found
 
 
 def unknown_metric_names(expressions: list[tuple[str, str]], known: set[str]) -> list[str]:
@@ -82,13 +51,13 @@ def test_promtool_check_config() -> None:
     assert "2 rule files found" in result.stdout
 
 
-def test_promtool_check_rules() -> None:
+def test_promtool_checkrules() -> None:
     promtool = require_binary("promtool")
     result = _run([promtool, "check", "rules", *map(str, RULE_FILES)])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_promtool_test_rules() -> None:
+def test_promtool_testrules() -> None:
     promtool = require_binary("promtool")
     tests = sorted((ALERTS / "tests").glob("*.yml"))
     assert tests
@@ -117,8 +86,8 @@ def test_generated_files_are_fresh() -> None:
 def test_every_alert_has_severity_and_annotations_that_resolve() -> None:
     runbooks = (ALERTS / "RUNBOOKS.md").read_text()
     anchors = {"#" + h.strip().lower() for h in re.findall(r"^## (.+)$", runbooks, re.M)}
-    uids = {b["uid"] for b in _dashboards().values()}
-    alerts = _alert_rules()
+    uids = {b["uid"] for b in dashboards().values()}
+    alerts = alert_rules()
     assert len(alerts) >= 15
     for rule in alerts:
         name = rule["alert"]
@@ -133,7 +102,7 @@ def test_every_alert_has_severity_and_annotations_that_resolve() -> None:
 
 
 def test_required_alert_topics_are_covered() -> None:
-    names = {r["alert"] for r in _alert_rules()}
+    names = {r["alert"] for r in alert_rules()}
     for required in (
         "MeterdTargetDown",
         "MeterdErrorBudgetBurn",
@@ -160,14 +129,14 @@ def test_every_alert_has_a_firing_and_a_not_firing_case() -> None:
                     fired |= {(check["alertname"], a["exp_labels"]["severity"]) for a in check["exp_alerts"]}
                 else:
                     quiet.add(check["alertname"])
-    for rule in _alert_rules():
+    for rule in alert_rules():
         key = (rule["alert"], rule["labels"]["severity"])
         assert key in fired, f"no firing test for {key}"
         assert rule["alert"] in quiet, f"no not-firing test for {rule['alert']}"
 
 
 def test_burn_rate_alerts_use_multiple_windows() -> None:
-    burn = [r for r in _alert_rules() if r["alert"] == "MeterdErrorBudgetBurn"]
+    burn = [r for r in alert_rules() if r["alert"] == "MeterdErrorBudgetBurn"]
     assert {r["labels"]["severity"] for r in burn} == {"critical", "warning"}
     windows = {w for r in burn for w in re.findall(r"rate(\d+[mhd])", r["expr"])}
     assert windows == {"5m", "30m", "1h", "2h", "6h", "1d", "3d"}
@@ -178,15 +147,14 @@ def test_burn_rate_alerts_use_multiple_windows() -> None:
 
 
 def test_rules_use_only_emitted_metrics() -> None:
-    known = queryable_names() | _recorded()
-    expressions = [(r.get("alert") or r["record"], r["expr"]) for r in _rules()]
-    assert unknown_metric_names(expressions, known) == []
+    known = queryable_names() | recorded()
+    assert unknown_metric_names(rule_expressions(), known) == []
 
 
 def test_dashboards_use_only_emitted_metrics() -> None:
-    known = queryable_names() | _recorded()
+    known = queryable_names() | recorded()
     assert unknown_metric_names(dashboard_expressions(), known) == []
-    for name, board in _dashboards().items():
+    for name, board in dashboards().items():
         for var in board["templating"]["list"]:
             query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
             assert template_query_names(query) <= known, (name, var["name"])
@@ -217,7 +185,7 @@ def test_every_emitted_metric_is_shown_somewhere() -> None:
 
 
 def test_dashboards_fixed_uids_and_datasource_by_uid() -> None:
-    boards = _dashboards()
+    boards = dashboards()
     assert {b["uid"] for b in boards.values()} == {
         "meterd-overview",
         "meterd-governance",
@@ -228,7 +196,7 @@ def test_dashboards_fixed_uids_and_datasource_by_uid() -> None:
         raw = (DASHBOARDS / name).read_text()
         assert "${DS_" not in raw and "__inputs" not in raw, name
         assert board.get("id") is None, f"{name}: provisioned dashboards carry no numeric id"
-        for p in _panels(board):
+        for p in panels(board):
             if p["type"] == "row":
                 continue
             assert p["datasource"] == DATASOURCE, (name, p["title"])
@@ -239,11 +207,11 @@ def test_dashboards_fixed_uids_and_datasource_by_uid() -> None:
             assert grid["x"] + grid["w"] <= 24, (name, p["title"])
         for var in board["templating"]["list"]:
             assert var["datasource"] == DATASOURCE
-        ids = [p["id"] for p in _panels(board)]
+        ids = [p["id"] for p in panels(board)]
         assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
 
 
-def test_provisioning_matches_dashboards() -> None:
+def test_provisioning_matchesdashboards() -> None:
     ds = yaml.safe_load((DASHBOARDS / "provisioning" / "datasources" / "prometheus.yml").read_text())
     [source] = ds["datasources"]
     assert source["uid"] == "meterd-prometheus" and source["type"] == "prometheus"
