@@ -146,3 +146,5 @@ def meterd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Meterd]:
         finally:
             channel.close()
             admin.close()
+            # SIGTERM, not the context manager's SIGKILL: a graceful stop also stops the embedded broker.
+            assert proc.stop(30) == 0, proc.output()[-3000:]
