@@ -155,15 +155,29 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-    return _override(settings, overrides or {})
+    return _override(settings, overrides or {}, ())
 
 
-def _override(model: BaseModel, overrides: dict[str, Any]) -> Any:
-    """Applies already-typed command-line values on top of file and environment (flags win)."""
+def _override(model: BaseModel, overrides: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """Applies command-line values on top of file and environment (flags win), validated like the
+    rest: a section is re-validated with the flag's value merged in."""
     update: dict[str, Any] = {}
     for key, value in overrides.items():
         if value is None:
             continue
-        current = getattr(model, key)
-        update[key] = _override(current, value) if isinstance(value, dict) else value
-    return model.model_copy(update=update)
+        if isinstance(value, dict):
+            update[key] = _override(getattr(model, key), value, (*path, key))
+        else:
+            update[key] = value
+    if not update:
+        return model
+    if isinstance(model, BaseSettings):  # the root: re-validating would re-read the environment
+        return model.model_copy(update=update)
+    try:
+        return type(model).model_validate({**model.model_dump(), **update})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join((*path, *(str(p) for p in err["loc"])))
+            lines.append(f"  {key}: {err['msg']} (command-line flag)")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

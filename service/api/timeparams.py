@@ -31,6 +31,8 @@ def usage_window(params: dict[str, str], now_s: int) -> tuple[int, int, str, int
         raise invalid([{"field": "step", "detail": "must be one of 1m, 1h, 1d"}])
     end = parse_rfc3339(params["end"], "end") if "end" in params else now_s
     start = parse_rfc3339(params["start"], "start") if "start" in params else end - 3600
+    if start >= end:  # checked before rounding too: both may round into the same step
+        raise invalid([{"field": "start", "detail": "must be before end"}])
     # Align to the step so buckets are whole minutes/hours/days (UTC).
     start -= start % step
     if end % step:

@@ -14,6 +14,20 @@ BATCH_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _MAX_VIOLATIONS = 50
 
 
+def validate_shape(batch_id: str, record_count: int, settings: IngestSettings) -> None:
+    """The checks that need no lookup; run first so an oversized batch costs no query."""
+    violations: list[FieldViolation] = []
+    if not BATCH_ID.match(batch_id):
+        violations.append(FieldViolation("batch_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -"))
+    if record_count == 0:
+        violations.append(FieldViolation("records", "must contain at least one record"))
+    elif record_count > settings.max_batch_records:
+        violations.append(FieldViolation(
+            "records", f"has {record_count} records; the limit is {settings.max_batch_records}"))
+    if violations:
+        raise InvalidBatch(violations)
+
+
 def validate_batch(
     batch_id: str,
     records: Sequence[traffic_pb2.TrafficRecord],
@@ -28,18 +42,9 @@ def validate_batch(
     ``statuses`` maps each account id in the batch to its status (missing: unknown account).
     ``own_account`` is set when an account key (not the admin token) wrote the batch.
     """
+    validate_shape(batch_id, len(records), settings)
     violations: list[FieldViolation] = []
     add = violations.append
-    if not BATCH_ID.match(batch_id):
-        add(FieldViolation("batch_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -"))
-    n = len(records)
-    if n == 0:
-        add(FieldViolation("records", "must contain at least one record"))
-    elif n > settings.max_batch_records:
-        add(FieldViolation("records", f"has {n} records; the limit is {settings.max_batch_records}"))
-    if violations:
-        raise InvalidBatch(violations)
-
     now = int(time.time() * 1000) if now_ms is None else now_ms
     earliest = now - settings.max_past_seconds * 1000
     latest = now + settings.max_future_seconds * 1000

@@ -13,7 +13,7 @@ from service.auth import Principal
 from service.config import Settings
 from service.ingest.accounts import AccountStatusCache
 from service.ingest.errors import BatchConflict, IngestError
-from service.ingest.validate import validate_batch
+from service.ingest.validate import validate_batch, validate_shape
 from service.kafka.producer import BatchProducer
 from service.metrics import PipelineMetrics
 from service.pb.meterd.v1 import pipeline_pb2, traffic_pb2
@@ -66,6 +66,7 @@ class IngestService:
 
     async def _write(self, principal: Principal, batch_id: str,
                      records: Sequence[traffic_pb2.TrafficRecord]) -> WriteResult:
+        validate_shape(batch_id, len(records), self._settings)
         statuses = await self._accounts.statuses({r.account_id for r in records})
         validate_batch(batch_id, records, statuses, self._settings, own_account=principal.account_id)
 

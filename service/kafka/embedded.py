@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 log = logging.getLogger("meterd.kafka.embedded")
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: the broker gets SIGKILL when meterd dies, even by SIGKILL,
+    # so a crashed meterd never leaves an orphan broker holding a port.
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -43,7 +52,7 @@ class EmbeddedBroker:
         # Own process group: a Ctrl-C to the terminal reaches meterd, which then stops the broker
         # after draining, instead of the broker dying first under the writer's feet.
         self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,  # noqa: ASYNC220
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

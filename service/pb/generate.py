@@ -29,7 +29,8 @@ def generate(out_dir: Path) -> list[Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     written = []
-    for path in sorted(out_dir.joinpath("meterd").rglob("*.py*")):
+    generated = [*out_dir.joinpath("meterd").rglob("*.py"), *out_dir.joinpath("meterd").rglob("*.pyi")]
+    for path in sorted(p for p in generated if p.name != "__init__.py"):
         text = _IMPORT.sub("from service.pb.meterd.v1 import ", path.read_text())
         path.write_text(text)
         written.append(path)

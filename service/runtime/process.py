@@ -118,7 +118,8 @@ class MeterdProcess:
                                                     max_message_bytes=s.grpc.max_message_bytes)
             port = grpc_server.add_insecure_port(f"{s.grpc.host}:{s.grpc.port}")
             await grpc_server.start()
-            await health.set("", _serving())
+            for name in ("", "meterd.v1.TrafficWriter"):
+                await health.set(name, _serving())
             self.endpoints.grpc = f"{s.grpc.host}:{port}"
 
             async def stop_grpc() -> None:

@@ -334,8 +334,6 @@ def test_bad_usage_params(meterd: Meterd, params: dict[str, str], field: str, de
     assert detail in fields[field]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG service/api/timeparams.py usage_window: start >= end is checked "
-                   "after aligning to the step, so start > end inside one step is accepted")
 def test_usage_start_after_end_within_one_step(meterd: Meterd) -> None:
     """start > end must be rejected even when both fall inside the same step."""
     acc, key = meterd.new_account()
@@ -397,9 +395,7 @@ def test_grpc_write_stream_stops_at_the_rejected_batch(meterd: Meterd) -> None:
 
 # -- unit level: the shared write path with a real SQLite store ------------------------------------
 
-@pytest.mark.parametrize("dialect", ["sqlite", pytest.param("postgresql", marks=pytest.mark.xfail(
-    strict=True, reason="BUG service/ingest/writer.py _write: account statuses are looked up (one bound "
-    "parameter per distinct account id) before validate_batch checks the batch size"))])
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 async def test_oversized_batch_is_rejected_before_any_lookup(tmp_path, request, dialect) -> None:  # type: ignore[no-untyped-def]
     """A huge batch of distinct account ids must get the batch-size violation, not a database error
     (asyncpg allows at most 32767 bound parameters in one statement)."""

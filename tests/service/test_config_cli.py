@@ -88,8 +88,6 @@ def test_role_without_bootstrap_servers(tmp_path: Path, role: str) -> None:
     assert_config_error(result, "kafka.bootstrap_servers", "METERD_KAFKA__BOOTSTRAP_SERVERS")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG service/config.py _override: --http-port 70000 is not validated "
-                   "and binds port 70000 % 65536 = 4464")
 def test_out_of_range_port_flag_is_rejected(tmp_path: Path) -> None:
     """A flag value gets the same validation as YAML/env (port 70000 must not wrap to 4464)."""
     result = run(tmp_path, "up", "--http-port", "70000", "--grpc-port", "0", timeout=10)
@@ -134,8 +132,6 @@ def test_load_settings_errors_name_the_key(tmp_path: Path, monkeypatch: pytest.M
         load_settings(cfg)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG service/config.py _override: flag values bypass validation "
-                   "(model_copy(update=...) does not validate)")
 def test_overrides_are_validated() -> None:
     with pytest.raises(ConfigError, match="http.port"):
         load_settings(None, {"http": {"port": 70000}})
@@ -181,8 +177,6 @@ def test_up_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None
         proc.kill()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG service/kafka/embedded.py: Tansu runs in its own session with no "
-                   "parent-death signal, so it outlives a SIGKILLed meterd")
 def test_embedded_broker_dies_with_a_killed_meterd(tmp_path: Path) -> None:
     """SIGKILL (OOM killer, crash) cannot drain, but must not leave the embedded Tansu running."""
     proc = MeterdProc(["up"], meterd_env(tmp_path), tmp_path).start()

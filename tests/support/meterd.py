@@ -116,7 +116,10 @@ def running_meterd(tmp: Path, *args: str, env: dict[str, str] | None = None) -> 
     try:
         yield proc
     finally:
-        proc.kill()
+        try:
+            proc.stop(timeout=20)  # the graceful path, so its drain runs in every test too
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2, message: str = "condition"):  # type: ignore[no-untyped-def]
