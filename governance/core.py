@@ -117,10 +117,34 @@ def rejection_status(transport: str, rej: Rejection) -> int | str:
 RejectListener = Any  # Callable[[Call, Rejection], None]; kept loose to avoid a typing import cycle
 
 
+class Plan:
+    """The plugins governing one (transport, method, route), with their hooks resolved once.
+
+    A plugin may offer `before_sync(call)` / `after_sync(call, outcome)` next to the async hooks;
+    the chain then calls those directly, saving a coroutine per hook per call (the built-ins that
+    never wait on I/O do this). The async hooks remain the protocol.
+    """
+
+    __slots__ = ("plugins", "befores", "afters")
+
+    def __init__(self, plugins: tuple[Plugin, ...]) -> None:
+        self.plugins = plugins
+        self.befores = tuple(_hook(p, "before") for p in plugins)
+        self.afters = tuple(_hook(p, "after") for p in reversed(plugins))
+
+    def __len__(self) -> int:
+        return len(self.plugins)
+
+
+def _hook(plugin: Plugin, name: str) -> tuple[Any, bool]:
+    fast = getattr(plugin, f"{name}_sync", None)
+    return (fast, False) if fast is not None else (getattr(plugin, name), True)
+
+
 class Chain:
     """An ordered set of plugins plus per-route plans.
 
-    A plan is the tuple of plugin instances that governs one (transport, method, route); it is
+    A plan is the set of plugin instances that governs one (transport, method, route); it is
     computed once by `resolver` (config decides overrides and disabled plugins) and cached. Route
     labels are bounded by construction, so the cache is too.
     """
@@ -131,18 +155,18 @@ class Chain:
         self.plugins: tuple[Plugin, ...] = tuple(plugins)
         # resolver(transport, method, route) -> tuple[Plugin, ...]; default: every plugin everywhere.
         self._resolver = resolver
-        self._plans: dict[tuple[str, str, str], tuple[Plugin, ...]] = {}
+        self._plans: dict[tuple[str, str, str], Plan] = {}
         self._on_reject = on_reject
 
-    def plan(self, transport: str, method: str, route: str) -> tuple[Plugin, ...]:
+    def plan(self, transport: str, method: str, route: str) -> Plan:
         key = (transport, method, route)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self.plugins if self._resolver is None else tuple(self._resolver(transport, method, route))
-            self._plans[key] = plan
+            plugins = self.plugins if self._resolver is None else tuple(self._resolver(transport, method, route))
+            plan = self._plans[key] = Plan(plugins)
         return plan
 
-    async def admit(self, call: Call, plan: tuple[Plugin, ...]) -> None:
+    async def admit(self, call: Call, plan: Plan) -> None:
         """Run every `before`; on a rejection, unwind the plugins already admitted, then re-raise.
 
         Any exception from a `before` (a bug in a plugin included) unwinds the same way, so no
@@ -150,28 +174,33 @@ class Chain:
         """
         done = 0
         try:
-            for plugin in plan:
-                await plugin.before(call)
+            for fn, is_async in plan.befores:
+                if is_async:
+                    await fn(call)
+                else:
+                    fn(call)
                 done += 1
         except Rejection as rej:
             if self._on_reject is not None:
                 self._on_reject(call, rej)
-            await self._unwind(call, plan, done, Outcome(REJECTED, rejection_status(call.transport, rej), 0.0))
+            outcome = Outcome(REJECTED, rejection_status(call.transport, rej), time.perf_counter() - call.start)
+            await self.release(call, plan, outcome, done)
             raise
         except BaseException:
-            await self._unwind(call, plan, done, Outcome(FAILURE, "UNKNOWN", 0.0))
+            await self.release(call, plan, Outcome(FAILURE, "UNKNOWN", time.perf_counter() - call.start), done)
             raise
 
-    async def _unwind(self, call: Call, plan: tuple[Plugin, ...], done: int, outcome: Outcome) -> None:
-        outcome.duration = time.perf_counter() - call.start
-        await self.release(call, plan[:done], outcome)
-
-    async def release(self, call: Call, plan: tuple[Plugin, ...], outcome: Outcome) -> None:
-        """Run every `after` in reverse order. One failing `after` must not skip the others."""
+    async def release(self, call: Call, plan: Plan, outcome: Outcome, admitted: int | None = None) -> None:
+        """Run the `after` hooks of the first `admitted` plugins (default all), last plugin first.
+        One failing `after` must not skip the others."""
+        afters = plan.afters if admitted is None else plan.afters[len(plan.afters) - admitted:]
         error: BaseException | None = None
-        for i in range(len(plan) - 1, -1, -1):
+        for fn, is_async in afters:
             try:
-                await plan[i].after(call, outcome)
+                if is_async:
+                    await fn(call, outcome)
+                else:
+                    fn(call, outcome)
             except Exception as exc:  # noqa: BLE001 - keep releasing; re-raise the first at the end
                 if error is None:
                     error = exc

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from governance.core import CANCELLED, FAILURE, GRPC_FAILURE_CODES, SUCCESS, Call, Chain, Outcome, Rejection
+from governance.core import CANCELLED, FAILURE, GRPC_FAILURE_CODES, SUCCESS, Call, Chain, Outcome, Plan, Rejection
 from governance.outbound import DependencyUnavailable
 from governance.problem import retry_after_seconds
 
@@ -87,7 +87,7 @@ class GovernanceInterceptor(aio.ServerInterceptor):
 
     # -- shared steps ---------------------------------------------------------------------------
     async def _enter(self, method: str, rpc_type: str, key: str | None, metadata: Any,
-                     context: Any) -> tuple[Call, tuple[Any, ...]]:
+                     context: Any) -> tuple[Call, Plan]:
         call = Call("grpc", method, rpc_type, key, time.perf_counter())
         call.attributes["carrier"] = metadata
         plan = self.chain.plan("grpc", rpc_type, method)
@@ -97,7 +97,7 @@ class GovernanceInterceptor(aio.ServerInterceptor):
             await _abort(context, _reject_code(rej), str(rej), rej.retry_after, rej.headers)
         return call, plan
 
-    async def _fail(self, call: Call, plan: tuple[Any, ...], exc: BaseException, context: Any) -> None:
+    async def _fail(self, call: Call, plan: Plan, exc: BaseException, context: Any) -> None:
         """Release after a handler exception; turn DependencyUnavailable into UNAVAILABLE."""
         if isinstance(exc, DependencyUnavailable):
             await self.chain.release(call, plan, Outcome(FAILURE, "UNAVAILABLE", time.perf_counter() - call.start))
@@ -105,7 +105,7 @@ class GovernanceInterceptor(aio.ServerInterceptor):
         code, kind = _error_code(exc, context)
         await self.chain.release(call, plan, Outcome(kind, code, time.perf_counter() - call.start))
 
-    async def _done(self, call: Call, plan: tuple[Any, ...], context: Any) -> None:
+    async def _done(self, call: Call, plan: Plan, context: Any) -> None:
         code = _code_name(context.code())
         await self.chain.release(call, plan, Outcome(_kind(code), code, time.perf_counter() - call.start))
 

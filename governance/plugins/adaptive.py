@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 
 from governance._prom import metric
@@ -51,6 +51,7 @@ class AdaptiveSettings(BaseModel):
     cpu_tau: float = Field(0.3, gt=0, description="CPU EMA time constant, seconds")
     lag_tau: float = Field(0.1, gt=0, description="loop-lag EMA time constant, seconds")
     cpu_cores: float | None = Field(None, description="cores one process can use; default min(1, quota)")
+    dry_run: bool = Field(False, description="decide and count, but never shed (rollout / benchmarks)")
 
 
 class AdaptiveLimiter:
@@ -218,6 +219,9 @@ class AdaptivePlugin:
                              "Event-loop lag (queueing ahead of handlers), EMA.", labels).labels(label)
         self._g_armed = metric(reg, Gauge, "governance_adaptive_overloaded",
                                "1 while the adaptive limiter is armed to shed.", labels).labels(label)
+        self._dry_shed = metric(reg, Counter, "governance_adaptive_dry_run_sheds",
+                                "Calls a dry-run adaptive limiter would have shed.", labels).labels(label)
+        self._dry_run = self.settings.dry_run
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], ctx: PluginContext) -> AdaptivePlugin:
@@ -266,12 +270,22 @@ class AdaptivePlugin:
                 pass
 
     # -- plugin protocol ------------------------------------------------------------------------
-    async def before(self, call: Call) -> None:
+    def before_sync(self, call: Call) -> None:
         if self._shared["task"] is None:
             self._ensure_sampler()
         reason = self.limiter.acquire()
         if reason is not None:
+            if self._dry_run:
+                self._dry_shed.inc()
+                self.limiter.inflight += 1  # admitted after all; `after` will release it
+                return
             raise Rejection("adaptive", reason, "overloaded", self.limiter.retry_after())
 
-    async def after(self, call: Call, outcome: Outcome) -> None:
+    def after_sync(self, call: Call, outcome: Outcome) -> None:
         self.limiter.release(outcome.duration, outcome.kind == SUCCESS)
+
+    async def before(self, call: Call) -> None:
+        self.before_sync(call)
+
+    async def after(self, call: Call, outcome: Outcome) -> None:
+        self.after_sync(call, outcome)

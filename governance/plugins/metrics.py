@@ -2,17 +2,18 @@
 
 Names follow the design so off-the-shelf dashboards work: the HTTP histogram uses OTel's default
 bucket boundaries, and the gRPC family uses go-grpc-prometheus names, labels and code spellings
-("OK", "InvalidArgument", ...). Labelled children are cached so the hot path is two dict lookups
-and the observe itself.
+("OK", "InvalidArgument", ...). Children are cached per route and the families are the lock-free
+ones from `governance._fastmetrics`, so the hot path is two dict lookups and plain arithmetic.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict
 
+from governance._fastmetrics import FastCounter, FastGauge, FastHistogram
 from governance._prom import metric
 from governance.core import Call, Outcome
 from governance.plugins import PluginContext
@@ -39,6 +40,43 @@ class MetricsSettings(BaseModel):
     grpc_buckets: tuple[float, ...] = GRPC_BUCKETS
 
 
+class _HttpRoute:
+    """Cached children for one (route, method): the in-flight gauge and a histogram per status."""
+
+    __slots__ = ("active", "by_status", "family", "method", "route")
+
+    def __init__(self, plugin: MetricsPlugin, method: str, route: str) -> None:
+        self.active = plugin._http_active.labels(method, route)
+        self.family, self.method, self.route = plugin._http_duration, method, route
+        self.by_status: dict[int | str, Any] = {}
+
+    def duration(self, status: int | str) -> Any:
+        child = self.by_status.get(status)
+        if child is None:
+            child = self.by_status[status] = self.family.labels(self.method, self.route, str(status))
+        return child
+
+
+class _GrpcMethod:
+    __slots__ = ("started", "seconds", "rx", "tx", "handled", "family", "labels")
+
+    def __init__(self, plugin: MetricsPlugin, rpc_type: str, full_method: str) -> None:
+        service, _, method = full_method.lstrip("/").partition("/")
+        self.labels = labels = (rpc_type, service or "unknown", method or "unknown")
+        self.started = plugin._grpc_started.labels(*labels)
+        self.seconds = plugin._grpc_seconds.labels(*labels)
+        self.rx = plugin._grpc_rx.labels(*labels)
+        self.tx = plugin._grpc_tx.labels(*labels)
+        self.family = plugin._grpc_handled
+        self.handled: dict[str, Any] = {}
+
+    def handled_child(self, code: str) -> Any:
+        child = self.handled.get(code)
+        if child is None:
+            child = self.handled[code] = self.family.labels(*self.labels, GO_GRPC_CODES.get(code, code))
+        return child
+
+
 class MetricsPlugin:
     """Records every call, including ones a later plugin rejected (they show as 429/503 etc.)."""
 
@@ -49,28 +87,29 @@ class MetricsPlugin:
         reg = ctx.registry
         self._ctx, self._settings = ctx, s
         self._http_duration = metric(
-            reg, Histogram, "http_server_request_duration_seconds", "Duration of HTTP server requests.",
+            reg, FastHistogram, "http_server_request_duration_seconds", "Duration of HTTP server requests.",
             ("method", "route", "status_code"), buckets=s.http_buckets)
         self._http_active = metric(
-            reg, Gauge, "http_server_active_requests", "Number of active HTTP server requests.",
+            reg, FastGauge, "http_server_active_requests", "Number of active HTTP server requests.",
             ("method", "route"))
         grpc_labels = ("grpc_type", "grpc_service", "grpc_method")
         self._grpc_started = metric(
-            reg, Counter, "grpc_server_started", "Total number of RPCs started on the server.", grpc_labels)
+            reg, FastCounter, "grpc_server_started", "Total number of RPCs started on the server.", grpc_labels)
         self._grpc_handled = metric(
-            reg, Counter, "grpc_server_handled", "Total number of RPCs completed on the server, regardless "
+            reg, FastCounter, "grpc_server_handled", "Total number of RPCs completed on the server, regardless "
             "of success or failure.", (*grpc_labels, "grpc_code"))
         self._grpc_seconds = metric(
-            reg, Histogram, "grpc_server_handling_seconds", "Histogram of response latency (seconds) of gRPC "
+            reg, FastHistogram, "grpc_server_handling_seconds", "Histogram of response latency (seconds) of gRPC "
             "that had been application-level handled by the server.", grpc_labels, buckets=s.grpc_buckets)
         self._grpc_rx = metric(
-            reg, Counter, "grpc_server_msg_received", "Total number of RPC stream messages received on the "
+            reg, FastCounter, "grpc_server_msg_received", "Total number of RPC stream messages received on the "
             "server.", grpc_labels)
         self._grpc_tx = metric(
-            reg, Counter, "grpc_server_msg_sent", "Total number of gRPC stream messages sent by the server.",
+            reg, FastCounter, "grpc_server_msg_sent", "Total number of gRPC stream messages sent by the server.",
             grpc_labels)
-        self._children: dict[Any, Any] = {}
-        self._grpc_names: dict[tuple[str, str], tuple[str, str, str]] = {}
+        # route -> method -> cached children; nested so a lookup allocates no key tuple.
+        self._http: dict[str, dict[str, _HttpRoute]] = {}
+        self._grpc: dict[str, dict[str, _GrpcMethod]] = {}
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], ctx: PluginContext) -> MetricsPlugin:
@@ -80,45 +119,50 @@ class MetricsPlugin:
         # Collectors are per registry, so a variant only differs in nothing that matters per route.
         return self
 
-    # -- label plumbing -------------------------------------------------------------------------
-    def _grpc_labels(self, call: Call) -> tuple[str, str, str]:
-        key = (call.method, call.route)
-        labels = self._grpc_names.get(key)
-        if labels is None:
-            service, _, method = call.route.lstrip("/").partition("/")
-            labels = (call.method, service or "unknown", method or "unknown")
-            self._grpc_names[key] = labels
-        return labels
+    def _http_route(self, call: Call) -> _HttpRoute:
+        by_method = self._http.get(call.route)
+        if by_method is None:
+            by_method = self._http[call.route] = {}
+        rec = by_method.get(call.method)
+        if rec is None:
+            rec = by_method[call.method] = _HttpRoute(self, call.method, call.route)
+        return rec
 
-    def _child(self, key: Any, family: Any, *labels: str) -> Any:
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = family.labels(*labels)
-        return child
+    def _grpc_method(self, call: Call) -> _GrpcMethod:
+        by_type = self._grpc.get(call.route)
+        if by_type is None:
+            by_type = self._grpc[call.route] = {}
+        rec = by_type.get(call.method)
+        if rec is None:
+            rec = by_type[call.method] = _GrpcMethod(self, call.method, call.route)
+        return rec
 
-    # -- plugin protocol ------------------------------------------------------------------------
-    async def before(self, call: Call) -> None:
+    # -- plugin protocol (sync fast path + the async protocol) -----------------------------------
+    def before_sync(self, call: Call) -> None:
         if call.transport == "http":
-            self._child(("a", call.method, call.route), self._http_active, call.method, call.route).inc()
+            self._http_route(call).active.value += 1
         else:
-            labels = self._grpc_labels(call)
-            self._child(("s", labels), self._grpc_started, *labels).inc()
+            self._grpc_method(call).started.value += 1
+
+    def after_sync(self, call: Call, outcome: Outcome) -> None:
+        if call.transport == "http":
+            rec = self._http_route(call)
+            rec.active.value -= 1
+            rec.duration(outcome.status).observe(outcome.duration)
+            return
+        g = self._grpc_method(call)
+        g.handled_child(str(outcome.status)).value += 1
+        g.seconds.observe(outcome.duration)
+        if call.msgs_in:
+            g.rx.value += call.msgs_in
+        if call.msgs_out:
+            g.tx.value += call.msgs_out
+
+    async def before(self, call: Call) -> None:
+        self.before_sync(call)
 
     async def after(self, call: Call, outcome: Outcome) -> None:
-        if call.transport == "http":
-            method, route, status = call.method, call.route, outcome.status
-            self._child(("a", method, route), self._http_active, method, route).dec()
-            self._child(("h", method, route, status), self._http_duration, method, route,
-                        str(status)).observe(outcome.duration)
-            return
-        labels = self._grpc_labels(call)
-        code = GO_GRPC_CODES.get(str(outcome.status), str(outcome.status))
-        self._child(("c", labels, code), self._grpc_handled, *labels, code).inc()
-        self._child(("t", labels), self._grpc_seconds, *labels).observe(outcome.duration)
-        if call.msgs_in:
-            self._child(("r", labels), self._grpc_rx, *labels).inc(call.msgs_in)
-        if call.msgs_out:
-            self._child(("w", labels), self._grpc_tx, *labels).inc(call.msgs_out)
+        self.after_sync(call, outcome)
 
 
 class DecisionMetrics:

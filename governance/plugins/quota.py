@@ -40,7 +40,9 @@ class QuotaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     limit: str = Field(..., description='limits string, e.g. "100/second;5000/minute"')
     per: Literal["client", "route", "client_route", "global"] = "client"
-    strategy: Literal["moving-window", "sliding-window", "fixed-window"] = "moving-window"
+    # fixed-window by default: one atomic counter per limit (exact across replicas, one Redis round
+    # trip per limit) and its reset time is what the RateLimit `t` parameter means.
+    strategy: Literal["moving-window", "sliding-window", "fixed-window"] = "fixed-window"
     storage: str = "memory://"
     storage_options: dict[str, Any] = Field(default_factory=dict)
     headers: bool = Field(True, description="send RateLimit-Policy/RateLimit on every reply")
@@ -85,6 +87,12 @@ class QuotaPlugin:
         self._policy = ", ".join(f'"{_policy_name(i)}";q={i.amount};w={i.get_expiry()}' for i in self.items)
         self._names = [_policy_name(i) for i in self.items]
         self._last_storage_warning = 0.0
+        self._fixed = s.strategy == "fixed-window"
+        # key -> window reset time (epoch s). A fixed window's reset only changes when a new window
+        # starts, so it is read from storage once per window, not once per call.
+        self._resets: dict[str, float] = {}
+        self._keys: dict[tuple[str, ...], list[str]] = {}  # identifiers -> storage key per limit
+        self._specs = [(item, item.get_expiry(), item.amount) for item in self.items]
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], ctx: PluginContext) -> QuotaPlugin:
@@ -117,6 +125,16 @@ class QuotaPlugin:
 
     async def before(self, call: Call) -> None:
         ids = self._identifiers(call)
+        if self._fixed:
+            try:
+                await self._fixed_window(call, ids)
+            except Rejection:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any storage error (connection, timeout, script)
+                self._storage_failed(exc)
+                if not self.settings.fail_open:
+                    raise Rejection("quota", "storage_unavailable", "unavailable", 1.0) from exc
+            return
         limiter = self.limiter
         try:
             for i, item in enumerate(self.items):
@@ -133,6 +151,39 @@ class QuotaPlugin:
             self._storage_failed(exc)
             if not self.settings.fail_open:
                 raise Rejection("quota", "storage_unavailable", "unavailable", 1.0) from exc
+
+    async def _fixed_window(self, call: Call, ids: tuple[str, ...]) -> None:
+        """Fixed window straight on the storage: one INCR per limit gives both the decision and the
+        remaining count (what FixedWindowRateLimiter.hit + get_window_stats would take two calls for)."""
+        storage, resets, now = self.storage, self._resets, time.time()
+        keys = self._keys.get(ids)
+        if keys is None:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            keys = self._keys[ids] = [item.key_for(*ids) for item in self.items]
+        best_i, best_rem, best_reset = 0, math.inf, 0.0
+        for i, (_, expiry, amount) in enumerate(self._specs):
+            key = keys[i]
+            count = await storage.incr(key, expiry)
+            reset = resets.get(key)
+            if count == 1 or reset is None or reset <= now:
+                reset = now + expiry if count == 1 else await storage.get_expiry(key)
+                if len(resets) > 10_000:
+                    resets.clear()
+                resets[key] = reset
+            remaining = amount - count
+            if remaining < 0:
+                retry = max(1.0, math.ceil(reset - now))
+                headers = self._headers(i, 0, reset - now) if self.settings.headers else None
+                raise Rejection("quota", "limit_exceeded", "rate_limited", retry, headers)
+            if remaining < best_rem:
+                best_i, best_rem, best_reset = i, remaining, reset - now
+        if self.settings.headers:
+            headers = self._headers(best_i, int(best_rem), best_reset)
+            if call.response_headers is None:
+                call.response_headers = headers
+            else:
+                call.response_headers.extend(headers)
 
     def _headers(self, i: int, remaining: int, reset: float) -> list[tuple[str, str]]:
         return [("RateLimit-Policy", self._policy),

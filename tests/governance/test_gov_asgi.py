@@ -120,7 +120,7 @@ async def test_per_route_overrides(registry: CollectorRegistry) -> None:
                                                           "/metrics": {"enabled": False}}},
     ]}
     gov = Governance.from_config(cfg, registry=registry)
-    names = [type(p).__name__ for p in gov.chain.plan("http", "GET", "/metrics")]
+    names = [type(p).__name__ for p in gov.chain.plan("http", "GET", "/metrics").plugins]
     assert names == ["MetricsPlugin"]
     async with client_for(gov.asgi(make_starlette(), client_key=header_key)) as http:
         traffic = [(await http.post("/v1/traffic", headers={"x-api-key": "a"})).status_code for _ in range(4)]

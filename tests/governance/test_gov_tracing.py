@@ -150,3 +150,29 @@ async def test_ratio_sampler_children_follow_parent_decision() -> None:
             await http.get("/hello")  # roots: ratio 0 -> never sampled
         await http.get("/hello", headers={"traceparent": TRACEPARENT})  # sampled parent -> sampled
     assert [s.name for s in exporter.get_finished_spans()] == ["GET /hello"]
+
+
+async def test_fast_unsampled_roots_keep_ratio_and_propagate_valid_context() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    seen: list[tuple[int, bool, str]] = []
+
+    async def handler(request):  # type: ignore[no-untyped-def]
+        ctx = trace.get_current_span().get_span_context()
+        headers: list[tuple[str, bytes]] = []
+        inject_headers(headers)
+        seen.append((ctx.trace_id, ctx.trace_flags.sampled, dict(headers)["traceparent"].decode()))
+        return JSONResponse({})
+
+    gov = gov_with(provider)
+    async with client_for(gov.asgi(Starlette(routes=[Route("/r", handler)]))) as http:
+        for _ in range(600):
+            await http.get("/r")
+    exported = {s.context.trace_id for s in exporter.get_finished_spans()}
+    sampled = {tid for tid, is_sampled, _ in seen if is_sampled}
+    assert exported == sampled  # every sampled root was exported by the SDK itself
+    assert 0.40 < len(sampled) / len(seen) < 0.60  # ratio 0.5, 600 draws: ~5 sigma margin
+    for tid, is_sampled, traceparent in seen:
+        assert tid != 0 and traceparent.split("-")[1] == format(tid, "032x")
+        assert bool(int(traceparent.split("-")[3], 16) & 1) == is_sampled
