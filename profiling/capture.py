@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from . import ptrace, pyroscope, pyspy
+from . import pyroscope, pyspy
 from .allocations import AllocationTracker
 from .errors import (
     CaptureAlreadyRunning,
@@ -46,6 +46,7 @@ class _Active:
     timer: asyncio.TimerHandle | None = None
     watcher: asyncio.Task[None] | None = None
     finish: asyncio.Task[CaptureInfo] | None = None
+    dump: asyncio.Task[None] | None = None
     extra_files: dict[str, str] = field(default_factory=dict)
 
 
@@ -160,7 +161,8 @@ class CaptureManager:
             searched = settings.py_spy_path or "beside the Python executable and on PATH"
             raise PySpyNotFound(searched)
         subprocesses = settings.include_subprocesses
-        threads = await self._thread_dump(executable, subprocesses)
+        # Sampling first: "running within a second of the signal" must hold on a loaded machine,
+        # so everything else (the thread dump, reading child processes) comes after.
         try:
             recording = await pyspy.record(
                 executable,
@@ -172,13 +174,31 @@ class CaptureManager:
             )
         except OSError as exc:
             raise PySpyFailed(f"cannot run {executable}: {exc}") from exc
-        store.write_text(info.id, "threads", threads)
+        except PySpyFailed as exc:
+            # With --subprocesses py-spy words a refused attach as "No python processes found";
+            # a plain dump of our own pid says what really happened.
+            try:
+                await pyspy.dump(executable, self.pid)
+            except PySpyPermissionDenied as denied:
+                raise denied from exc
+            except (ProfilingError, OSError):
+                pass
+            raise
         allocations = None
         if settings.tracemalloc:
             allocations = AllocationTracker(settings.tracemalloc_frames)
             allocations.start()
         store.write_meta(info)
-        return _Active(info=info, store=store, recording=recording, allocations=allocations)
+        active = _Active(info=info, store=store, recording=recording, allocations=allocations)
+        active.dump = asyncio.create_task(self._write_thread_dump(active, executable, subprocesses))
+        return active
+
+    async def _write_thread_dump(self, active: _Active, executable: str, subprocesses: bool) -> None:
+        try:
+            text = await self._thread_dump(executable, subprocesses)
+        except ProfilingError as exc:  # attach worked a moment ago; still leave a dump behind
+            text = python_thread_dump(f"py-spy dump failed: {exc}")
+        await asyncio.to_thread(active.store.write_text, active.info.id, "threads", text)
 
     async def _thread_dump(self, executable: str, subprocesses: bool) -> str:
         try:
@@ -222,7 +242,9 @@ class CaptureManager:
     async def _finish_files(self, active: _Active, reason: str) -> CaptureInfo:
         settings, store, info = self.settings, active.store, active.info
         rc = await active.recording.stop()
-        ptrace.clear_tracer()
+        if active.dump is not None:
+            with contextlib.suppress(Exception):
+                await active.dump
         stopped = utcnow()
         status, error = "completed", None
         folded_path = store.path(info.id, "folded")

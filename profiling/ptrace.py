@@ -1,9 +1,10 @@
 """Let a py-spy child read this process under Yama ptrace_scope=1.
 
 With scope 1 only an ancestor may attach, and py-spy is our child, not our ancestor. The tracee
-(us) can name an allowed tracer with prctl(PR_SET_PTRACER). We allow any tracer for the short
-moment between spawning py-spy and learning its pid, then narrow it to that pid, and clear it
-when the capture ends. Without Yama the call fails with EINVAL, which is harmless.
+(us) can name one allowed tracer with prctl(PR_SET_PTRACER). We allow any tracer for the short
+moment between spawning py-spy and learning its pid, then narrow it to that pid while it is the
+only py-spy running (a dump and a record can overlap: then "any" stays), and clear it when the
+last one ends. Without Yama the call fails with EINVAL, which is harmless.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+import threading
 
 log = logging.getLogger("profiling")
 
@@ -47,3 +49,32 @@ def allow_tracer(pid: int) -> bool:
 
 def clear_tracer() -> bool:
     return _prctl(PR_SET_PTRACER, _CLEAR)
+
+
+_holders: set[int] = set()
+_guard = threading.Lock()
+
+
+def before_spawn() -> None:
+    """Call right before starting a py-spy child."""
+    with _guard:
+        allow_any_tracer()
+
+
+def spawned(pid: int) -> None:
+    """The child is running: narrow the grant to it unless another py-spy still needs it."""
+    with _guard:
+        _holders.add(pid)
+        if len(_holders) == 1:
+            allow_tracer(pid)
+
+
+def released(pid: int | None) -> None:
+    """A py-spy child ended (or never started, pid None)."""
+    with _guard:
+        if pid is not None:
+            _holders.discard(pid)
+        if not _holders:
+            clear_tracer()
+        elif len(_holders) == 1:
+            allow_tracer(next(iter(_holders)))

@@ -18,7 +18,7 @@ _STDERR_LIMIT = 64 * 1024
 
 async def _spawn(argv: list[str], *, merge_output: bool = False) -> asyncio.subprocess.Process:
     # Yama scope 1: allow any tracer until the child's pid is known, then only that pid.
-    ptrace.allow_any_tracer()
+    ptrace.before_spawn()
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -32,9 +32,9 @@ async def _spawn(argv: list[str], *, merge_output: bool = False) -> asyncio.subp
             umask=0o077,  # files py-spy writes are private from the first byte
         )
     except BaseException:
-        ptrace.clear_tracer()
+        ptrace.released(None)
         raise
-    ptrace.allow_tracer(proc.pid)
+    ptrace.spawned(proc.pid)
     return proc
 
 
@@ -44,7 +44,9 @@ async def dump(executable: str, pid: int, *, timeout: float = 5.0) -> str:
     No --subprocesses here: the dumping py-spy is itself our child, is not Python, and makes
     `dump --subprocesses` fail. The caller dumps Python children one by one instead.
     """
-    argv = [executable, "dump", "--pid", str(pid)]
+    # --nonblocking: never stop the service's threads. A blocking dump ptrace-stops every thread
+    # of the process, including the event loop that is waiting for the dump to finish.
+    argv = [executable, "dump", "--pid", str(pid), "--nonblocking"]
     proc = await _spawn(argv)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -54,7 +56,7 @@ async def dump(executable: str, pid: int, *, timeout: float = 5.0) -> str:
         await proc.wait()
         raise PySpyFailed(f"py-spy dump did not answer within {timeout:.0f}s") from None
     finally:
-        ptrace.clear_tracer()
+        ptrace.released(proc.pid)
     if proc.returncode != 0:
         raise classify_py_spy_failure(pid, err.decode(errors="replace") or out.decode(errors="replace"))
     return out.decode(errors="replace")
@@ -115,6 +117,7 @@ class Recording:
 
     async def wait(self) -> int:
         rc = await self.proc.wait()
+        ptrace.released(self.proc.pid)
         if self._drain is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drain
@@ -173,6 +176,6 @@ async def record(
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
-        ptrace.clear_tracer()
+        ptrace.released(proc.pid)
         raise
     return recording

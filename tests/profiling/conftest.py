@@ -49,14 +49,16 @@ class ProfiledApp:
         return "".join(self.output)
 
 
-def _start(tmp_path: Path, settings: dict[str, Any], busy: bool, hold_mib: int) -> ProfiledApp:
+def _start(
+    tmp_path: Path, settings: dict[str, Any], busy: bool, hold_mib: int, open_access: bool = False
+) -> ProfiledApp:
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir(exist_ok=True)
     settings = {"service_name": "profapp", **settings}
     env = dict(os.environ)
     env["TMPDIR"] = str(tmpdir)  # captures must follow TMPDIR when no directory is configured
     env["PROFILED_APP_CONFIG"] = json.dumps(
-        {"settings": settings, "busy": busy, "hold_mib": hold_mib, "token": TOKEN}
+        {"settings": settings, "busy": busy, "hold_mib": hold_mib, "token": TOKEN, "open": open_access}
     )
     proc = subprocess.Popen(
         [sys.executable, "-u", str(APP)],
@@ -89,11 +91,13 @@ def _start(tmp_path: Path, settings: dict[str, Any], busy: bool, hold_mib: int) 
 
 @pytest.fixture
 def profiled_app(tmp_path: Path) -> Iterator[Any]:
-    """Factory: profiled_app(settings=dict, busy=bool, hold_mib=int) -> ProfiledApp (stopped at teardown)."""
+    """Factory: profiled_app(settings, busy=, hold_mib=, open_access=) -> ProfiledApp, stopped at teardown."""
     apps: list[ProfiledApp] = []
 
-    def factory(settings: dict[str, Any] | None = None, *, busy: bool = False, hold_mib: int = 0) -> ProfiledApp:
-        app = _start(tmp_path, settings or {}, busy, hold_mib)
+    def factory(
+        settings: dict[str, Any] | None = None, *, busy: bool = False, hold_mib: int = 0, open_access: bool = False
+    ) -> ProfiledApp:
+        app = _start(tmp_path, settings or {}, busy, hold_mib, open_access)
         apps.append(app)
         return app
 
@@ -116,3 +120,12 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> Any:
             return value
         time.sleep(interval)
     return predicate()
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float | None:
+    """A sample's value from Prometheus text exposition, e.g. metric_value(t, "x_total", 'trigger="cpu"')."""
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None

@@ -3,7 +3,8 @@ SIGTRAP toggle and watchdog, the capture index under /debug/profiles, and option
 pressure from a function with a recognisable name.
 
 Configured by the JSON in $PROFILED_APP_CONFIG:
-  {"settings": {...ProfilingSettings...}, "busy": bool, "hold_mib": int, "token": str}
+  {"settings": {...ProfilingSettings...}, "busy": bool, "hold_mib": int, "token": str, "open": bool}
+("open": no admin check, for a browser that cannot send the token; auth is tested separately.)
 Prints "READY <port> <pid>" on stdout once it serves.
 """
 
@@ -19,9 +20,10 @@ import sys
 import threading
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from profiling import Profiler, ProfilingSettings
@@ -45,7 +47,10 @@ async def main() -> None:
     held = bytearray(config.get("hold_mib", 0) * 1024 * 1024)  # memory pressure, if asked for
 
     def authorize(request: Request) -> bool:
-        return request.headers.get("authorization") == f"Bearer {token}"
+        return bool(config.get("open")) or request.headers.get("authorization") == f"Bearer {token}"
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> PlainTextResponse:
         return PlainTextResponse(f"ok {len(held)}")
@@ -61,6 +66,7 @@ async def main() -> None:
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/metrics", metrics),
             Mount("/debug/profiles", routes=profiler.starlette_routes(authorize)),
         ],
         lifespan=lifespan,

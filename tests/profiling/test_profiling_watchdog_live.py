@@ -1,0 +1,65 @@
+"""The watchdog in a real process: CPU pressure from a busy thread triggers exactly one capture and
+the cooldown holds; a low memory limit triggers a memory-labelled capture."""
+
+from __future__ import annotations
+
+import time
+
+from tests.profiling.conftest import metric_value
+from tests.profiling.profiling_helpers import list_captures, wait_for_capture
+
+
+def test_cpu_pressure_triggers_exactly_one_capture_and_honours_cooldown(profiled_app):
+    app = profiled_app(
+        {
+            "watchdog": {
+                "interval_s": 0.2,
+                "consecutive": 3,
+                # One busy thread is ~50% of this 2-CPU machine; other tests may share the CPUs.
+                "cpu_threshold": 0.2,
+                "memory_threshold": 50.0,
+                "cooldown_s": 60,
+                "capture_duration_s": 1.0,
+            }
+        },
+        busy=True,
+    )
+    done = wait_for_capture(app.directory, lambda c: c.status == "completed", service=app.service, timeout=20)
+    assert done.trigger == "cpu"
+    assert done.samples and done.samples > 10
+    assert "recognisable_busy_function" in (app.directory / done.files["folded"]).read_text()
+    # Pressure continues for ~15 more samples; the cooldown must keep it at one capture.
+    time.sleep(3.0)
+    captures = list_captures(app.directory, app.service)
+    assert [(c.trigger, c.status) for c in captures] == [("cpu", "completed")]
+    with app.client() as client:
+        metrics = client.get("/metrics").text
+    assert metric_value(metrics, "profiling_captures_total", 'trigger="cpu"') == 1.0
+    assert (metric_value(metrics, "profiling_watchdog_cpu_ratio") or 0) >= 0.2
+    assert 0 < (metric_value(metrics, "profiling_watchdog_host_memory_ratio") or 0) <= 1
+    assert metric_value(metrics, "profiling_capture_in_progress") == 0.0
+    assert "pressure" in app.log_text()
+
+
+def test_low_memory_limit_triggers_a_memory_capture(profiled_app):
+    app = profiled_app(
+        {
+            "watchdog": {
+                "interval_s": 0.2,
+                "consecutive": 3,
+                "cpu_threshold": 50.0,
+                "memory_threshold": 0.8,
+                "memory_limit_bytes": 16 * 1024 * 1024,  # the interpreter alone holds more
+                "cooldown_s": 60,
+                "capture_duration_s": 1.0,
+            }
+        },
+        hold_mib=8,
+    )
+    done = wait_for_capture(app.directory, lambda c: c.status == "completed", service=app.service, timeout=20)
+    assert done.trigger == "memory"
+    assert {"alloc", "threads", "meta", "folded", "flamegraph"} <= set(done.files)
+    with app.client() as client:
+        metrics = client.get("/metrics").text
+    assert metric_value(metrics, "profiling_captures_total", 'trigger="memory"') == 1.0
+    assert (metric_value(metrics, "profiling_watchdog_memory_ratio") or 0) > 1.0
