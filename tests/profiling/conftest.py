@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,22 +109,3 @@ def profiled_app(tmp_path: Path) -> Iterator[Any]:
             except subprocess.TimeoutExpired:
                 app.proc.kill()
                 app.proc.wait()
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def metric_value(text: str, name: str, labels: str = "") -> float | None:
-    """A sample's value from Prometheus text exposition, e.g. metric_value(t, "x_total", 'trigger="cpu"')."""
-    wanted = f"{name}{{{labels}}}" if labels else name
-    for line in text.splitlines():
-        if line.startswith(wanted + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import stat
 import time
 
-from tests.profiling.profiling_helpers import assert_capture_files, process_alive, wait_for_capture
+from tests.profiling.profiling_helpers import assert_capture_files, process_alive, wait_for_capture, wait_until
 
 
 def test_sigtrap_toggles_a_real_capture(profiled_app):
@@ -35,7 +35,10 @@ def test_sigtrap_toggles_a_real_capture(profiled_app):
     assert "recognisable_busy_function" in threads  # the dump at the start saw the busy thread
     alloc = (app.directory / done.files["alloc"]).read_text()
     assert "Allocation sites" in alloc
-    assert "profiling capture" in app.log_text() and done.files["flamegraph"] in app.log_text()
+    # The log line with the paths follows the meta file that says "completed".
+    assert wait_until(lambda: done.files["flamegraph"] in app.log_text(), timeout=5)
+    [line] = [x for x in app.output if done.files["flamegraph"] in x]
+    assert "completed" in line and str(app.directory / done.files["folded"]) in line
 
     # A third TRAP starts a new capture: the toggle keeps working, and the process is alive.
     app.trap()

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tests.profiling.conftest import metric_value
-from tests.profiling.profiling_helpers import list_captures, wait_for_capture
+from tests.profiling.profiling_helpers import list_captures, metric_value, wait_for_capture
 
 
 def test_cpu_pressure_triggers_exactly_one_capture_and_honours_cooldown(profiled_app):
