@@ -11,9 +11,13 @@ What this version changes, and why:
 - I/O-bound overload (a downstream concurrency cap, CPU idle) shows as latency, not CPU: when the
   last second's mean latency exceeds `latency_tolerance` x min_rt, the concurrency cap engages too.
 - In one asyncio process a CPU-bound backlog queues *before* the middleware (ready queue, socket
-  buffers), so in-flight stays ~1 and BBR never sheds. That queue is measured as event-loop lag;
-  when it exceeds the service's own min_rt, an admission-rate cap starts at the best completion
-  rate seen and is steered by the lag (multiplicative decrease, gentle increase).
+  buffers), so in-flight stays ~1 and BBR never sheds. The loop runs such a backlog in batches: a
+  marker callback queued behind each batch fires when the next one starts, so every call gets a
+  sojourn estimate (half the previous back-to-back batch, in which it arrived, plus its position in
+  the current one). CoDel-style: once sojourn stays above the target (the service's own min_rt) for
+  `queue_interval` while the CPU is hot, calls whose sojourn exceeds the target are shed until
+  `cooloff` passes with no drop. Late calls are refused, early ones served: admitted latency stays
+  near the unloaded one.
 - Only successes count as passes and latency samples; in-flight is released in `after`, which the
   chain always runs, so exceptions cannot leak slots.
 - Retry-After is the cool-off plus the measured queueing delay.
@@ -46,7 +50,9 @@ class AdaptiveSettings(BaseModel):
     cpu_threshold: float = Field(0.8, gt=0, description="utilisation (0..1) that counts as hot")
     cooloff: float = Field(1.0, ge=0, description="seconds shedding stays armed after the last drop")
     latency_tolerance: float = Field(2.0, gt=1, description="short-window latency / min_rt that means queueing")
-    lag_floor: float = Field(0.005, ge=0, description="loop lag below this is timer/GC noise, never overload")
+    lag_floor: float = Field(0.005, ge=0, description="queueing below this is timer/GC noise, never overload")
+    queue_interval: float = Field(0.1, gt=0, description="sojourn must stay above target this long to start shedding")
+    batch_gap: float = Field(0.0005, ge=0, description="an idle gap longer than this means a batch did not queue")
     tick: float = Field(0.05, gt=0, description="signal sampling period, seconds")
     cpu_tau: float = Field(0.3, gt=0, description="CPU EMA time constant, seconds")
     lag_tau: float = Field(0.1, gt=0, description="loop-lag EMA time constant, seconds")
@@ -79,12 +85,18 @@ class AdaptiveLimiter:
         self._last_tick: float | None = None
         # Decision state.
         self.conc_armed = False  # some overload signal says: cap concurrency
-        self.rate_armed = False  # loop lag says: cap admission rate
-        self.rate = 0.0  # admissions per second while rate-capped
-        self._tokens = 0.0
-        self._token_t = 0.0
+        self.queue_armed = False  # sojourn stayed above target for queue_interval: shed late calls
         self.last_drop = -math.inf
         self.drops = 0
+        # Batch tracking for the sojourn estimate (see module docstring).
+        self.in_batch = False
+        self.need_mark = False  # the plugin must queue a marker behind the current batch
+        self._batch_start = 0.0
+        self._batch_carry = 0.0
+        self._mark_t = -math.inf
+        self._prev_batch = 0.0
+        self._first_above: float | None = None
+        self.queue_target = s.lag_floor
 
     # -- window ---------------------------------------------------------------------------------
     def _advance(self, now: float) -> None:
@@ -132,45 +144,53 @@ class AdaptiveLimiter:
         self.lag += (lag - self.lag) * (1.0 - math.exp(-dt / s.lag_tau))
         self._advance(now)
 
-        lag_target = max(self.min_rt, s.lag_floor)
-        queueing = self.lag > lag_target
+        self.queue_target = max(self.min_rt, s.lag_floor)
+        queueing = self.lag > self.queue_target
         latency_up = self.min_rt > 0 and self.short_rt > s.latency_tolerance * self.min_rt
         self.conc_armed = queueing or latency_up or self.cpu >= s.cpu_threshold
+        if self.queue_armed and now - self.last_drop >= s.cooloff:
+            self.queue_armed = False
 
-        best_rate = self.max_pass / self._blen
-        if queueing and not self.rate_armed and best_rate > 0:
-            # Start at the best completion rate the window has seen; the lag steers from there.
-            self.rate_armed, self.rate = True, best_rate
-            self._tokens, self._token_t = 1.0, now
-        elif self.rate_armed:
-            if not queueing and now - self.last_drop >= s.cooloff and self.lag < lag_target / 2:
-                self.rate_armed = False
-            elif self.lag > lag_target:
-                self.rate *= 0.9
-            elif self.lag < lag_target / 2:
-                self.rate = min(self.rate * 1.05, max(2 * best_rate, self.rate))
-            self.rate = max(self.rate, 1.0 / self._blen)  # always let a trickle through to probe
+    def on_mark(self, now: float) -> None:
+        """The marker queued behind the current batch ran: that batch is over."""
+        if self.in_batch:
+            self._prev_batch = now - self._batch_start
+            self.in_batch = False
+        self._mark_t = now
+
+    def sojourn(self, now: float) -> float:
+        """Estimated queueing delay of the call being admitted now."""
+        if not self.in_batch:
+            self.in_batch = self.need_mark = True
+            self._batch_start = now
+            # Back-to-back with the previous batch: this call arrived while that batch ran.
+            back_to_back = now - self._mark_t <= self.settings.batch_gap
+            self._batch_carry = self._prev_batch / 2 if back_to_back else 0.0
+        return self._batch_carry + (now - self._batch_start)
 
     # -- decisions ------------------------------------------------------------------------------
     def acquire(self) -> str | None:
         """None to admit (and count in-flight), else the reason for shedding."""
-        if self.conc_armed or self.rate_armed or self.last_drop > -math.inf:
-            now = self._clock()
-            armed = self.conc_armed or now - self.last_drop < self.settings.cooloff
-            if armed and self.max_inflight and self.inflight > 1 and self.inflight > self.max_inflight:
+        now = self._clock()
+        sojourn = self.sojourn(now)
+        # Queueing only sheds while the CPU is hot: a stall with an idle CPU (GC pause, a noisy
+        # neighbour, a paused VM) is not overload, and shedding would not shorten it.
+        if sojourn > self.queue_target and (self.cpu >= self.settings.cpu_threshold or self.queue_armed):
+            if self._first_above is None:
+                self._first_above = now
+            elif not self.queue_armed and now - self._first_above >= self.settings.queue_interval:
+                self.queue_armed = True
+            if self.queue_armed:
                 self.last_drop = now
                 self.drops += 1
-                return "concurrency"
-            if self.rate_armed:
-                tokens = self._tokens + (now - self._token_t) * self.rate
-                self._token_t = now
-                burst = max(1.0, float(self.max_inflight))
-                if tokens < 1.0:
-                    self._tokens = tokens
-                    self.last_drop = now
-                    self.drops += 1
-                    return "queueing"
-                self._tokens = min(burst, tokens) - 1.0
+                return "queueing"
+        else:
+            self._first_above = None
+        if (self.conc_armed or now - self.last_drop < self.settings.cooloff) and self.max_inflight \
+                and self.inflight > 1 and self.inflight > self.max_inflight:
+            self.last_drop = now
+            self.drops += 1
+            return "concurrency"
         self.inflight += 1
         return None
 
@@ -209,9 +229,9 @@ class AdaptivePlugin:
         self._g_inflight = metric(reg, Gauge, "governance_adaptive_inflight",
                                   "Calls admitted by the adaptive limiter and still running.",
                                   labels).labels(label)
-        self._g_rate = metric(reg, Gauge, "governance_adaptive_rate_limit",
-                              "Admission rate cap (calls/s) while the event loop is queueing; 0 when off.",
-                              labels).labels(label)
+        self._g_target = metric(reg, Gauge, "governance_adaptive_queue_target_seconds",
+                                "Queueing delay above which late calls are shed (the service's min_rt).",
+                                labels).labels(label)
         self._g_cpu = metric(reg, Gauge, "governance_adaptive_cpu_ratio",
                              "CPU utilisation the adaptive limiter sees (cgroup/process, 0..1).",
                              labels).labels(label)
@@ -254,10 +274,10 @@ class AdaptivePlugin:
         lim = self.limiter
         self._g_limit.set(lim.max_inflight)
         self._g_inflight.set(lim.inflight)
-        self._g_rate.set(lim.rate if lim.rate_armed else 0.0)
+        self._g_target.set(lim.queue_target)
         self._g_cpu.set(lim.cpu)
         self._g_lag.set(lim.lag)
-        self._g_armed.set(1 if (lim.conc_armed or lim.rate_armed) else 0)
+        self._g_armed.set(1 if (lim.conc_armed or lim.queue_armed) else 0)
 
     async def aclose(self) -> None:
         task = self._shared.get("task")
@@ -270,10 +290,17 @@ class AdaptivePlugin:
                 pass
 
     # -- plugin protocol ------------------------------------------------------------------------
+    def _mark(self) -> None:
+        self.limiter.on_mark(self.limiter._clock())
+
     def before_sync(self, call: Call) -> None:
         if self._shared["task"] is None:
             self._ensure_sampler()
-        reason = self.limiter.acquire()
+        lim = self.limiter
+        reason = lim.acquire()
+        if lim.need_mark:  # first call of a batch: learn when the batch ends
+            lim.need_mark = False
+            asyncio.get_running_loop().call_soon(self._mark)
         if reason is not None:
             if self._dry_run:
                 self._dry_shed.inc()
