@@ -83,7 +83,12 @@ def _run_roles(settings: Settings, roles: tuple[str, ...], *, default_mode: str,
         await proc.stop()
         log.info("stopped")
 
-    _run(main())
+    from governance import GovernanceConfigError
+
+    try:
+        _run(main())
+    except (ConfigError, GovernanceConfigError) as exc:
+        _fail(str(exc))
 
 
 def _run(coro: Any) -> None:

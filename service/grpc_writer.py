@@ -13,8 +13,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from governance import DependencyUnavailable
 from service.auth import Authenticator, Principal
-from service.ingest.errors import BatchConflict, BrokerUnavailable, ForeignRecords, IngestError, InvalidBatch
+from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
 from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc
 
@@ -41,7 +42,7 @@ def status_for(exc: IngestError) -> grpc.Status:
         return _status(grpc.StatusCode.PERMISSION_DENIED, code_pb2.PERMISSION_DENIED, exc.detail)
     if isinstance(exc, BatchConflict):
         return _status(grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS, exc.detail)
-    if isinstance(exc, BrokerUnavailable):
+    if isinstance(exc, DependencyDown):
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(int(exc.retry_after * 1000))
         return _status(grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, exc.detail, [retry])
@@ -56,7 +57,10 @@ class TrafficWriterServicer(traffic_pb2_grpc.TrafficWriterServicer):
     async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
         md = context.invocation_metadata() or ()
         header = next((v for k, v in md if k == "authorization"), None)
-        principal = await self._auth.authenticate(header if isinstance(header, str) else None)
+        try:
+            principal = await self._auth.authenticate(header if isinstance(header, str) else None)
+        except DependencyUnavailable as exc:
+            await context.abort_with_status(status_for(DependencyDown(f"{exc.name} unavailable", exc.retry_after)))
         if principal is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "missing or invalid credentials: send metadata 'authorization: Bearer <token>'")

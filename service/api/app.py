@@ -17,13 +17,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from governance import DependencyUnavailable
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.openapi import DOCS_HTML, openapi_document
 from service.api.problems import Problem, forbidden, not_found, problem_response, unauthorized
 from service.api.timeparams import format_rfc3339, usage_window
 from service.api.traffic_json import parse_traffic
 from service.auth import Authenticator, Principal
-from service.ingest.errors import BatchConflict, BrokerUnavailable, ForeignRecords, IngestError, InvalidBatch
+from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
 from service.storage import Repository
 
@@ -49,7 +50,7 @@ def ingest_problem(exc: IngestError) -> Problem:
         return Problem(403, "Forbidden", exc.detail, slug="foreign-records")
     if isinstance(exc, BatchConflict):
         return Problem(409, "Batch Conflict", exc.detail, slug="batch-conflict")
-    if isinstance(exc, BrokerUnavailable):
+    if isinstance(exc, DependencyDown):
         return Problem(503, "Service Unavailable", exc.detail, slug="broker-unavailable",
                        headers={"Retry-After": str(max(1, round(exc.retry_after)))})
     return Problem(500, "Internal Server Error", "internal error")
@@ -206,6 +207,12 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
     return problem_response(exc, request.url.path)
 
 
+async def _dependency_down(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DependencyUnavailable)
+    return problem_response(ingest_problem(DependencyDown(f"{exc.name} unavailable", exc.retry_after)),
+                            request.url.path)
+
+
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     title = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, "Error")
@@ -238,6 +245,7 @@ def routes(api: Api) -> list[BaseRoute]:
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     Problem: _problem_handler, IngestError: _problem_handler, HTTPException: _http_exception,
+    DependencyUnavailable: _dependency_down,
     Exception: _internal,
 }
 

@@ -43,8 +43,10 @@ class BatchConflict(IngestError):
     title = "batch_id reused"
 
 
-class BrokerUnavailable(IngestError):
-    title = "broker unavailable"
+class DependencyDown(IngestError):
+    """Kafka or the database is unreachable (or its circuit breaker is open): retry later."""
+
+    title = "dependency unavailable"
 
     def __init__(self, detail: str, retry_after: float = 1.0) -> None:
         super().__init__(detail)

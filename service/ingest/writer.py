@@ -9,10 +9,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from governance import DependencyUnavailable
+from governance.tracing import producer_span
 from service.auth import Principal
 from service.config import Settings
 from service.ingest.accounts import AccountStatusCache
-from service.ingest.errors import BatchConflict, IngestError
+from service.ingest.errors import BatchConflict, DependencyDown, IngestError
 from service.ingest.validate import validate_batch, validate_shape
 from service.kafka.producer import BatchProducer
 from service.metrics import PipelineMetrics
@@ -34,14 +36,13 @@ def dedupe_key(principal: Principal, batch_id: str) -> str:
 
 class IngestService:
     def __init__(self, settings: Settings, repo: Repository, producer: BatchProducer,
-                 metrics: PipelineMetrics, header_injector=None) -> None:  # type: ignore[no-untyped-def]
+                 metrics: PipelineMetrics) -> None:
         self._settings = settings.ingest
         self._topic = settings.kafka.topic
         self._repo = repo
         self._producer = producer
         self._metrics = metrics
         self._accounts = AccountStatusCache(repo, settings.ingest.account_cache_seconds)
-        self._inject = header_injector
         # Recently acknowledged batches (dedupe key -> digest), to answer retries at once.
         self._acked: OrderedDict[str, bytes] = OrderedDict()
         self._in_flight: dict[str, asyncio.Future[WriteResult]] = {}
@@ -54,6 +55,9 @@ class IngestService:
                     records: Sequence[traffic_pb2.TrafficRecord], transport: str) -> WriteResult:
         try:
             result = await self._write(principal, batch_id, records)
+        except DependencyUnavailable as exc:  # the database breaker is open
+            self._metrics.ingest_records.labels(transport, "rejected").inc(len(records))
+            raise DependencyDown(f"{exc.name} unavailable", exc.retry_after) from exc
         except IngestError:
             self._metrics.ingest_records.labels(transport, "rejected").inc(len(records))
             raise
@@ -94,9 +98,9 @@ class IngestService:
             batch.received_at_ms = int(time.time() * 1000)
             batch.digest = digest
             headers: list[tuple[str, bytes]] = []
-            if self._inject is not None:
-                self._inject(headers)
-            await self._producer.send(self._topic, key.encode(), batch.SerializeToString(), headers)
+            # The PRODUCER span's context rides in the Kafka headers to the consumer's span.
+            with producer_span(self._topic, headers, attributes={"meterd.batch_id": batch_id}):
+                await self._producer.send(self._topic, key.encode(), batch.SerializeToString(), headers)
             result = WriteResult(batch_id, len(records), False)
             self._remember(key, digest)
             future.set_result(result)

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from google.protobuf.message import DecodeError
 
+from governance.tracing import start_consumer_span
 from service.config import Settings
 from service.kafka.aggregator import Aggregate
 from service.metrics import PipelineMetrics
@@ -48,13 +49,11 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class AggregatingConsumer:
-    def __init__(self, bootstrap: str, settings: Settings, repo: Repository, metrics: PipelineMetrics,
-                 span_factory: Any = None) -> None:
+    def __init__(self, bootstrap: str, settings: Settings, repo: Repository, metrics: PipelineMetrics) -> None:
         self._kafka = settings.kafka
         self._cfg = settings.consumer
         self._repo = repo
         self._metrics = metrics
-        self._span_factory = span_factory  # (headers) -> context manager for a processing span
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=self._kafka.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=self._cfg.fetch_max_records,
@@ -148,10 +147,10 @@ class AggregatingConsumer:
                 if key in self._agg.seen or key in stored:
                     self._metrics.consumer_batches.labels("duplicate").inc()
                     continue
-                if self._span_factory is not None:
-                    with self._span_factory(msg.headers or ()):
-                        self._agg.add(batch)
-                else:
+                # A CONSUMER span, child of the writer's PRODUCER span (context from the headers).
+                with start_consumer_span(f"process {msg.topic}", msg.headers,
+                                         attributes={"meterd.batch_id": batch.batch_id,
+                                                     "messaging.kafka.offset": msg.offset}):
                     self._agg.add(batch)
                 self._metrics.consumer_batches.labels("applied").inc()
                 self._metrics.consumer_records.inc(len(batch.records))

@@ -10,8 +10,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from governance import DependencyUnavailable
 from service.config import KafkaSettings
-from service.ingest.errors import BrokerUnavailable
+from service.ingest.errors import DependencyDown
 from service.metrics import PipelineMetrics
 
 Guard = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
@@ -54,8 +55,10 @@ class BatchProducer:
 
         try:
             await self._guard(produce)
+        except DependencyUnavailable as exc:  # breaker open: fail fast, the client retries
+            raise DependencyDown("Kafka is unavailable (circuit open)", exc.retry_after) from exc
         except KafkaError as exc:
-            raise BrokerUnavailable(f"Kafka did not acknowledge the batch: {type(exc).__name__}") from exc
+            raise DependencyDown(f"Kafka did not acknowledge the batch: {type(exc).__name__}") from exc
         self._metrics.produce_seconds.observe(time.perf_counter() - started)
 
     async def partitions_ready(self, topic: str) -> bool:

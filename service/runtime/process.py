@@ -9,17 +9,28 @@ in one transaction), then the database and the embedded broker.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from starlette.routing import BaseRoute
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Mount
 
+from profiling import Profiler, ProfilingSettings
 from service.api.app import ApiContext, ReadinessCheck, build_admin_app, build_api
-from service.auth import Authenticator
-from service.config import Settings
+from service.auth import Authenticator, bearer_token
+from service.config import ConfigError, Settings
+from service.governance_setup import GuardedRepository, build_governance, grpc_client_key, http_client_key, outbound
 from service.grpc_writer import TrafficWriterServicer, build_grpc_server
 from service.ingest.writer import IngestService
 from service.kafka.consumer import AggregatingConsumer
@@ -29,6 +40,7 @@ from service.kafka.topics import ensure_topics
 from service.metrics import PipelineMetrics
 from service.runtime.http_server import HttpServer
 from service.storage import Repository, create_database
+from service.storage.repository import OffsetConflict
 
 log = logging.getLogger("meterd")
 ROLES = ("api", "writer", "consumer")
@@ -52,6 +64,7 @@ class MeterdProcess:
     endpoints: Endpoints = field(default_factory=Endpoints)
 
     def __post_init__(self) -> None:
+        disable_created_metrics()  # no *_created series: they double the series count for nothing
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -61,10 +74,20 @@ class MeterdProcess:
 
     async def start(self) -> None:
         s = self.settings
+        gov = build_governance(s.governance, registry=self.registry, service_name=s.service_name)
+        self._stops.append(("governance", gov.aclose))
+        self.governance = gov
+        profiler = Profiler(_profiling_settings(s), registry=self.registry)
+        await profiler.start()
+        self._stops.append(("profiler", profiler.aclose))
+        self.profiler = profiler
+
         db = create_database(s.database_url(), pool_size=s.database.pool_size, echo=s.database.echo)
         self._stops.append(("database", db.close))
         await db.migrate()
-        repo = Repository(db)
+        db_breaker = outbound(gov, "database", s.governance, fail_max=5, reset_timeout=5.0,
+                              exclude=(OffsetConflict,))
+        repo: Repository = GuardedRepository(Repository(db), db_breaker)  # type: ignore[assignment]
         auth = Authenticator(repo, self.admin_token)
 
         async def db_ready() -> str | None:
@@ -84,7 +107,8 @@ class MeterdProcess:
 
         ingest = None
         if "api" in self.roles or "writer" in self.roles:
-            producer = BatchProducer(bootstrap, s.kafka, self.metrics)
+            kafka_breaker = outbound(gov, "kafka", s.governance, fail_max=5, reset_timeout=5.0)
+            producer = BatchProducer(bootstrap, s.kafka, self.metrics, guard=kafka_breaker.call)
             await producer.start()
             self._stops.append(("producer", producer.stop))
             ingest = IngestService(s, repo, producer, self.metrics)
@@ -110,12 +134,14 @@ class MeterdProcess:
 
             readiness.append(consumer_ready)
 
-        extra_routes: list[BaseRoute] = []
+        admin_only = self._admin_check()
+        extra_routes: list[BaseRoute] = [Mount("/debug/profiles", routes=profiler.starlette_routes(admin_only))]
         servers_stop: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if "writer" in self.roles:
             assert ingest is not None
-            grpc_server, health = build_grpc_server(TrafficWriterServicer(ingest, auth),
-                                                    max_message_bytes=s.grpc.max_message_bytes)
+            grpc_server, health = build_grpc_server(
+                TrafficWriterServicer(ingest, auth), max_message_bytes=s.grpc.max_message_bytes,
+                interceptors=[gov.grpc_interceptor(client_key=grpc_client_key)])
             port = grpc_server.add_insecure_port(f"{s.grpc.host}:{s.grpc.port}")
             await grpc_server.start()
             for name in ("", "meterd.v1.TrafficWriter"):
@@ -131,18 +157,27 @@ class MeterdProcess:
             app = build_api(ApiContext(repo=repo, auth=auth, ingest=ingest, registry=self.registry,
                                        max_body_bytes=s.http.max_body_bytes, readiness=readiness,
                                        extra_routes=extra_routes))
-            http = HttpServer(app, s.http.host, s.http.port, name="api")
+            http = HttpServer(gov.asgi(app, client_key=http_client_key), s.http.host, s.http.port, name="api")
             await http.start()
             self.endpoints.http = f"http://{s.http.host}:{http.port}"
             servers_stop.append(("http", http.stop))
         else:
-            admin = HttpServer(build_admin_app(self.registry, readiness, extra_routes),
-                               s.admin.host, s.admin.port, name="admin")
+            admin_app = gov.asgi(build_admin_app(self.registry, readiness, extra_routes), client_key=http_client_key)
+            admin = HttpServer(admin_app, s.admin.host, s.admin.port, name="admin")
             await admin.start()
             self.endpoints.admin = f"http://{s.admin.host}:{admin.port}"
             servers_stop.append(("admin http", admin.stop))
         # Servers stop first (reverse of list order below), then producer, consumer, db, broker.
         self._stops.extend(servers_stop)
+
+    def _admin_check(self) -> Callable[[Request], bool]:
+        expected = self.admin_token.encode()
+
+        def is_admin(request: Request) -> bool:
+            token = bearer_token(request.headers.get("authorization"))
+            return token is not None and hmac.compare_digest(token.encode(), expected)
+
+        return is_admin
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -162,6 +197,13 @@ class MeterdProcess:
             except Exception:
                 log.exception("error while stopping", extra={"component": name})
         self._stops.clear()
+
+
+def _profiling_settings(s: Settings) -> ProfilingSettings:
+    try:
+        return ProfilingSettings.model_validate({"service_name": s.service_name, **s.profiling})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid profiling configuration: {exc}") from None
 
 
 def _serving() -> int:
