@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 import math
 import signal
@@ -14,6 +15,10 @@ from .errors import PySpyFailed, classify_py_spy_failure
 # py-spy prints this once it has attached and the first sample is on its way.
 _READY_MARKER = "Sampling process"
 _STDERR_LIMIT = 64 * 1024
+
+
+def _private_umask() -> None:
+    os.umask(0o077)
 
 
 async def _spawn(argv: list[str], *, merge_output: bool = False) -> asyncio.subprocess.Process:
@@ -29,7 +34,9 @@ async def _spawn(argv: list[str], *, merge_output: bool = False) -> asyncio.subp
             # Its own session: a Ctrl-C or SIGTERM sent to our process group must not kill py-spy
             # before it wrote its output; we stop it ourselves.
             start_new_session=True,
-            umask=0o077,  # files py-spy writes are private from the first byte
+            # Files py-spy writes are private from the first byte. preexec_fn, not umask=: uvloop's
+            # subprocess_exec rejects the umask keyword.
+            preexec_fn=_private_umask,
         )
     except BaseException:
         ptrace.released(None)
