@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import sys
+
+# meterd never forks a gRPC-using child (py-spy and Tansu are exec'd), so gRPC's fork handlers
+# only add log noise when a subprocess is spawned with preexec_fn. Read by grpc at import time.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from pathlib import Path
 from typing import Annotated, Any
 
