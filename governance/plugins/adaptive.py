@@ -173,9 +173,11 @@ class AdaptiveLimiter:
         """None to admit (and count in-flight), else the reason for shedding."""
         now = self._clock()
         sojourn = self.sojourn(now)
-        # Queueing only sheds while the CPU is hot: a stall with an idle CPU (GC pause, a noisy
-        # neighbour, a paused VM) is not overload, and shedding would not shorten it.
-        if sojourn > self.queue_target and (self.cpu >= self.settings.cpu_threshold or self.queue_armed):
+        # Queueing sheds while the CPU is hot or the loop lag (a 100 ms EMA) says the loop stays
+        # behind, e.g. a neighbour steals the CPU: one long pause (GC) is neither, and shedding
+        # would not shorten it.
+        if sojourn > self.queue_target and (self.queue_armed or self.cpu >= self.settings.cpu_threshold
+                                             or self.lag > self.queue_target):
             if self._first_above is None:
                 self._first_above = now
             elif not self.queue_armed and now - self._first_above >= self.settings.queue_interval:
@@ -186,8 +188,12 @@ class AdaptiveLimiter:
                 return "queueing"
         else:
             self._first_above = None
-        if (self.conc_armed or now - self.last_drop < self.settings.cooloff) and self.max_inflight \
-                and self.inflight > 1 and self.inflight > self.max_inflight:
+        # Concurrency above latency_tolerance x the demonstrated capacity is itself proof of a queue
+        # (Little's law), so it arms at once instead of waiting for the 1 s latency window.
+        limit = self.max_inflight
+        if limit and self.inflight > 1 and self.inflight > limit and (
+                self.conc_armed or now - self.last_drop < self.settings.cooloff
+                or self.inflight > self.settings.latency_tolerance * limit):
             self.last_drop = now
             self.drops += 1
             return "concurrency"
