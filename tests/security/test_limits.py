@@ -1,0 +1,242 @@
+"""Limits: body size, header size, slow clients, gRPC message size — each refused clearly, the server keeps serving.
+
+The security meterd runs with a 64 KiB HTTP body limit and a 64 KiB gRPC message limit (conftest).
+Numbers measured here (open sockets, descriptors, latencies) are printed (`pytest -s`), not
+asserted against timings: the assertions are about what the server answers and closes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import grpc
+import httpx
+import orjson
+import pytest
+
+from tests.security.conftest import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, SecurityMeterd
+from tests.support.meterd_client import assert_problem, bearer, pb, record, unique
+
+SLOW_CLIENTS = 200
+# A server with a request-header deadline closes a connection that has not sent its headers by then.
+# The bound is generous: the fix proposed in the report uses 10 s.
+HEADER_DEADLINE_BOUND_S = 12.0
+
+
+def _addr(sec: SecurityMeterd) -> tuple[str, int]:
+    assert sec.m.proc.http
+    url = urlsplit(sec.m.proc.http)
+    assert url.hostname and url.port
+    return url.hostname, url.port
+
+
+def _healthy(sec: SecurityMeterd) -> None:
+    with sec.m.client("") as c:
+        assert c.get("/healthz").status_code == 200
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# -- HTTP body ------------------------------------------------------------------------------------
+def _padded_batch(account: str, size: int) -> bytes:
+    """A valid traffic batch padded with JSON whitespace to exactly `size` bytes."""
+    body = orjson.dumps({"batch_id": unique("limit"), "records": [record(account)]})
+    assert len(body) <= size
+    return body + b" " * (size - len(body))
+
+
+def test_body_at_the_limit_is_accepted_and_one_byte_more_is_413(sec: SecurityMeterd) -> None:
+    account, key = sec.new_account("limits")
+    with sec.m.client(key) as c:
+        headers = {"content-type": "application/json"}
+        at_limit = c.post("/v1/traffic", content=_padded_batch(account, MAX_BODY_BYTES), headers=headers)
+        assert at_limit.status_code == 202, at_limit.text
+        over = c.post("/v1/traffic", content=_padded_batch(account, MAX_BODY_BYTES + 1), headers=headers)
+    assert_problem(over, 413, f"exceeds {MAX_BODY_BYTES} bytes")
+
+
+def test_body_over_the_limit_without_content_length_is_413(sec: SecurityMeterd) -> None:
+    """A chunked upload announces no size: the server must count while reading, not trust the header."""
+    account, key = sec.new_account("limits-chunked")
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"batch_id": "chunked", "records": ['
+        for _ in range(MAX_BODY_BYTES // 1024 + 8):
+            yield b" " * 1024
+
+    with sec.m.client(key) as c:
+        resp = c.post("/v1/traffic", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in resp.request.headers
+    assert_problem(resp, 413)
+    _healthy(sec)
+
+
+def test_admin_endpoints_have_the_same_body_limit(sec: SecurityMeterd) -> None:
+    resp = sec.m.admin.post("/v1/accounts", content=b'{"name": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}',
+                            headers={"content-type": "application/json"})
+    assert_problem(resp, 413)
+
+
+# -- HTTP headers ---------------------------------------------------------------------------------
+def _raw_request(addr: tuple[str, int], data: bytes, timeout: float = 10.0) -> tuple[int | None, bool]:
+    """Sends raw bytes; returns (status code or None, whether the server closed the connection)."""
+    with socket.create_connection(addr, timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            return None, True  # refused mid-request: a clean way to say no
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+            closed = True
+        except ConnectionResetError:
+            closed = True
+        except TimeoutError:
+            closed = False
+    status = int(received.split(b" ", 2)[1]) if received.startswith(b"HTTP/1.1 ") else None
+    return status, closed
+
+
+def _huge_header_request(header_bytes: int, count: int = 1) -> bytes:
+    value = b"x" * (header_bytes // count)
+    headers = b"".join(b"X-Big-%d: %s\r\n" % (i, value) for i in range(count))
+    return b"GET /healthz HTTP/1.1\r\nHost: meterd\r\n" + headers + b"Connection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize(("size", "count"), [(100_000, 1), (1_000_000, 1), (200_000, 10_000)],
+                         ids=["100KB-one-header", "1MB-one-header", "10000-headers"])
+def test_huge_headers_get_an_answer_and_the_server_keeps_serving(sec: SecurityMeterd, size: int, count: int) -> None:
+    status, closed = _raw_request(_addr(sec), _huge_header_request(size, count))
+    assert closed, "the server neither answered nor closed the connection"
+    print(f"\n{size} header bytes in {count} header(s): status {status}")
+    _healthy(sec)
+
+
+@pytest.mark.xfail(strict=True, reason="FINDING: no request-header size limit: uvicorn runs its httptools parser "
+                   "(uvicorn[standard]), on which http_server.py's h11_max_incomplete_event_size has no effect; "
+                   "a 100 KB header (and 1 MB) is accepted with 200")
+def test_oversized_headers_are_refused(sec: SecurityMeterd) -> None:
+    status, closed = _raw_request(_addr(sec), _huge_header_request(100_000))
+    assert closed
+    assert status in (None, 400, 431), f"100 KB of headers answered {status}"
+
+
+# -- slow clients -----------------------------------------------------------------------------------
+@contextmanager
+def _slow_clients(addr: tuple[str, int], n: int) -> Iterator[list[socket.socket]]:
+    """n connections that each sent a request line and one header, and never finish their headers."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(addr, timeout=5)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: meterd\r\n")
+            s.setblocking(False)
+            socks.append(s)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _trickle(socks: list[socket.socket], closed: set[int]) -> None:
+    """One more header line on every connection still open; notes the ones the server closed."""
+    for i, s in enumerate(socks):
+        if i in closed:
+            continue
+        try:
+            s.send(b"X-Slow: 1\r\n")
+            if s.recv(4096) == b"":
+                closed.add(i)
+        except BlockingIOError:
+            pass  # nothing to read: still open
+        except OSError:
+            closed.add(i)
+
+
+def test_slow_clients_do_not_starve_normal_requests(sec: SecurityMeterd) -> None:
+    pid = sec.m.proc.pid
+    fds_before = _open_fds(pid)
+    latencies = []
+    closed: set[int] = set()
+    with _slow_clients(_addr(sec), SLOW_CLIENTS) as socks, sec.m.client("") as c:
+        fds_during = _open_fds(pid)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            _trickle(socks, closed)
+            t = time.perf_counter()
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/readyz").status_code == 200
+            latencies.append(time.perf_counter() - t)
+            time.sleep(0.25)
+    print(f"\nslowloris: {SLOW_CLIENTS} partial connections, meterd fds {fds_before} -> {fds_during}, "
+          f"{len(latencies)} request pairs ok, max {max(latencies) * 1000:.1f} ms, "
+          f"{len(closed)} partial connections closed by the server within 5 s")
+    assert len(latencies) >= 5
+
+
+@pytest.mark.xfail(strict=True, reason="FINDING: no request-header deadline: uvicorn arms timeout_keep_alive only "
+                   "after a response, so a connection that never finishes its headers stays open for ever "
+                   "(each holds a file descriptor; the process limit bounds how many)")
+def test_partial_requests_are_closed_within_a_bound(sec: SecurityMeterd) -> None:
+    closed: set[int] = set()
+    started = time.monotonic()
+    with _slow_clients(_addr(sec), SLOW_CLIENTS) as socks:
+        while time.monotonic() - started < HEADER_DEADLINE_BOUND_S and len(closed) < len(socks):
+            _trickle(socks, closed)
+            time.sleep(1.0)
+        still_open = len(socks) - len(closed)
+    print(f"\nslowloris: {still_open}/{SLOW_CLIENTS} partial connections still open after "
+          f"{time.monotonic() - started:.1f} s")
+    assert still_open == 0, f"{still_open} of {SLOW_CLIENTS} partial connections open after {HEADER_DEADLINE_BOUND_S} s"
+
+
+# -- gRPC message size -------------------------------------------------------------------------------
+def _oversized_request(account: str) -> object:
+    # One record whose node_id alone is larger than the limit: the message is refused before parsing.
+    return pb([record(account, node_id="n" * (MAX_MESSAGE_BYTES + 1024))], unique("big"))
+
+
+def test_grpc_message_over_the_limit_is_resource_exhausted(sec: SecurityMeterd) -> None:
+    account, key = sec.new_account("grpc-limit")
+    with pytest.raises(grpc.RpcError) as info:
+        sec.m.stub.Write(_oversized_request(account), metadata=bearer(key), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = info.value.details() or ""
+    assert "larger than max" in details and str(MAX_MESSAGE_BYTES) in details, details
+
+    with pytest.raises(grpc.RpcError) as info:
+        list(sec.m.stub.WriteStream(iter([pb([record(account)], unique("ok")), _oversized_request(account)]),
+                                    metadata=bearer(key), timeout=10))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+
+    # The limit is per message, not per connection: the same channel keeps working.
+    assert sec.m.write(key, unique("after"), [record(account)]).accepted == 1
+
+
+def test_grpc_message_just_under_the_limit_is_not_refused_for_size(sec: SecurityMeterd) -> None:
+    account, key = sec.new_account("grpc-limit-under")
+    req = pb([record(account, node_id="n")], unique("under"))
+    padding = MAX_MESSAGE_BYTES - req.ByteSize() - 64
+    req.records[0].node_id = "n" * padding
+    assert req.ByteSize() < MAX_MESSAGE_BYTES
+    with pytest.raises(grpc.RpcError) as info:  # node_id is limited to 128 characters by validation
+        sec.m.stub.Write(req, metadata=bearer(key), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+
+
+def test_http_client_sees_limits_as_problems_not_resets(sec: SecurityMeterd) -> None:
+    """An oversized body sent by an ordinary client gets the 413 document, not a reset connection."""
+    account, key = sec.new_account("limits-client")
+    body = {"batch_id": unique("big"), "records": [record(account, node_id="n" * 100) for _ in range(1000)]}
+    with httpx.Client(base_url=sec.m.proc.http or "", timeout=10,
+                      headers={"authorization": f"Bearer {key}"}) as c:
+        resp = c.post("/v1/traffic", json=body)
+    assert_problem(resp, 413)
