@@ -60,6 +60,25 @@ class QuotaSettings(BaseModel):
         return v
 
 
+class LocalFixedWindows:
+    """In-process fixed windows with the `limits` fixed-window semantics (a window opens at its first
+    hit and lasts the limit's expiry). Used for `memory://` + fixed-window because limits' async
+    MemoryStorage starts an asyncio Task on every hit to expire keys, which cost more than the whole
+    rest of the quota check. Shared storages (Redis, ...) always go through `limits`."""
+
+    def __init__(self) -> None:
+        self.windows: dict[str, list[float]] = {}  # key -> [count, reset_at]
+
+    def incr(self, key: str, expiry: float, now: float) -> tuple[int, float]:
+        w = self.windows.get(key)
+        if w is None or w[1] <= now:
+            if len(self.windows) > 50_000:  # drop expired windows now and then, not per call
+                self.windows = {k: v for k, v in self.windows.items() if v[1] > now}
+            w = self.windows[key] = [0, now + expiry]
+        w[0] += 1
+        return int(w[0]), w[1]
+
+
 def async_storage_uri(uri: str) -> str:
     return uri if uri.startswith("async+") else f"async+{uri}"
 
@@ -76,18 +95,25 @@ class QuotaPlugin:
                  storage: Any = None) -> None:
         self.settings = s = settings
         self._ctx, self.namespace = ctx, namespace
+        if storage is None and s.strategy == "fixed-window" and async_storage_uri(s.storage).startswith(
+                "async+memory://"):
+            storage = LocalFixedWindows()
         if storage is None:
             try:
                 storage = storage_from_string(async_storage_uri(s.storage), **s.storage_options)
             except ConfigurationError as exc:
                 raise ValueError(f"quota.storage: {exc}") from exc
         self.storage = storage
-        self.limiter: RateLimiter = STRATEGIES[s.strategy](storage)
+        self.limiter: RateLimiter | None = None if isinstance(storage, LocalFixedWindows) else \
+            STRATEGIES[s.strategy](storage)
         self.items: list[RateLimitItem] = parse_many(s.limit)
         self._policy = ", ".join(f'"{_policy_name(i)}";q={i.amount};w={i.get_expiry()}' for i in self.items)
         self._names = [_policy_name(i) for i in self.items]
         self._last_storage_warning = 0.0
         self._fixed = s.strategy == "fixed-window"
+        self._local: LocalFixedWindows | None = None
+        if self._fixed and async_storage_uri(s.storage).startswith("async+memory://"):
+            self._local = storage if isinstance(storage, LocalFixedWindows) else LocalFixedWindows()
         # key -> window reset time (epoch s). A fixed window's reset only changes when a new window
         # starts, so it is read from storage once per window, not once per call.
         self._resets: dict[str, float] = {}
@@ -101,7 +127,8 @@ class QuotaPlugin:
     def derive(self, overrides: dict[str, Any], label: str) -> QuotaPlugin:
         merged = QuotaSettings(**{**self.settings.model_dump(), **overrides})
         same_storage = merged.storage == self.settings.storage and merged.storage_options == \
-            self.settings.storage_options
+            self.settings.storage_options and isinstance(self.storage, LocalFixedWindows) == (
+                merged.strategy == "fixed-window" and async_storage_uri(merged.storage).startswith("async+memory://"))
         # A route variant counts in its own namespace so it never shares buckets with the default.
         return QuotaPlugin(self._ctx, merged, namespace=label, storage=self.storage if same_storage else None)
 
@@ -136,6 +163,7 @@ class QuotaPlugin:
                     raise Rejection("quota", "storage_unavailable", "unavailable", 1.0) from exc
             return
         limiter = self.limiter
+        assert limiter is not None
         try:
             for i, item in enumerate(self.items):
                 if not await limiter.hit(item, *ids):
@@ -162,11 +190,15 @@ class QuotaPlugin:
                 self._keys.clear()
             keys = self._keys[ids] = [item.key_for(*ids) for item in self.items]
         best_i, best_rem, best_reset = 0, math.inf, 0.0
+        local = self._local
         for i, (_, expiry, amount) in enumerate(self._specs):
             key = keys[i]
-            count = await storage.incr(key, expiry)
-            reset = resets.get(key)
-            if count == 1 or reset is None or reset <= now:
+            if local is not None:
+                count, reset = local.incr(key, expiry, now)
+            else:
+                count = await storage.incr(key, expiry)
+                reset = resets.get(key)
+            if local is None and (count == 1 or reset is None or reset <= now):
                 reset = now + expiry if count == 1 else await storage.get_expiry(key)
                 if len(resets) > 10_000:
                     resets.clear()
@@ -193,6 +225,7 @@ class QuotaPlugin:
         # Report the most constrained policy: the one with the fewest calls left.
         best_i, best_rem, best_reset = 0, math.inf, 0.0
         now = time.time()
+        assert self.limiter is not None
         for i, item in enumerate(self.items):
             stats = await self.limiter.get_window_stats(item, *ids)
             if stats.remaining < best_rem:
