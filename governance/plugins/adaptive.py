@@ -173,11 +173,10 @@ class AdaptiveLimiter:
         """None to admit (and count in-flight), else the reason for shedding."""
         now = self._clock()
         sojourn = self.sojourn(now)
-        # Queueing sheds while the CPU is hot or the loop lag (a 100 ms EMA) says the loop stays
-        # behind, e.g. a neighbour steals the CPU: one long pause (GC) is neither, and shedding
-        # would not shorten it.
-        if sojourn > self.queue_target and (self.queue_armed or self.cpu >= self.settings.cpu_threshold
-                                             or self.lag > self.queue_target):
+        # Queueing only sheds while the CPU is hot. A loop that is behind with a cool CPU (a GC
+        # pause, a neighbour stealing the core) is not helped by shedding: rejected calls still
+        # cost loop time, and measured here that turned a starved process into a shedding cascade.
+        if sojourn > self.queue_target and (self.queue_armed or self.cpu >= self.settings.cpu_threshold):
             if self._first_above is None:
                 self._first_above = now
             elif not self.queue_armed and now - self._first_above >= self.settings.queue_interval:
