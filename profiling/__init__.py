@@ -91,9 +91,15 @@ class Profiler:
             )
             await self._watchdog.start()
 
-    async def start_capture(self, trigger: str = "api", duration_s: float | None = None) -> CaptureInfo:
-        """Start a capture; raises a ProfilingError subclass whose str() says how to fix it."""
-        return await self._captures.start(trigger, duration_s)
+    async def start_capture(
+        self, trigger: str = "api", duration_s: float | None = None, *, tracemalloc: bool | None = None
+    ) -> CaptureInfo:
+        """Start a capture; raises a ProfilingError subclass whose str() says how to fix it.
+
+        tracemalloc: trace allocation sites during this capture; None follows
+        settings.tracemalloc_triggers (by default only memory-pressure captures).
+        """
+        return await self._captures.start(trigger, duration_s, tracemalloc=tracemalloc)
 
     async def stop_capture(self) -> CaptureInfo:
         """Stop the running capture and return it once every file is written."""

@@ -1,4 +1,5 @@
-"""Allocation hot spots between the start and the stop of a capture, with tracemalloc.
+"""Allocation report of a capture: hot spots between start and stop with tracemalloc, or a cheap
+memory summary when tracing is off for that capture.
 
 tracemalloc is started only if nobody else started it, and stopped only if we started it, so an
 application that traces memory on its own keeps doing so.
@@ -6,8 +7,44 @@ application that traces memory on its own keeps doing so.
 
 from __future__ import annotations
 
+import gc
+import sys
+import threading
 import tracemalloc
 from datetime import UTC, datetime
+
+import psutil
+
+
+class MemorySummary:
+    """What memory did during a capture without tracing allocations: nearly free."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+        self._started_at = datetime.now(UTC)
+        self._rss = _rss()
+        self._blocks = sys.getallocatedblocks()
+        self._collections = [s["collections"] for s in gc.get_stats()]
+
+    def stop(self, top: int) -> str:
+        rss, blocks = _rss(), sys.getallocatedblocks()
+        collections = [s["collections"] for s in gc.get_stats()]
+        pairs = zip(self._collections, collections, strict=False)
+        gc_runs = ", ".join(f"gen{i}: {b - a}" for i, (a, b) in enumerate(pairs))
+        return "\n".join(
+            [
+                f"# Memory summary, capture start ({self._started_at.isoformat()}) to stop "
+                f"({datetime.now(UTC).isoformat()})",
+                f"# Allocation sites were not traced: {self._reason}.",
+                "# For sites, start a capture with tracemalloc (POST start with tracemalloc=true) or list",
+                "# this trigger in profiling.tracemalloc_triggers; tracing slows allocation-heavy code.",
+                "",
+                f"rss            {_size(self._rss)} -> {_size(rss)} ({_signed(rss - self._rss)})",
+                f"python blocks  {self._blocks} -> {blocks} ({blocks - self._blocks:+d})",
+                f"gc collections {gc_runs}",
+                f"gc objects now {sum(gc.get_count())} pending in young generations",
+            ]
+        ) + "\n"
 
 
 class AllocationTracker:
@@ -15,7 +52,9 @@ class AllocationTracker:
         self._frames = frames
         self._owned = False
         self._baseline: tracemalloc.Snapshot | None = None
+        self._frozen: tuple[tracemalloc.Snapshot, int, int, datetime] | None = None
         self._started_at: datetime | None = None
+        self._lock = threading.Lock()  # freeze() runs from a timer and from stop(), in threads
 
     def start(self) -> None:
         if not tracemalloc.is_tracing():
@@ -28,17 +67,25 @@ class AllocationTracker:
         # it is what makes the report cover only the capture.
         self._baseline = tracemalloc.take_snapshot()
 
+    def freeze(self) -> None:
+        """End the traced window early (tracing is costly): snapshot now, stop tracing if ours."""
+        with self._lock:
+            if self._baseline is None or self._frozen is not None or not tracemalloc.is_tracing():
+                return
+            current, peak = tracemalloc.get_traced_memory()
+            self._frozen = (tracemalloc.take_snapshot(), current, peak, datetime.now(UTC))
+            if self._owned:
+                tracemalloc.stop()
+                self._owned = False
+
     def stop(self, top: int) -> str:
-        """Snapshot, compare with the start and return the report; stops tracing if we started it."""
-        if self._baseline is None or not tracemalloc.is_tracing():
+        """The report of the traced window; stops tracing if we started it."""
+        self.freeze()
+        if self._baseline is None or self._frozen is None:
             return "# tracemalloc was not tracing during this capture\n"
-        snapshot = tracemalloc.take_snapshot()
-        current, peak = tracemalloc.get_traced_memory()
-        if self._owned:
-            tracemalloc.stop()
-            self._owned = False
-        baseline, self._baseline = self._baseline, None
-        return format_report(snapshot, baseline, top, current, peak, self._started_at)
+        snapshot, current, peak, until = self._frozen
+        baseline, self._baseline, self._frozen = self._baseline, None, None
+        return format_report(snapshot, baseline, top, current, peak, self._started_at, until)
 
 
 def format_report(
@@ -48,6 +95,7 @@ def format_report(
     current: int,
     peak: int,
     started_at: datetime | None,
+    until: datetime | None = None,
 ) -> str:
     ignore = [
         tracemalloc.Filter(False, tracemalloc.__file__),
@@ -59,7 +107,8 @@ def format_report(
     total_growth = sum(d.size_diff for d in grown)
     lines = [
         f"# Allocation sites that grew between capture start ({started_at and started_at.isoformat()})",
-        f"# and stop ({datetime.now(UTC).isoformat()}); memory still held at stop, by source line.",
+        f"# and the end of tracing ({(until or datetime.now(UTC)).isoformat()}); memory still held then,",
+        "# by source line.",
         f"# traced now: {_size(current)}, peak during capture: {_size(peak)}, "
         f"growth at listed sites: {_size(total_growth)}",
         "",
@@ -74,6 +123,17 @@ def format_report(
     if not grown:
         lines.append("   (no allocation site grew)")
     return "\n".join(lines) + "\n"
+
+
+def _rss() -> int:
+    try:
+        return psutil.Process().memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def _signed(n: int) -> str:
+    return ("+" if n >= 0 else "-") + _size(abs(n))
 
 
 def _size(n: int) -> str:

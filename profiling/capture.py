@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from . import pyroscope, pyspy
-from .allocations import AllocationTracker
+from .allocations import AllocationTracker, MemorySummary
 from .errors import (
     CaptureAlreadyRunning,
     NoCaptureRunning,
@@ -42,11 +42,12 @@ class _Active:
     info: CaptureInfo
     store: CaptureStore
     recording: pyspy.Recording
-    allocations: AllocationTracker | None
+    allocations: AllocationTracker | MemorySummary | None
     timer: asyncio.TimerHandle | None = None
     watcher: asyncio.Task[None] | None = None
     finish: asyncio.Task[CaptureInfo] | None = None
     dump: asyncio.Task[None] | None = None
+    freeze: asyncio.TimerHandle | None = None
     extra_files: dict[str, str] = field(default_factory=dict)
 
 
@@ -71,9 +72,12 @@ class CaptureManager:
 
     # -- commands ------------------------------------------------------------------------------
 
-    async def start(self, trigger: str, duration_s: float | None = None) -> CaptureInfo:
+    async def start(
+        self, trigger: str, duration_s: float | None = None, *, tracemalloc: bool | None = None
+    ) -> CaptureInfo:
+        """tracemalloc: trace allocation sites (None: when the trigger is in tracemalloc_triggers)."""
         async with self._lock:
-            return await self._start_locked(trigger, duration_s)
+            return await self._start_locked(trigger, duration_s, tracemalloc)
 
     async def stop(self, reason: str = "requested") -> CaptureInfo:
         async with self._lock:
@@ -102,7 +106,9 @@ class CaptureManager:
 
     # -- start ---------------------------------------------------------------------------------
 
-    async def _start_locked(self, trigger: str, duration_s: float | None) -> CaptureInfo:
+    async def _start_locked(
+        self, trigger: str, duration_s: float | None, tracemalloc: bool | None = None
+    ) -> CaptureInfo:
         if not self.settings.enabled:
             raise ProfilingDisabled("profiling is disabled", "set profiling.enabled to true")
         if self._active is not None and self._active.finish is not None:
@@ -132,7 +138,7 @@ class CaptureManager:
                 requested_duration_s=duration,
                 rate_hz=self.settings.rate_hz,
             )
-            active = await self._launch(store, info, duration)
+            active = await self._launch(store, info, duration, tracemalloc)
         except ProfilingError as err:
             self.metrics.failures.labels(err.reason).inc()
             # One line that says what failed and how to fix it; the caller decides what else to do.
@@ -154,7 +160,9 @@ class CaptureManager:
         )
         return active.info
 
-    async def _launch(self, store: CaptureStore, info: CaptureInfo, duration: float) -> _Active:
+    async def _launch(
+        self, store: CaptureStore, info: CaptureInfo, duration: float, trace_allocations: bool | None
+    ) -> _Active:
         settings = self.settings
         executable = settings.resolve_py_spy()
         if executable is None:
@@ -184,14 +192,32 @@ class CaptureManager:
             except (ProfilingError, OSError):
                 pass
             raise
-        allocations = None
-        if settings.tracemalloc:
+        allocations: AllocationTracker | MemorySummary
+        if trace_allocations is None:
+            trace_allocations = info.trigger in settings.tracemalloc_triggers
+        freeze_after: float | None = None
+        if settings.tracemalloc and trace_allocations:
             allocations = AllocationTracker(settings.tracemalloc_frames)
             allocations.start()
+            freeze_after = min(settings.tracemalloc_max_s, duration)
+        elif settings.tracemalloc:
+            allocations = MemorySummary(f"trigger {info.trigger!r} is not in profiling.tracemalloc_triggers")
+        else:
+            allocations = MemorySummary("profiling.tracemalloc is off")
         store.write_meta(info)
         active = _Active(info=info, store=store, recording=recording, allocations=allocations)
         active.dump = asyncio.create_task(self._write_thread_dump(active, executable, subprocesses))
+        if freeze_after is not None and freeze_after < duration:
+            active.freeze = asyncio.get_running_loop().call_later(
+                freeze_after, lambda: asyncio.ensure_future(self._freeze(active))
+            )
         return active
+
+    async def _freeze(self, active: _Active) -> None:
+        # Bounded tracing window: tracemalloc slows every allocation, so it does not run for the
+        # whole capture. The snapshot is taken off the loop.
+        if isinstance(active.allocations, AllocationTracker) and active.finish is None:
+            await asyncio.to_thread(active.allocations.freeze)
 
     async def _write_thread_dump(self, active: _Active, executable: str, subprocesses: bool) -> None:
         try:
@@ -233,8 +259,9 @@ class CaptureManager:
         try:
             return await self._finish_files(active, reason)
         finally:
-            if active.timer is not None:
-                active.timer.cancel()
+            for handle in (active.timer, active.freeze):
+                if handle is not None:
+                    handle.cancel()
             if self._active is active:
                 self._active = None
             self.metrics.in_progress.set(0)
@@ -261,7 +288,13 @@ class CaptureManager:
             report = await asyncio.to_thread(active.allocations.stop, settings.tracemalloc_top)
             store.write_text(info.id, "alloc", report)
         final = info.replace(
-            status=status, stopped_at=stopped, stop_reason=reason, error=error, samples=samples
+            status=status,
+            stopped_at=stopped,
+            stop_reason=reason,
+            error=error,
+            samples=samples,
+            py_spy_summary=_summary(active.recording.output),
+            allocation_sites=isinstance(active.allocations, AllocationTracker),
         )
         written = store.read(final.id)
         files = dict(written.files) if written else {}
@@ -326,6 +359,14 @@ def _render(
     text = folded.decode(errors="replace")
     store.write_text(capture_id, "flamegraph", render_svg(text, title, subtitle))
     return folded, sample_count(text)
+
+
+def _summary(output: str) -> str | None:
+    """py-spy's closing line, e.g. "Samples: 991 Errors: 3" (errors are samples it had to drop)."""
+    for line in reversed(output.splitlines()):
+        if "Samples:" in line:
+            return "Samples:" + line.split("Samples:", 1)[1].rstrip()
+    return None
 
 
 def _python_children(pid: int, limit: int = 16) -> list[int]:

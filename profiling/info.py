@@ -34,6 +34,8 @@ class CaptureInfo:
     error: str | None = None
     stop_reason: str | None = None
     samples: int | None = None
+    py_spy_summary: str | None = None
+    allocation_sites: bool | None = None  # True when tracemalloc traced this capture
 
     @property
     def duration_s(self) -> float | None:

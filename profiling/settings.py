@@ -68,7 +68,19 @@ class ProfilingSettings(BaseModel):
     py_spy_path: str | None = Field(None, description="defaults to py-spy beside sys.executable, then PATH")
     retention_max_files: int = Field(200, ge=1)
     retention_max_bytes: int = Field(512 * 1024 * 1024, ge=1)
-    tracemalloc: bool = True
+    tracemalloc: bool = Field(True, description="allocation-site tracking (tracemalloc) may be used at all")
+    tracemalloc_triggers: list[str] = Field(
+        default_factory=lambda: ["memory"],
+        description=(
+            "captures whose trigger is listed trace allocation sites; tracemalloc hooks every "
+            "allocation and made allocation-heavy code ~20x slower here (see benchmarks/), so by default "
+            "only memory-pressure captures pay it. Others get a cheap memory summary. An API start "
+            "can ask for it explicitly."
+        ),
+    )
+    tracemalloc_max_s: float = Field(
+        10.0, gt=0, description="allocation sites are traced for at most this long at a capture's start"
+    )
     tracemalloc_top: int = Field(50, ge=1)
     tracemalloc_frames: int = Field(1, ge=1, description="frames kept per allocation; more costs more")
     signal_toggle: bool = Field(True, description="install the SIGTRAP start/stop toggle")

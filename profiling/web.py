@@ -119,11 +119,11 @@ def routes(profiler: Profiler, authorize: Authorize) -> list[BaseRoute]:
 
     async def start(request: Request) -> Response:
         try:
-            duration = await _duration(request)
+            duration, tracemalloc = await _start_params(request)
         except ValueError as exc:
             return problem(400, "Bad Request", str(exc), "bad-request")
         try:
-            info = await profiler.start_capture(trigger="api", duration_s=duration)
+            info = await profiler.start_capture(trigger="api", duration_s=duration, tracemalloc=tracemalloc)
         except ProfilingError as err:
             return _error_response(err)
         if _wants_html(request):
@@ -148,20 +148,24 @@ def routes(profiler: Profiler, authorize: Authorize) -> list[BaseRoute]:
     ]
 
 
-async def _duration(request: Request) -> float | None:
-    """`duration_s` from the query, a form or a JSON body; None means the configured default."""
-    raw: Any = request.query_params.get("duration_s")
-    if raw is None:
-        body = await request.body()
-        ctype = request.headers.get("content-type", "")
-        if body and ctype.startswith("application/json"):
-            try:
-                data = json.loads(body)
-            except ValueError as exc:
-                raise ValueError("the body is not valid JSON") from exc
-            raw = data.get("duration_s") if isinstance(data, dict) else None
-        elif body and ctype.startswith("application/x-www-form-urlencoded"):
-            raw = (parse_qs(body.decode()).get("duration_s") or [None])[0]
+async def _start_params(request: Request) -> tuple[float | None, bool | None]:
+    """(duration_s, tracemalloc) from the query, a form or a JSON body; None means the default."""
+    params: dict[str, Any] = dict(request.query_params)
+    body = await request.body()
+    ctype = request.headers.get("content-type", "")
+    if body and ctype.startswith("application/json"):
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise ValueError("the body is not valid JSON") from exc
+        if isinstance(data, dict):
+            params.update(data)
+    elif body and ctype.startswith("application/x-www-form-urlencoded"):
+        params.update({k: v[0] for k, v in parse_qs(body.decode()).items()})
+    return _duration(params.get("duration_s")), _flag(params.get("tracemalloc"))
+
+
+def _duration(raw: Any) -> float | None:
     if raw in (None, ""):
         return None
     try:
@@ -171,6 +175,19 @@ async def _duration(request: Request) -> float | None:
     if not math.isfinite(value) or not 0 < value <= _MAX_DURATION_S:
         raise ValueError(f"duration_s must be between 0 and {_MAX_DURATION_S:.0f} seconds")
     return value
+
+
+def _flag(raw: Any) -> bool | None:
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"tracemalloc must be true or false, not {raw!r}")
 
 
 def _fmt_duration(info: CaptureInfo) -> str:
@@ -221,7 +238,8 @@ def render_index(profiler: Profiler, captures: list[CaptureInfo], base: str) -> 
         control = (
             f'<form method="post" action="{e(base)}/start"><p><label>Duration (s) '
             f'<input name="duration_s" type="number" min="1" max="{_MAX_DURATION_S:.0f}" '
-            f'value="{settings.duration_s:.0f}"></label> <button type="submit">Start capture</button>'
+            f'value="{settings.duration_s:.0f}"></label> <label><input type="checkbox" name="tracemalloc" '
+            f'value="true"> trace allocation sites (slower)</label> <button type="submit">Start capture</button>'
             f"</p></form>"
         )
         refresh = ""

@@ -27,6 +27,8 @@ def test_cpu_pressure_triggers_exactly_one_capture_and_honours_cooldown(profiled
     assert done.trigger == "cpu"
     assert done.samples and done.samples > 10
     assert "recognisable_busy_function" in (app.directory / done.files["folded"]).read_text()
+    assert done.allocation_sites is False  # CPU captures skip the costly tracing
+    assert "not traced" in (app.directory / done.files["alloc"]).read_text()
     # Pressure continues for ~15 more samples; the cooldown must keep it at one capture.
     time.sleep(3.0)
     captures = list_captures(app.directory, app.service)
@@ -58,6 +60,8 @@ def test_low_memory_limit_triggers_a_memory_capture(profiled_app):
     done = wait_for_capture(app.directory, lambda c: c.status == "completed", service=app.service, timeout=20)
     assert done.trigger == "memory"
     assert {"alloc", "threads", "meta", "folded", "flamegraph"} <= set(done.files)
+    assert done.allocation_sites is True  # memory captures trace allocation sites
+    assert "Allocation sites that grew" in (app.directory / done.files["alloc"]).read_text()
     with app.client() as client:
         metrics = client.get("/metrics").text
     assert metric_value(metrics, "profiling_captures_total", 'trigger="memory"') == 1.0

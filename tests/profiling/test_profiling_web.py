@@ -117,7 +117,7 @@ async def test_start_without_py_spy_is_503_with_the_fix(tmp_path):
 async def test_bad_duration_is_400(tmp_path):
     _, client, _ = build(tmp_path)
     async with client:
-        for body in ({"duration_s": "soon"}, {"duration_s": -1}, {"duration_s": 1e9}):
+        for body in ({"duration_s": "soon"}, {"duration_s": -1}, {"duration_s": 1e9}, {"tracemalloc": "maybe"}):
             response = await client.post("/debug/profiles/start", json=body)
             assert response.status_code == 400, body
 
@@ -140,7 +140,7 @@ class Receiver:
             return PlainTextResponse("")
 
         self.app = Starlette(routes=[Route("/ingest", ingest, methods=["POST"])])
-        self.sock = socket.socket()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
@@ -163,7 +163,9 @@ async def test_real_capture_through_the_api_and_pyroscope_upload(tmp_path):
         worker.start()
         try:
             async with client:
-                started = await client.post("/debug/profiles/start", data={"duration_s": "30"})
+                started = await client.post(
+                    "/debug/profiles/start", data={"duration_s": "30", "tracemalloc": "true"}
+                )
                 assert started.status_code == 303  # the HTML form goes back to the index
                 data = (await client.get("/debug/profiles/index.json")).json()
                 assert data["running"]["trigger"] == "api"
@@ -176,6 +178,8 @@ async def test_real_capture_through_the_api_and_pyroscope_upload(tmp_path):
                 info = stopped.json()
                 assert info["status"] == "completed" and info["samples"] > 0
                 assert set(info["files"]) == {"folded", "flamegraph", "threads", "alloc", "meta"}
+                assert info["allocation_sites"] is True  # asked for in the form
+                assert info["py_spy_summary"].startswith("Samples:")
         finally:
             stop.set()
             await profiler.aclose()
@@ -196,4 +200,25 @@ async def test_aclose_stops_a_running_capture(tmp_path):
     [listed] = profiler.list_captures()
     assert listed.id == info.id and listed.status == "completed" and listed.stop_reason == "shutdown"
     with contextlib.suppress(Exception):
+        await client.aclose()
+
+
+async def test_allocation_tracing_is_bounded_within_a_long_capture(tmp_path):
+    import tracemalloc
+
+    profiler, client, _ = build(tmp_path, tracemalloc_max_s=0.2)
+    try:
+        await profiler.start_capture("memory", duration_s=30)  # memory captures trace by default
+        assert tracemalloc.is_tracing()
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not tracemalloc.is_tracing():
+                break
+        assert not tracemalloc.is_tracing()  # the window closed while the capture runs on
+        assert profiler.current_capture() is not None
+        info = await profiler.stop_capture()
+        assert info.allocation_sites is True
+        assert "Allocation sites that grew" in (profiler.directory / info.files["alloc"]).read_text()
+    finally:
+        await profiler.aclose()
         await client.aclose()
