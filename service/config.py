@@ -22,6 +22,9 @@ class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # A request whose headers are not complete by then is answered 408 and closed (slowloris).
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
 
 
 class GrpcSettings(_Section):

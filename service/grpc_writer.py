@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -67,8 +68,12 @@ class TrafficWriterServicer(traffic_pb2_grpc.TrafficWriterServicer):
         assert principal is not None
         return principal
 
-    async def _write_one(self, principal: Principal, request: traffic_pb2.WriteRequest,
+    async def _write_one(self, principal: Principal, request: traffic_pb2.WriteRequest | Undecodable,
                          context: grpc.aio.ServicerContext) -> traffic_pb2.WriteResponse:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"request is not a valid meterd.v1.WriteRequest: {request.reason}")
+        assert not isinstance(request, Undecodable)
         try:
             result = await self._ingest.write(principal, request.batch_id, request.records, "grpc")
         except IngestError as exc:
@@ -89,6 +94,36 @@ class TrafficWriterServicer(traffic_pb2_grpc.TrafficWriterServicer):
             yield await self._write_one(principal, request, context)
 
 
+class Undecodable:
+    """Stands in for a request whose bytes are not a WriteRequest, so the handler can answer
+    INVALID_ARGUMENT (a raising deserializer makes grpc.aio answer UNKNOWN and log a traceback)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _parse_write_request(data: bytes) -> traffic_pb2.WriteRequest | Undecodable:
+    try:
+        return traffic_pb2.WriteRequest.FromString(data)
+    except DecodeError as exc:
+        return Undecodable(str(exc) or "malformed protobuf")
+
+
+def _add_traffic_writer(servicer: TrafficWriterServicer, server: grpc.aio.Server) -> None:
+    serialize = traffic_pb2.WriteResponse.SerializeToString
+    handlers = {
+        "Write": grpc.unary_unary_rpc_method_handler(
+            servicer.Write, request_deserializer=_parse_write_request, response_serializer=serialize),
+        "WriteStream": grpc.stream_stream_rpc_method_handler(
+            servicer.WriteStream, request_deserializer=_parse_write_request, response_serializer=serialize),
+    }
+    # Both, as grpc_tools' generated helper does: registered methods skip the generic lookup.
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 def build_grpc_server(servicer: TrafficWriterServicer, *, max_message_bytes: int,
                       interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> tuple[grpc.aio.Server, Any]:
     options = [
@@ -97,7 +132,7 @@ def build_grpc_server(servicer: TrafficWriterServicer, *, max_message_bytes: int
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(interceptors=list(interceptors), options=options)
-    traffic_pb2_grpc.add_TrafficWriterServicer_to_server(servicer, server)
+    _add_traffic_writer(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -40,5 +40,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Third-party chatter (aiokafka reconnect loops, uvicorn per-request lines) stays at WARNING.
-    for noisy in ("aiokafka", "kafka", "uvicorn.access", "uvicorn.error", "sqlalchemy.engine"):
+    # aiosqlite logs every statement with its parameters at DEBUG: key hashes must not reach logs.
+    for noisy in ("aiokafka", "kafka", "uvicorn.access", "uvicorn.error", "sqlalchemy.engine", "aiosqlite",
+                  "asyncpg"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -9,6 +9,8 @@ from collections.abc import Generator
 import uvicorn
 from starlette.types import ASGIApp
 
+from service.runtime.http_protocol import guarded_protocol
+
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
@@ -18,10 +20,12 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: ASGIApp, host: str, port: int, *, name: str) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int, *, name: str, header_timeout: float = 10.0,
+                 max_header_bytes: int = 65536) -> None:
         self.name = name
         config = uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_config=None,
-                                server_header=False, timeout_graceful_shutdown=10, h11_max_incomplete_event_size=65536)
+                                server_header=False, timeout_graceful_shutdown=10,
+                                http=guarded_protocol(header_timeout, max_header_bytes))
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 

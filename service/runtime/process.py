@@ -24,9 +24,10 @@ from prometheus_client import (
 )
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Mount, Router
 
 from profiling import Profiler, ProfilingSettings
+from service.api.admin_guard import AdminOnly
 from service.api.app import ApiContext, ReadinessCheck, build_admin_app, build_api
 from service.auth import Authenticator, bearer_token
 from service.config import ConfigError, Settings
@@ -135,7 +136,9 @@ class MeterdProcess:
             readiness.append(consumer_ready)
 
         admin_only = self._admin_check()
-        extra_routes: list[BaseRoute] = [Mount("/debug/profiles", routes=profiler.starlette_routes(admin_only))]
+        # The guard answers 401/403 like every other endpoint; the profiler re-checks admin itself.
+        profiles_app = AdminOnly(Router(routes=profiler.starlette_routes(admin_only)), auth)
+        extra_routes: list[BaseRoute] = [Mount("/debug/profiles", app=profiles_app)]
         servers_stop: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if "writer" in self.roles:
             assert ingest is not None
@@ -157,13 +160,15 @@ class MeterdProcess:
             app = build_api(ApiContext(repo=repo, auth=auth, ingest=ingest, registry=self.registry,
                                        max_body_bytes=s.http.max_body_bytes, readiness=readiness,
                                        extra_routes=extra_routes))
-            http = HttpServer(gov.asgi(app, client_key=http_client_key), s.http.host, s.http.port, name="api")
+            http = HttpServer(gov.asgi(app, client_key=http_client_key), s.http.host, s.http.port, name="api",
+                              header_timeout=s.http.header_timeout_seconds, max_header_bytes=s.http.max_header_bytes)
             await http.start()
             self.endpoints.http = f"http://{s.http.host}:{http.port}"
             servers_stop.append(("http", http.stop))
         else:
             admin_app = gov.asgi(build_admin_app(self.registry, readiness, extra_routes), client_key=http_client_key)
-            admin = HttpServer(admin_app, s.admin.host, s.admin.port, name="admin")
+            admin = HttpServer(admin_app, s.admin.host, s.admin.port, name="admin",
+                               header_timeout=s.http.header_timeout_seconds, max_header_bytes=s.http.max_header_bytes)
             await admin.start()
             self.endpoints.admin = f"http://{s.admin.host}:{admin.port}"
             servers_stop.append(("admin http", admin.stop))
