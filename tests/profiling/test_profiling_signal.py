@@ -6,7 +6,13 @@ from __future__ import annotations
 import stat
 import time
 
-from tests.profiling.profiling_helpers import assert_capture_files, process_alive, wait_for_capture, wait_until
+from tests.profiling.profiling_helpers import (
+    assert_capture_files,
+    list_captures,
+    process_alive,
+    wait_for_capture,
+    wait_until,
+)
 
 
 def test_sigtrap_toggles_a_real_capture(profiled_app):
@@ -56,3 +62,15 @@ def test_capture_stops_by_itself_after_its_duration(profiled_app):
     assert done.stop_reason == "duration"
     assert 0.9 <= (done.duration_s or 0) < 10
     assert_capture_files(app.directory, done, "recognisable_busy_function")
+
+
+def test_second_trap_during_the_start_still_stops_it(profiled_app):
+    app = profiled_app({"watchdog": {"enabled": False}}, busy=True)
+    app.trap()
+    time.sleep(0.02)  # the start is most likely still in progress
+    app.trap()
+    done = wait_for_capture(app.directory, lambda c: c.status == "completed", service=app.service, timeout=15)
+    assert done.stop_reason == "requested" and done.trigger == "signal"
+    time.sleep(0.5)
+    assert [c.status for c in list_captures(app.directory, app.service)] == ["completed"]
+    assert process_alive(app.pid)

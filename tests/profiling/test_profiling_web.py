@@ -222,3 +222,15 @@ async def test_allocation_tracing_is_bounded_within_a_long_capture(tmp_path):
     finally:
         await profiler.aclose()
         await client.aclose()
+
+
+async def test_disabled_profiler_lists_but_does_not_capture(tmp_path):
+    registry = CollectorRegistry()
+    profiler = Profiler(ProfilingSettings(enabled=False, directory=tmp_path / "c"), registry=registry)
+    await profiler.start()  # installs nothing
+    app = Starlette(routes=[Mount("/p", routes=profiler.starlette_routes(lambda request: True))])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        response = await client.post("/p/start")
+        assert response.status_code == 503 and "profiling.enabled" in response.json()["detail"]
+        assert (await client.get("/p/index.json")).json()["captures"] == []
+    await profiler.aclose()
