@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 
-from service.kafka.embedded import tansu_binary
 from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc
+from tests.support.broker import running_tansu
 from tests.support.meterd import ADMIN_TOKEN, MeterdProc, free_port, meterd_env, wait_until
+from tests.support.usage import add_records, iso, stored_usage
 
 CLIENTS = 5
 BATCHES_PER_CLIENT = 40
@@ -30,13 +29,8 @@ ACCOUNTS = 8
 
 @pytest.fixture
 def broker(tmp_path: Path):
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen([tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    yield f"127.0.0.1:{port}"
-    proc.kill()
-    proc.wait()
+    with running_tansu(tmp_path) as tansu:  # memory storage: this test never kills the broker
+        yield tansu.bootstrap
 
 
 def _role(tmp: Path, role: str, env: dict[str, str]) -> MeterdProc:
@@ -64,11 +58,7 @@ async def _client(stub, n: int, accounts: list[str], sent: dict, retries: list, 
                 await asyncio.sleep(0.2)
         assert resp.accepted == RECORDS_PER_BATCH
         if not resp.duplicate:
-            for r in req.records:
-                row = sent[r.account_id]
-                row[0] += r.bytes_in
-                row[1] += r.bytes_out
-                row[2] += r.requests
+            add_records(sent, req.records)
         if rng.random() < 0.15:  # the ack was "lost": retry the very same batch
             again = await stub.Write(req, metadata=md, timeout=30)
             retries.append((req.batch_id, again.duplicate, again.accepted))
@@ -110,18 +100,10 @@ async def test_pipeline_exact_totals_with_retries_and_consumer_kills(tmp_path: P
         assert retries, "the run should include retried batches"
         assert all(dup and accepted == RECORDS_PER_BATCH for _, dup, accepted in retries), retries
 
-        start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0_ms / 1000 - 2 * 3600))
-        end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0_ms / 1000 + 120))
+        start, end = iso(t0_ms / 1000 - 2 * 3600), iso(t0_ms / 1000 + 120)
 
         def stored() -> dict[str, list[int]]:
-            out = {}
-            with httpx.Client(base_url=api.http, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
-                for acc in accounts:
-                    t = c.get(f"/v1/accounts/{acc}/usage", params={"start": start, "end": end, "step": "1h"})
-                    t.raise_for_status()
-                    tot = t.json()["totals"]
-                    out[acc] = [tot["bytes_in"], tot["bytes_out"], tot["requests"]]
-            return out
+            return stored_usage(api.http, accounts, start, end)
 
         expected = {acc: sent[acc] for acc in accounts}
         wait_until(lambda: stored() == expected, timeout=90, message="stored usage to equal what was sent")

@@ -1,0 +1,310 @@
+"""Issue 6, soak: `meterd up` under a steady open-loop load for a bounded time, resources sampled over time.
+
+Load: RECORDS_PER_S records/s (default 40,000: ~30 % of the end-to-end capacity in
+benchmarks/results/ingest.md, 140k records/s) in gRPC Write batches of BATCH records, sent on a fixed
+schedule whatever the answers (open loop, so a slow server shows as latency, not as fewer requests),
+plus a trickle of HTTP usage reads. Every SAMPLE_S: RSS and open fds of the meterd process (and, for
+information, the embedded broker's RSS), write-ack p50/p99 of that interval, consumer lag.
+
+Bounds (fail beyond them), measured after a warm-up:
+- RSS growth from the first post-warm-up sample to the last: at most 30 % and at most 100 MB;
+- open fds growth: at most 50;
+- write-ack p99 over the last third: at most 3x the p99 over the first post-warm-up third (floor 10 ms);
+- every write acknowledged, every read 200, and stored usage equals what was written.
+
+The curve goes to benchmarks/results/soak-<UTC date>.md (METERD_SOAK_REPORT overrides) and stdout.
+Run: `.venv/bin/pytest -m soak tests/soak -s` (METERD_SOAK_SECONDS, default 600; 60 works too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import psutil
+import pytest
+
+from service.pb.meterd.v1 import traffic_pb2
+from tests.support.meterd import ADMIN_TOKEN, meterd_env, running_meterd
+from tests.support.usage import Totals, add_records, iso, stored_usage
+
+SOAK_SECONDS = float(os.environ.get("METERD_SOAK_SECONDS", "600"))
+RECORDS_PER_S = int(os.environ.get("METERD_SOAK_RECORDS_PER_S", "40000"))
+BATCH = 1000
+READS_PER_S = 2.0
+SAMPLE_S = 10.0
+WARMUP_S = min(60.0, SOAK_SECONDS / 5)
+ACCOUNTS = 20
+TEMPLATES = 8  # distinct record sets, rebuilt every minute so timestamps stay current
+RSS_GROWTH_MAX_FRACTION = 0.30
+RSS_GROWTH_MAX_BYTES = 100 * 1024 * 1024
+FDS_GROWTH_MAX = 50
+P99_GROWTH_MAX = 3.0
+P99_FLOOR_S = 0.010
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(int(SOAK_SECONDS) + 600)]
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since load start
+    rss: int
+    fds: int
+    broker_rss: int
+    acks: int
+    errors: int
+    p50: float | None
+    p99: float | None
+    lag: float | None
+
+
+@dataclass
+class Load:
+    """Open-loop writer state shared by the sender, the reader and the sampler."""
+
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (done at, seconds) since last sample
+    all_latencies: list[tuple[float, float]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    read_errors: list[str] = field(default_factory=list)
+    sent_totals: Totals = field(default_factory=dict)
+    acks: int = 0
+    reads: int = 0
+
+
+class Templates:
+    """Pre-serialized record sets: a request is batch_id bytes + one of these, so the client stays cheap."""
+
+    def __init__(self, accounts: list[str]) -> None:
+        self.accounts = accounts
+        self.rng = random.Random(7)
+        self.built_at = 0.0
+        self.sets: list[tuple[bytes, Totals]] = []
+
+    def refresh(self) -> None:
+        now_ms = int(time.time() * 1000)
+        self.sets = []
+        for n in range(TEMPLATES):
+            req = traffic_pb2.WriteRequest()
+            for _ in range(BATCH):
+                req.records.add(account_id=self.rng.choice(self.accounts), node_id=f"soak-{n}",
+                                timestamp_ms=now_ms - self.rng.randrange(0, 60_000),
+                                bytes_in=self.rng.randrange(0, 10_000), bytes_out=self.rng.randrange(0, 50_000),
+                                requests=self.rng.randrange(1, 20))
+            totals: Totals = {}
+            add_records(totals, req.records)
+            self.sets.append((req.SerializeToString(), totals))
+        self.built_at = time.monotonic()
+
+    def request(self, i: int) -> tuple[bytes, Totals]:
+        if time.monotonic() - self.built_at > 60:
+            self.refresh()
+        body, totals = self.sets[i % len(self.sets)]
+        # Concatenated protobuf messages merge: field 1 (batch_id) + the records of the template.
+        return traffic_pb2.WriteRequest(batch_id=f"soak-{i}").SerializeToString() + body, totals
+
+
+def _add(into: Totals, totals: Totals) -> None:
+    for acc, row in totals.items():
+        tot = into.setdefault(acc, [0, 0, 0])
+        for k in range(3):
+            tot[k] += row[k]
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _writer(channel: grpc.aio.Channel, templates: Templates, load: Load, stop_at: float) -> None:
+    write = channel.unary_unary("/meterd.v1.TrafficWriter/Write", request_serializer=None,
+                                response_deserializer=traffic_pb2.WriteResponse.FromString)
+    md = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+    interval = BATCH / RECORDS_PER_S
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(i: int, due: float) -> None:
+        body, totals = templates.request(i)
+        try:
+            resp = await write(body, metadata=md, timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            load.errors.append(f"soak-{i}: {exc.code().name} {exc.details()}")
+            return
+        # Measured from when the request was due, not when it went out: no coordinated omission.
+        done = time.monotonic()
+        load.latencies.append((done, done - due))
+        if resp.accepted == BATCH and not resp.duplicate:
+            load.acks += 1
+            _add(load.sent_totals, totals)
+        else:
+            load.errors.append(f"soak-{i}: unexpected answer {resp}")
+
+    start = time.monotonic()
+    i = 0
+    while True:
+        due = start + i * interval
+        if due >= stop_at:
+            break
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        task = asyncio.create_task(one(i, due))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        i += 1
+    await asyncio.gather(*pending)
+
+
+async def _reader(api: str, accounts: list[str], load: Load, stop_at: float) -> None:
+    rng = random.Random(3)
+    async with httpx.AsyncClient(base_url=api, headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+                                 timeout=10) as http:
+        while time.monotonic() < stop_at:
+            acc = rng.choice(accounts)
+            now = time.time()
+            try:
+                r = await http.get(f"/v1/accounts/{acc}/usage",
+                                   params={"start": iso(now - 3600), "end": iso(now + 60), "step": "1m"})
+                if r.status_code != 200:
+                    load.read_errors.append(f"{r.status_code} {r.text[:200]}")
+            except httpx.HTTPError as exc:
+                load.read_errors.append(repr(exc))
+            load.reads += 1
+            await asyncio.sleep(1 / READS_PER_S)
+
+
+def _consumer_lag(api: str) -> float | None:
+    try:
+        text = httpx.get(f"{api}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("meterd_consumer_lag_messages{")]
+    return sum(values) if values else None
+
+
+async def _sampler(pid: int, api: str, load: Load, start: float, stop_at: float, samples: list[Sample]) -> None:
+    proc = psutil.Process(pid)
+    while True:
+        now = time.monotonic()
+        chunk, load.latencies = load.latencies, []
+        lat = [s for _, s in chunk]
+        broker_rss = sum(c.memory_info().rss for c in proc.children(recursive=True))
+        samples.append(Sample(t=now - start, rss=proc.memory_info().rss, fds=proc.num_fds(), broker_rss=broker_rss,
+                              acks=len(chunk), errors=len(load.errors), p50=_pct(lat, 0.50), p99=_pct(lat, 0.99),
+                              lag=await asyncio.to_thread(_consumer_lag, api)))
+        load.all_latencies.extend(chunk)
+        s = samples[-1]
+        print(f"[{s.t:6.1f} s] rss {s.rss / 2**20:7.1f} MB  fds {s.fds:4d}  acks {s.acks:4d}  "
+              f"p99 {_ms(s.p99)}  lag {s.lag}", flush=True)
+        if now >= stop_at:
+            return
+        await asyncio.sleep(min(SAMPLE_S, max(0.0, stop_at - time.monotonic())))
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.1f} ms"
+
+
+def _report(samples: list[Sample], verdict: list[str], summary: dict[str, str]) -> str:
+    lines = [f"# Soak run ({SOAK_SECONDS:.0f} s, `tests/soak/test_soak.py`)", "",
+             f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python "
+             f"{platform.python_version()}, Linux {platform.release()}; date: "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+             f"Load: `meterd up` (api + writer + consumer in one process, SQLite, embedded Tansu), open loop "
+             f"{RECORDS_PER_S:,} records/s in gRPC Write batches of {BATCH} (~30 % of the end-to-end capacity in "
+             f"`ingest.md`), plus {READS_PER_S:g} HTTP usage reads/s; sampled every {SAMPLE_S:g} s; warm-up "
+             f"{WARMUP_S:g} s.", "",
+             "| t (s) | meterd RSS (MB) | open fds | write acks | ack p50 | ack p99 | consumer lag (msgs) "
+             "| broker RSS (MB, info) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in samples:
+        lines.append(f"| {s.t:.0f} | {s.rss / 2**20:.1f} | {s.fds} | {s.acks} | {_ms(s.p50)} | {_ms(s.p99)} | "
+                     f"{'-' if s.lag is None else f'{s.lag:.0f}'} | {s.broker_rss / 2**20:.1f} |")
+    lines += ["", "| measure | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary.items()]
+    lines += ["", "Result: " + ("all bounds held" if not verdict else "FAILED: " + "; ".join(verdict)), ""]
+    return "\n".join(lines)
+
+
+def _save(report: str) -> Path:
+    out = Path(os.environ.get("METERD_SOAK_REPORT")
+               or ROOT / "benchmarks" / "results" / f"soak-{time.strftime('%Y-%m-%d', time.gmtime())}.md")
+    out.write_text(report)
+    return out
+
+
+async def test_soak_resources_and_latency_stay_bounded(tmp_path: Path) -> None:
+    env = meterd_env(tmp_path, METERD_LOG__LEVEL="WARNING")
+    with running_meterd(tmp_path, "up", env=env) as m:
+        assert m.http and m.grpc
+        with m.client() as http:
+            accounts = [http.post("/v1/accounts", json={"name": f"soak-{i}"}).json()["id"] for i in range(ACCOUNTS)]
+        templates = Templates(accounts)
+        templates.refresh()
+        load, samples = Load(), []
+        t_start = time.time()
+        start = time.monotonic()
+        stop_at = start + SOAK_SECONDS
+        async with grpc.aio.insecure_channel(m.grpc) as channel:
+            await asyncio.gather(_writer(channel, templates, load, stop_at), _reader(m.http, accounts, load, stop_at),
+                                 _sampler(m.pid, m.http, load, start, stop_at, samples))
+        load.all_latencies.extend(load.latencies)
+
+        # Correctness under the long run too: everything acknowledged is in the stored usage.
+        span = (iso(t_start - 7200), iso(time.time() + 3600))
+        deadline = time.monotonic() + 120
+        stored = stored_usage(m.http, accounts, *span)
+        while stored != load.sent_totals and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+            stored = stored_usage(m.http, accounts, *span)
+
+    post = [s for s in samples if s.t >= WARMUP_S]
+    assert len(post) >= 3, f"run too short for a curve after a {WARMUP_S} s warm-up: {samples}"
+    base, last = post[0], post[-1]
+    third = (SOAK_SECONDS - WARMUP_S) / 3
+    first_lat = [v for t, v in load.all_latencies if WARMUP_S <= t - start < WARMUP_S + third]
+    last_lat = [v for t, v in load.all_latencies if t - start >= SOAK_SECONDS - third]
+    p99_first, p99_last = _pct(first_lat, 0.99), _pct(last_lat, 0.99)
+    rss_growth = last.rss - base.rss
+    fds_growth = last.fds - base.fds
+    p99_bound = P99_GROWTH_MAX * max(p99_first or 0.0, P99_FLOOR_S)
+
+    verdict = []
+    if rss_growth > RSS_GROWTH_MAX_BYTES or rss_growth > RSS_GROWTH_MAX_FRACTION * base.rss:
+        verdict.append(f"RSS grew {rss_growth / 2**20:.1f} MB from {base.rss / 2**20:.1f} MB (bound: 30 % and 100 MB)")
+    if fds_growth > FDS_GROWTH_MAX:
+        verdict.append(f"open fds grew by {fds_growth} (bound {FDS_GROWTH_MAX})")
+    if p99_last is None or p99_last > p99_bound:
+        verdict.append(f"p99 last third {_ms(p99_last)} > {P99_GROWTH_MAX:g} x first third {_ms(p99_first)}")
+    if load.errors:
+        verdict.append(f"{len(load.errors)} writes failed, e.g. {load.errors[:3]}")
+    if load.read_errors:
+        verdict.append(f"{len(load.read_errors)} usage reads failed, e.g. {load.read_errors[:3]}")
+    if stored != load.sent_totals:
+        verdict.append("stored usage differs from the acknowledged writes")
+    all_lat = [v for _, v in load.all_latencies]
+    summary = {
+        "duration": f"{SOAK_SECONDS:.0f} s, {load.acks:,} batches / {load.acks * BATCH:,} records acknowledged, "
+                    f"{load.reads} usage reads",
+        "RSS start (after warm-up) -> end, peak": f"{base.rss / 2**20:.1f} MB -> {last.rss / 2**20:.1f} MB "
+                                                  f"({rss_growth / 2**20:+.1f} MB), peak "
+                                                  f"{max(s.rss for s in post) / 2**20:.1f} MB",
+        "open fds start -> end": f"{base.fds} -> {last.fds} ({fds_growth:+d})",
+        "write-ack p99 first third -> last third": f"{_ms(p99_first)} -> {_ms(p99_last)} (bound {_ms(p99_bound)})",
+        "write-ack p50 / p99 whole run": f"{_ms(statistics.median(all_lat) if all_lat else None)} / "
+                                         f"{_ms(_pct(all_lat, 0.99))}",
+        "write errors / read errors": f"{len(load.errors)} / {len(load.read_errors)}",
+    }
+    report = _report(samples, verdict, summary)
+    out = _save(report)
+    print("\n" + report + f"\n(written to {out})")
+    assert not verdict, "; ".join(verdict)
