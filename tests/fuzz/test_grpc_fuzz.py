@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import grpc
-import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -173,10 +172,8 @@ def test_raw_malformed_bytes_get_a_clean_error_and_the_writer_keeps_serving(
         if _decodes(raw):  # protobuf skips unknown fields: many random byte strings are valid messages
             assert code in ALLOWED, (raw, code, details)
         else:
-            # A status, not a hang or a dropped connection; today UNKNOWN (see the xfail test below).
-            assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), \
-                (raw, code, details)
-            assert details
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (raw, code, details)
+            assert "not a valid meterd.v1.WriteRequest" in details and "<class" not in details, details
         outcomes[code.name] = outcomes.get(code.name, 0) + 1
 
     for raw in CRAFTED:
@@ -192,11 +189,9 @@ def test_raw_malformed_bytes_get_a_clean_error_and_the_writer_keeps_serving(
     _assert_serving(fuzz_meterd, fuzz_accounts)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="FINDING: an undecodable request gets UNKNOWN 'Unexpected <class "
-                   "'google.protobuf.message.DecodeError'>: ...' from grpc.aio (and an ERROR traceback in the log) "
-                   "instead of INVALID_ARGUMENT; fix: register TrafficWriter with a request_deserializer that "
-                   "turns DecodeError into an INVALID_ARGUMENT abort (see the report)")
+# grpc.aio answers a request its deserializer cannot parse with UNKNOWN "Unexpected <class
+# 'google.protobuf.message.DecodeError'>" and logs an ERROR traceback; service.grpc_writer parses
+# with a deserializer that never raises, so the handler can answer INVALID_ARGUMENT.
 def test_undecodable_request_is_invalid_argument(fuzz_meterd: Meterd, fuzz_accounts: FuzzAccounts) -> None:
     logged_before = len(fuzz_meterd.proc.output())
     for raw in CRAFTED[:-1]:

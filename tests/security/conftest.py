@@ -7,7 +7,7 @@
 - It records the HTTP routes and gRPC methods it really serves (tests/support/served_routes.py).
 - A separate `meterd writer` role (same database, the embedded broker of the `up` process) covers
   the admin HTTP server that roles without the user API serve.
-Limits are small so the limit tests stay cheap.
+Limits (body, message, batch, header deadline) are small so the limit tests stay cheap.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from tests.support.served_routes import ServedSurface, introspection_env
 MAX_BODY_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_BATCH_RECORDS = 20
+# Short, so the slow-client test sees the deadline act within seconds (the default is 10 s).
+HEADER_TIMEOUT_S = 3.0
 
 # The credential columns of the authorization matrix, in the order cells run (admin last, so the
 # cells that change state — revoking a key, starting a profile — run after the refusals).
@@ -99,6 +101,7 @@ def sec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurityMeterd]:
                                        METERD_HTTP__MAX_BODY_BYTES=str(MAX_BODY_BYTES),
                                        METERD_GRPC__MAX_MESSAGE_BYTES=str(MAX_MESSAGE_BYTES),
                                        METERD_INGEST__MAX_BATCH_RECORDS=str(MAX_BATCH_RECORDS),
+                                       METERD_HTTP__HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT_S),
                                        METERD_CONSUMER__FLUSH_INTERVAL_SECONDS="0.5"), surface)
     with shared_meterd(tmp, env) as m:
         yield SecurityMeterd(m, tmp, env, surface)

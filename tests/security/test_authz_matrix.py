@@ -66,9 +66,6 @@ class Row:
     query: dict[str, str] = field(default_factory=dict)
     conditional: bool = False  # checked only when the build serves the route
     note: str = ""
-    # Cells known to answer differently (a reported finding): left out of the row's test and
-    # checked by a strict xfail test instead, so the fix turns that test into an XPASS failure.
-    pending: frozenset[str] = frozenset()
 
 
 def _traffic(ctx: Ctx) -> dict[str, Any]:
@@ -95,16 +92,15 @@ API_ROWS = [
 ]
 # DESIGN §4: "/debug/profiles… | admin". Wrong, malformed and revoked credentials are 401 like
 # everywhere else (RFC 6750: an invalid token is an authentication failure, not a permission one).
-# FINDING: they get 403 today (profiling's boolean `authorize` cannot tell "invalid" from "not admin").
-PROFILE_PENDING = frozenset({"malformed", "wrong", "revoked"})
+# (Before service.api.admin_guard they got 403: profiling's boolean `authorize` cannot tell
+# "invalid credentials" from "not the admin".)
 PROFILE_ROWS = [
-    Row("GET", "/debug/profiles/", admin_only(200), conditional=True, pending=PROFILE_PENDING),
-    Row("GET", "/debug/profiles/index.json", admin_only(200), conditional=True, pending=PROFILE_PENDING),
-    Row("GET", "/debug/profiles/files/{name}", admin_only(404), conditional=True, pending=PROFILE_PENDING,
+    Row("GET", "/debug/profiles/", admin_only(200), conditional=True),
+    Row("GET", "/debug/profiles/index.json", admin_only(200), conditional=True),
+    Row("GET", "/debug/profiles/files/{name}", admin_only(404), conditional=True,
         note="no such capture: the admin passes authorization and gets the store's 404"),
-    Row("POST", "/debug/profiles/start", admin_only(201), query={"duration_s": "30"}, conditional=True,
-        pending=PROFILE_PENDING),
-    Row("POST", "/debug/profiles/stop", admin_only(200), conditional=True, pending=PROFILE_PENDING),
+    Row("POST", "/debug/profiles/start", admin_only(201), query={"duration_s": "30"}, conditional=True),
+    Row("POST", "/debug/profiles/stop", admin_only(200), conditional=True),
 ]
 # The admin HTTP server of roles that serve no user API (writer, consumer).
 ADMIN_ROWS = [
@@ -226,8 +222,7 @@ def _check_cell(request: pytest.FixtureRequest, sec: SecurityMeterd, who: Princi
 # One test per cell for the routes every build serves; the conditional (profiling) rows run all
 # their credentials in one test, so a build without them shows one skip per route, not seven.
 HTTP_CELLS = [pytest.param(server, row, cred, id=f"{server} {method} {path} [{cred}]")
-              for (server, method, path), row in HTTP_MATRIX.items() if not row.conditional for cred in CREDENTIALS
-              if cred not in row.pending]
+              for (server, method, path), row in HTTP_MATRIX.items() if not row.conditional for cred in CREDENTIALS]
 CONDITIONAL_ROWS = [pytest.param(server, row, id=f"{server} {method} {path}")
                     for (server, method, path), row in HTTP_MATRIX.items() if row.conditional]
 
@@ -246,20 +241,7 @@ def test_http_conditional_row(request: pytest.FixtureRequest, sec: SecurityMeter
                               server: str, row: Row) -> None:
     if (row.method, row.path) not in _served(request, server):
         pytest.skip(f"{row.method} {row.path} is not served by this build ({server} server)")
-    problems = [p for cred in CREDENTIALS if cred not in row.pending
-                and (p := _check_cell(request, sec, principals, server, row, cred))]
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="FINDING: /debug/profiles answers malformed, wrong and revoked credentials "
-                   "with 403 instead of 401 + WWW-Authenticate (fix: guard the mount with meterd's Authenticator)")
-def test_pending_cells(request: pytest.FixtureRequest, sec: SecurityMeterd, principals: Principals) -> None:
-    cells = [(server, row, cred) for (server, _, _), row in HTTP_MATRIX.items() for cred in sorted(row.pending)
-             if (row.method, row.path) in _served(request, server)]
-    if not cells:
-        pytest.skip("no pending cell is served by this build")
-    problems = [p for server, row, cred in cells if (p := _check_cell(request, sec, principals, server, row, cred))]
+    problems = [p for cred in CREDENTIALS if (p := _check_cell(request, sec, principals, server, row, cred))]
     assert not problems, "\n".join(problems)
 
 
@@ -411,10 +393,8 @@ def test_no_token_or_key_in_metrics(sec: SecurityMeterd, principals: Principals,
     assert not leaks, leaks
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="FINDING: aiosqlite logs every SQL statement with its parameters at DEBUG, "
-                   "so the key-hash lookup of every authenticated request is logged; fix: add 'aiosqlite' "
-                   "to the WARNING-level loggers in service/logging_setup.py")
+# aiosqlite logs every statement with its parameters at DEBUG: before logging_setup silenced it,
+# the key-hash lookup of every authenticated request reached the log.
 def test_no_key_hash_in_logs(sec: SecurityMeterd, principals: Principals) -> None:
     _exercise_all_credentials(sec, principals)
     hashes = {hash_key(k): k[:10] for k in sec.issued_keys}

@@ -19,13 +19,13 @@ import httpx
 import orjson
 import pytest
 
-from tests.security.conftest import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, SecurityMeterd
+from tests.security.conftest import HEADER_TIMEOUT_S, MAX_BODY_BYTES, MAX_MESSAGE_BYTES, SecurityMeterd
 from tests.support.meterd_client import assert_problem, bearer, pb, record, unique
 
 SLOW_CLIENTS = 200
-# A server with a request-header deadline closes a connection that has not sent its headers by then.
-# The bound is generous: the fix proposed in the report uses 10 s.
-HEADER_DEADLINE_BOUND_S = 12.0
+# The server answers 408 and closes a connection whose headers are not complete within
+# HEADER_TIMEOUT_S (http.header_timeout_seconds); the test allows for its once-a-second polling.
+HEADER_DEADLINE_BOUND_S = HEADER_TIMEOUT_S + 3.0
 
 
 def _addr(sec: SecurityMeterd) -> tuple[str, int]:
@@ -113,21 +113,17 @@ def _huge_header_request(header_bytes: int, count: int = 1) -> bytes:
 
 @pytest.mark.parametrize(("size", "count"), [(100_000, 1), (1_000_000, 1), (200_000, 10_000)],
                          ids=["100KB-one-header", "1MB-one-header", "10000-headers"])
-def test_huge_headers_get_an_answer_and_the_server_keeps_serving(sec: SecurityMeterd, size: int, count: int) -> None:
+def test_oversized_headers_are_431(sec: SecurityMeterd, size: int, count: int) -> None:
+    """httptools has no header limit of its own; service.runtime.http_protocol caps request line plus
+    headers at http.max_header_bytes (64 KiB by default)."""
     status, closed = _raw_request(_addr(sec), _huge_header_request(size, count))
-    assert closed, "the server neither answered nor closed the connection"
-    print(f"\n{size} header bytes in {count} header(s): status {status}")
+    assert (status, closed) == (431, True)
     _healthy(sec)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="FINDING: no request-header size limit: uvicorn runs its httptools parser "
-                   "(uvicorn[standard]), on which http_server.py's h11_max_incomplete_event_size has no effect; "
-                   "a 100 KB header (and 1 MB) is accepted with 200")
-def test_oversized_headers_are_refused(sec: SecurityMeterd) -> None:
-    status, closed = _raw_request(_addr(sec), _huge_header_request(100_000))
-    assert closed
-    assert status in (None, 400, 431), f"100 KB of headers answered {status}"
+def test_headers_under_the_cap_are_served(sec: SecurityMeterd) -> None:
+    status, closed = _raw_request(_addr(sec), _huge_header_request(32_000, 4))
+    assert status == 200
 
 
 # -- slow clients -----------------------------------------------------------------------------------
@@ -147,29 +143,28 @@ def _slow_clients(addr: tuple[str, int], n: int) -> Iterator[list[socket.socket]
             s.close()
 
 
-def _trickle(socks: list[socket.socket], closed: set[int]) -> None:
-    """One more header line on every connection still open; notes the ones the server closed."""
+def _trickle(socks: list[socket.socket], closed: dict[int, bytes]) -> None:
+    """One more header line on every connection still open; notes what the server ended them with."""
     for i, s in enumerate(socks):
         if i in closed:
             continue
         try:
             s.send(b"X-Slow: 1\r\n")
-            if s.recv(4096) == b"":
-                closed.add(i)
+            closed[i] = s.recv(4096)[:12]  # the status line (b"HTTP/1.1 408"), or b"" for a bare close
         except BlockingIOError:
             pass  # nothing to read: still open
         except OSError:
-            closed.add(i)
+            closed[i] = b""
 
 
 def test_slow_clients_do_not_starve_normal_requests(sec: SecurityMeterd) -> None:
     pid = sec.m.proc.pid
     fds_before = _open_fds(pid)
     latencies = []
-    closed: set[int] = set()
+    closed: dict[int, bytes] = {}
     with _slow_clients(_addr(sec), SLOW_CLIENTS) as socks, sec.m.client("") as c:
         fds_during = _open_fds(pid)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + HEADER_TIMEOUT_S - 0.5  # while the partial connections are open
         while time.monotonic() < deadline:
             _trickle(socks, closed)
             t = time.perf_counter()
@@ -179,16 +174,13 @@ def test_slow_clients_do_not_starve_normal_requests(sec: SecurityMeterd) -> None
             time.sleep(0.25)
     print(f"\nslowloris: {SLOW_CLIENTS} partial connections, meterd fds {fds_before} -> {fds_during}, "
           f"{len(latencies)} request pairs ok, max {max(latencies) * 1000:.1f} ms, "
-          f"{len(closed)} partial connections closed by the server within 5 s")
+          f"{len(closed)} partial connections closed meanwhile")
     assert len(latencies) >= 5
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="FINDING: no request-header deadline: uvicorn arms timeout_keep_alive only "
-                   "after a response, so a connection that never finishes its headers stays open for ever "
-                   "(each holds a file descriptor; the process limit bounds how many)")
 def test_partial_requests_are_closed_within_a_bound(sec: SecurityMeterd) -> None:
-    closed: set[int] = set()
+    """Slowloris: headers trickled a line a second defeat an idle timeout; the header deadline ends them."""
+    closed: dict[int, bytes] = {}
     started = time.monotonic()
     with _slow_clients(_addr(sec), SLOW_CLIENTS) as socks:
         while time.monotonic() - started < HEADER_DEADLINE_BOUND_S and len(closed) < len(socks):
@@ -198,6 +190,54 @@ def test_partial_requests_are_closed_within_a_bound(sec: SecurityMeterd) -> None
     print(f"\nslowloris: {still_open}/{SLOW_CLIENTS} partial connections still open "
           f"{time.monotonic() - started:.1f} s after they connected (checked once a second)")
     assert still_open == 0, f"{still_open} of {SLOW_CLIENTS} partial connections open after {HEADER_DEADLINE_BOUND_S} s"
+    assert set(closed.values()) == {b"HTTP/1.1 408"}, set(closed.values())
+    _healthy(sec)
+
+
+SLOW_BODIES = 20
+# Generous next to the 10 s body deadline proposed in the report.
+SLOW_BODY_BOUND_S = 12.0
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="FINDING: no deadline for reading a request body: a caller with any valid key that "
+                   "trickles its body a byte a second holds the connection and a request task for ever "
+                   "(fix: asyncio.timeout around the read loop in service/api/bodies.read_json -> 408)")
+def test_slow_request_bodies_are_cut_off_within_a_bound(sec: SecurityMeterd) -> None:
+    """Slow POST: complete headers, then a body that never finishes. (Without credentials the server
+    answers 401 at once and never reads the body, so this needs a key.)"""
+    _, key = sec.new_account("slow-body")
+    head = (f"POST /v1/traffic HTTP/1.1\r\nHost: meterd\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {MAX_BODY_BYTES}\r\n\r\n{{").encode()
+    ended: dict[int, bytes] = {}
+    started = time.monotonic()
+    socks = []
+    try:
+        for _ in range(SLOW_BODIES):
+            s = socket.create_connection(_addr(sec), timeout=5)
+            s.sendall(head)
+            s.setblocking(False)
+            socks.append(s)
+        while time.monotonic() - started < SLOW_BODY_BOUND_S and len(ended) < len(socks):
+            for i, s in enumerate(socks):
+                if i in ended:
+                    continue
+                try:
+                    s.send(b" ")
+                    ended[i] = s.recv(4096)[:12]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    ended[i] = b""
+            time.sleep(1.0)
+    finally:
+        for s in socks:
+            s.close()
+    still_open = SLOW_BODIES - len(ended)
+    print(f"\nslow bodies: {still_open}/{SLOW_BODIES} still being read {time.monotonic() - started:.1f} s "
+          "after their headers")
+    assert still_open == 0, f"{still_open} of {SLOW_BODIES} slow bodies still open after {SLOW_BODY_BOUND_S} s"
+    _healthy(sec)
 
 
 # -- gRPC message size -------------------------------------------------------------------------------
