@@ -115,11 +115,11 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
                 q(f"governance_adaptive_cpu_ratio{{{J}}}", "cpu {{instance}} {{limiter}}"),
                 q(f"governance_adaptive_overloaded{{{J}}}", "overloaded {{instance}} {{limiter}}"),
             ], "percentunit"),
-            panel("Event-loop queueing delay", [
-                q(f"governance_adaptive_queue_delay_seconds{{{J}}}", "{{instance}} {{limiter}}")], "s"),
-            panel("Admission rate cap while queueing", [
-                q(f"governance_adaptive_rate_limit{{{J}}}", "{{instance}} {{limiter}}")], "reqps",
-                description="0 when the rate cap is off."),
+            panel("Event-loop queueing delay vs shedding target", [
+                q(f"governance_adaptive_queue_delay_seconds{{{J}}}", "delay {{instance}} {{limiter}}"),
+                q(f"governance_adaptive_queue_target_seconds{{{J}}}", "target {{instance}} {{limiter}}")], "s",
+                description="A call that queued longer than the target (the service's min_rt) is shed "
+                            "while the CPU is hot."),
             row("Rejections"),
             panel("Rejections/s by plugin and reason", [
                 q(f"sum by (plugin, reason) (rate(governance_rejections_total{{{J}}}[{RI}]))", "{{plugin}} {{reason}}"),

@@ -24,7 +24,7 @@ EMITTED: dict[str, tuple[str, tuple[str, ...], str]] = {
     "governance_rejections_total": (COUNTER, ("plugin", "reason", "transport"), "api, writer"),
     "governance_adaptive_limit": (GAUGE, ("limiter",), "api, writer"),
     "governance_adaptive_inflight": (GAUGE, ("limiter",), "api, writer"),
-    "governance_adaptive_rate_limit": (GAUGE, ("limiter",), "api, writer"),
+    "governance_adaptive_queue_target_seconds": (GAUGE, ("limiter",), "api, writer"),
     "governance_adaptive_cpu_ratio": (GAUGE, ("limiter",), "api, writer"),
     "governance_adaptive_queue_delay_seconds": (GAUGE, ("limiter",), "api, writer"),
     "governance_adaptive_overloaded": (GAUGE, ("limiter",), "api, writer"),

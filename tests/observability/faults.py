@@ -1,0 +1,335 @@
+"""Load and faults for the live-data test (test_live_data.py), done to real processes.
+
+Some series exist only once something has gone wrong (an open breaker, a failed profile capture,
+a 5xx), so the scenario breaks things on purpose, the way they break in production: the Kafka
+broker dies, the profile directory is swapped for a symlink, a DingTalk robot answers errors,
+a message nobody can decode lands on the traffic topic. Also here: the processes under load
+(`meterd up`, `meterd relay`, fake DingTalk robots) and the traffic they get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import psutil
+import yaml
+from aiokafka import AIOKafkaProducer
+
+from service.governance_setup import DEFAULT_PLUGINS
+from service.pb.meterd.v1 import traffic_pb2_grpc
+from tests.relay.fake_dingtalk import FakeDingTalk
+from tests.relay.helpers import alert, notification
+from tests.support.meterd import MeterdProc
+from tests.support.meterd_client import bearer, pb, record, unique
+
+TRAFFIC_TOPIC = "meterd.traffic.v1"
+BALANCE_QUOTA = "2/second"
+
+# --- faults -------------------------------------------------------------------------------------
+
+
+def kill_embedded_broker(meterd_pid: int) -> list[int]:
+    """SIGKILL the Tansu broker `meterd up` runs as its child: Kafka is gone, meterd is not."""
+    killed = []
+    for child in psutil.Process(meterd_pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "tansu" in child.name():
+                child.kill()
+                killed.append(child.pid)
+                # Not our child: it stays a zombie until meterd reaps it, which is dead enough.
+                psutil.wait_procs([child], timeout=0.5)
+                if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                    raise RuntimeError(f"tansu (pid {child.pid}) survived SIGKILL")
+    if not killed:
+        raise RuntimeError(f"no tansu process among the children of meterd (pid {meterd_pid})")
+    return killed
+
+
+def produce_undecodable(bootstrap: str, topic: str = TRAFFIC_TOPIC, value: bytes = b"\xff" * 16) -> None:
+    """Put bytes on the traffic topic that no writer produced: the consumer must dead-letter them."""
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value, key=b"poison")
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+
+
+@contextlib.contextmanager
+def symlinked_directory(directory: Path) -> Iterator[None]:
+    """Move `directory` aside and put a symlink to it in its place: the profiler refuses a directory
+    somebody could have swapped under it (reason unsafe_directory) until it is restored."""
+    real = directory.with_name(directory.name + ".real")
+    if directory.exists():
+        directory.rename(real)
+    else:
+        real.mkdir(mode=0o700, parents=True)
+    directory.symlink_to(real, target_is_directory=True)
+    try:
+        yield
+    finally:
+        directory.unlink()
+        real.rename(directory)
+
+
+# --- the processes ------------------------------------------------------------------------------
+
+
+class RobotServer:
+    """Fake DingTalk robots served by uvicorn on an event loop in a thread (the scenario is sync)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.robots: list[FakeDingTalk] = []
+
+    def serve(self, robot: FakeDingTalk) -> FakeDingTalk:
+        asyncio.run_coroutine_threadsafe(robot.start(), self.loop).result(15)
+        self.robots.append(robot)
+        return robot
+
+    def close(self) -> None:
+        for robot in self.robots:
+            asyncio.run_coroutine_threadsafe(robot.stop(), self.loop).result(15)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _meterd_cli() -> list[str]:
+    script = Path(sys.executable).with_name("meterd")
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from service.cli import main; main()"]
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
+@contextlib.contextmanager
+def running_relay(workdir: Path, robots: dict[str, FakeDingTalk], port: int) -> Iterator[str]:
+    """`meterd relay --config ...` on `port` as a child process, robot secrets from the
+    environment; yields its base URL. The port is the caller's: Prometheus already scrapes it."""
+    config = {
+        "relay": {
+            "host": "127.0.0.1",
+            "port": port,
+            "merge_window_s": 0.5,
+            "ack_timeout_s": 5,
+            "retry_backoff_initial_s": 0.5,
+            "robots": {name: {"webhook_url": fake.webhook_url} for name, fake in robots.items()},
+        }
+    }
+    (workdir / "relay.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERD_")}
+    env.update({f"METERD_RELAY__ROBOTS__{name.upper()}__SECRET": fake.secret for name, fake in robots.items()})
+    log_path = workdir / "relay.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*_meterd_cli(), "relay", "--config", str(workdir / "relay.yaml")],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"meterd relay did not become ready:\n{log_path.read_text(errors='replace')[-3000:]}")
+        yield url
+    finally:
+        _stop_group(process)
+
+
+def meterd_config(tmp: Path) -> dict[str, Any]:
+    plugins = copy.deepcopy(DEFAULT_PLUGINS)
+    quota = next(p for p in plugins if p["type"] == "quota")
+    # A route override below the default: the balance reads of the scenario get 429s.
+    quota["routes"] = {**quota["routes"], "GET /v1/accounts/{account_id}/balance": {"limit": BALANCE_QUOTA}}
+    return {
+        # The kafka breaker stays open for the rest of the scenario once the broker is gone.
+        "governance": {"plugins": plugins, "outbound": {"kafka": {"reset_timeout": 300}}},
+        # Writes against a dead broker fail after 1.5 s instead of 10 s: the outage takes seconds.
+        "kafka": {"request_timeout_ms": 1500},
+        "profiling": {"directory": str(tmp / "profiles")},
+    }
+
+
+@contextlib.contextmanager
+def running_meterd_up(tmp: Path, env: dict[str, str]) -> Iterator[MeterdProc]:
+    """`meterd up` with `meterd_config`; `env` from tests.support.meterd.meterd_env (ports)."""
+    (tmp / "meterd.yaml").write_text(yaml.safe_dump(meterd_config(tmp)))
+    proc = MeterdProc(["up", "--config", str(tmp / "meterd.yaml")], env, tmp).start()
+    try:
+        yield proc
+    finally:
+        # Its broker is dead by now, so a graceful drain would only wait on Kafka timeouts.
+        try:
+            proc.stop(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# --- the traffic --------------------------------------------------------------------------------
+
+
+@dataclass
+class Traffic:
+    """Calls to meterd and the relay. Unexpected answers are collected in `problems`, not raised:
+    the scenario goes on, and a test reports them."""
+
+    meterd: MeterdProc
+    relay: str
+    pool: ThreadPoolExecutor
+    problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.admin = self.meterd.client()
+        self.channel = grpc.insecure_channel(self.meterd.grpc or "")
+        self.stub = traffic_pb2_grpc.TrafficWriterStub(self.channel)
+        resp = self.admin.post("/v1/accounts", json={"name": "live-data"})
+        assert resp.status_code == 201, resp.text
+        self.account = resp.json()["id"]
+        resp = self.admin.post(f"/v1/accounts/{self.account}/keys")
+        assert resp.status_code == 201, resp.text
+        self.key = resp.json()["key"]
+        self.user = self.meterd.client(self.key)
+        self.anonymous = httpx.Client(base_url=self.meterd.http or "", timeout=10)
+
+    def close(self) -> None:
+        for client in (self.admin, self.user, self.anonymous):
+            client.close()
+        self.channel.close()
+
+    def expect(self, what: str, got: Any, wanted: Any) -> None:
+        if got != wanted:
+            self.problems.append(f"{what}: got {got!r}, wanted {wanted!r}")
+
+    # meterd
+
+    def http_round(self) -> None:
+        acc, user = self.account, self.user
+        self.expect("get account", self.admin.get(f"/v1/accounts/{acc}").status_code, 200)
+        self.expect("unknown account", self.admin.get("/v1/accounts/no-such-account").status_code, 404)
+        self.expect("no token", self.anonymous.get(f"/v1/accounts/{acc}").status_code, 401)
+        self.expect("bad body", self.admin.post("/v1/accounts", json={"name": 7}).status_code, 400)
+        body = {"batch_id": unique(), "records": [record(acc, bytes_in=10)]}
+        self.expect("POST /v1/traffic", user.post("/v1/traffic", json=body).status_code, 202)
+        bad = {"batch_id": unique(), "records": [record(acc, bytes_in=-1)]}
+        self.expect("bad traffic", user.post("/v1/traffic", json=bad).status_code, 400)
+        self.expect("usage", user.get(f"/v1/accounts/{acc}/usage").status_code, 200)
+        # A burst beyond the route's 2/second quota.
+        codes = {user.get(f"/v1/accounts/{acc}/balance").status_code for _ in range(5)}
+        self.expect("balance burst has a 429", 429 in codes, True)
+
+    def grpc_round(self) -> None:
+        md = bearer(self.key)
+        self.stub.Write(pb([record(self.account)], unique()), metadata=md, timeout=10)
+        stream = [pb([record(self.account, bytes_out=i)], unique()) for i in range(3)]
+        self.expect("WriteStream", len(list(self.stub.WriteStream(iter(stream), metadata=md, timeout=10))), 3)
+        for request, metadata, code in (
+            (pb([record(self.account, ts_ms=0)], unique()), md, grpc.StatusCode.INVALID_ARGUMENT),
+            (pb([record(self.account)], unique()), (), grpc.StatusCode.UNAUTHENTICATED),
+        ):
+            try:
+                self.stub.Write(request, metadata=metadata, timeout=10)
+                self.expect("bad Write", "OK", code)
+            except grpc.RpcError as err:
+                self.expect("bad Write", err.code(), code)
+
+    def profile(self, action: str, status: int) -> None:
+        resp = self.admin.post(f"/debug/profiles/{action}", json={"duration_s": 30} if action == "start" else None)
+        self.expect(f"profile {action}", resp.status_code, status)
+
+    # the relay
+
+    def notify(self, robot: str, payload: dict[str, Any]) -> int:
+        return httpx.post(f"{self.relay}/alerts/{robot}", json=payload, timeout=15).status_code
+
+    def relay_firing_and_resolved(self) -> None:
+        firing = alert("MeterdLiveDataTest", severity="critical", instance="a:1")
+        self.expect("firing", self.notify("oncall", notification(firing)), 200)
+        resolved = alert("MeterdLiveDataTest", status="resolved", severity="critical", instance="a:1")
+        self.expect("resolved", self.notify("oncall", notification(resolved, status="resolved")), 200)
+
+    def relay_burst(self) -> None:
+        # Arriving within the merge window, they go out as one or two merged messages.
+        burst = [notification(alert(f"MeterdBurst{i}", instance=f"b:{i}")) for i in range(6)]
+        codes = list(self.pool.map(lambda p: self.notify("oncall", p), burst))
+        self.expect("burst", set(codes), {200})
+
+    def relay_big(self) -> None:
+        # One notification too large for one DingTalk message (20,000 bytes): it is truncated.
+        alerts = [alert(f"MeterdBig{i}", instance=f"c:{i}") for i in range(60)]
+        for a in alerts:
+            a["annotations"]["description"] = "x" * 900
+        self.expect("big", self.notify("oncall", notification(*alerts)), 200)
+
+    def relay_failing_robot(self, robot: FakeDingTalk, name: str) -> None:
+        """The robot first answers 5xx (the relay answers 503: Alertmanager retries), then refuses
+        for good (424): send failures and a rejected notification."""
+        robot.scripted.extend([(500, {}), (200, {"errcode": 300001, "errmsg": "token is not exist"})])
+        self.expect("failing robot, 5xx", self.notify(name, notification(alert())), 503)
+        self.expect("failing robot, refusal", self.notify(name, notification(alert())), 424)
+
+
+def trip_kafka_breaker(traffic: Traffic, deadline_s: float = 30.0) -> dict[str, int]:
+    """With the broker dead: writes until the kafka breaker opens, then for a few seconds a
+    sequential stream of fast-failing writes (more than the inbound breaker's min_requests per
+    window) and HTTP posts. Returns the answers, counted by status."""
+    md = bearer(traffic.key)
+    answers: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def count(status: str) -> None:
+        with lock:
+            answers[status] = answers.get(status, 0) + 1
+
+    def write(_: int = 0) -> str:
+        try:
+            traffic.stub.Write(pb([record(traffic.account)], unique()), metadata=md, timeout=10)
+            answer = "OK"
+        except grpc.RpcError as err:
+            answer = f"{err.code().name}: {err.details()}"
+        count(answer.split(":")[0])
+        return answer
+
+    deadline = time.monotonic() + deadline_s
+    while not any("circuit open" in a for a in traffic.pool.map(write, range(6))):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the kafka breaker did not open: {answers}")
+    end = time.monotonic() + 3  # spans a few scrapes
+    while time.monotonic() < end:
+        for _ in range(10):
+            write()
+        body = {"batch_id": unique(), "records": [record(traffic.account)]}
+        count(f"HTTP {traffic.user.post('/v1/traffic', json=body).status_code}")
+        time.sleep(0.2)
+    return answers
