@@ -24,6 +24,8 @@ class HttpSettings(_Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     # A request whose headers are not complete by then is answered 408 and closed (slowloris).
     header_timeout_seconds: float = Field(10.0, gt=0)
+    # ...and one whose body is not complete by then gets 408 (slow-body attacks need a valid key).
+    body_timeout_seconds: float = Field(10.0, gt=0)
     max_header_bytes: int = Field(64 * 1024, ge=1024)
 
 

@@ -63,6 +63,7 @@ class ApiContext:
     ingest: IngestService | None
     registry: CollectorRegistry
     max_body_bytes: int
+    body_timeout: float = 10.0
     readiness: list[ReadinessCheck] = field(default_factory=list)
     extra_routes: Sequence[BaseRoute] = ()
 
@@ -96,7 +97,7 @@ class Api:
     # -- accounts ---------------------------------------------------------------------------
     async def create_account(self, request: Request) -> Response:
         await self.admin(request)
-        body = parse_model(AccountCreate, await read_json(request, self.ctx.max_body_bytes))
+        body = parse_model(AccountCreate, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
         row = await self.ctx.repo.create_account(body.name, body.quota_bytes, body.status)
         return json_response(account_json(row), 201, {"Location": f"/v1/accounts/{row['id']}"})
 
@@ -105,7 +106,7 @@ class Api:
 
     async def patch_account(self, request: Request) -> Response:
         await self.admin(request)
-        body = parse_model(AccountPatch, await read_json(request, self.ctx.max_body_bytes))
+        body = parse_model(AccountPatch, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
         changes = body.model_dump(exclude_unset=True)
         if "name" in changes and changes["name"] is None or "status" in changes and changes["status"] is None:
             raise Problem(400, "Invalid Request", "name and status cannot be null", slug="invalid-request")
@@ -162,7 +163,7 @@ class Api:
         principal = await self.principal(request)
         if self.ctx.ingest is None:
             raise Problem(503, "Service Unavailable", "this process does not accept traffic")
-        batch_id, records = parse_traffic(await read_json(request, self.ctx.max_body_bytes))
+        batch_id, records = parse_traffic(await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
         result = await self.ctx.ingest.write(principal, batch_id, records, "http")
         return json_response({"batch_id": result.batch_id, "accepted": result.accepted,
                               "duplicate": result.duplicate}, 202)

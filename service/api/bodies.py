@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -14,7 +15,7 @@ MAX_QUOTA = 1 << 62
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
+async def read_json(request: Request, max_bytes: int, timeout: float) -> Any:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise Problem(413, "Content Too Large", f"request body exceeds {max_bytes} bytes")
@@ -22,11 +23,17 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     # a body that is not JSON gets a 400 that says so.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise Problem(413, "Content Too Large", f"request body exceeds {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        # A body trickled in a byte at a time must not hold a connection and a task for ever.
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise Problem(413, "Content Too Large", f"request body exceeds {max_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Problem(408, "Request Timeout", f"request body not received within {timeout:g} s",
+                      headers={"Connection": "close"}) from None
     try:
         return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as exc:

@@ -158,7 +158,8 @@ class MeterdProcess:
             servers_stop.append(("grpc", stop_grpc))
         if "api" in self.roles:
             app = build_api(ApiContext(repo=repo, auth=auth, ingest=ingest, registry=self.registry,
-                                       max_body_bytes=s.http.max_body_bytes, readiness=readiness,
+                                       max_body_bytes=s.http.max_body_bytes,
+                                       body_timeout=s.http.body_timeout_seconds, readiness=readiness,
                                        extra_routes=extra_routes))
             http = HttpServer(gov.asgi(app, client_key=http_client_key), s.http.host, s.http.port, name="api",
                               header_timeout=s.http.header_timeout_seconds, max_header_bytes=s.http.max_header_bytes)

@@ -199,10 +199,6 @@ SLOW_BODIES = 20
 SLOW_BODY_BOUND_S = 12.0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="FINDING: no deadline for reading a request body: a caller with any valid key that "
-                   "trickles its body a byte a second holds the connection and a request task for ever "
-                   "(fix: asyncio.timeout around the read loop in service/api/bodies.read_json -> 408)")
 def test_slow_request_bodies_are_cut_off_within_a_bound(sec: SecurityMeterd) -> None:
     """Slow POST: complete headers, then a body that never finishes. (Without credentials the server
     answers 401 at once and never reads the body, so this needs a key.)"""
