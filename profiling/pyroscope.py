@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import httpx
+
+# py-spy --subprocesses roots each stack at `process <pid>:"<command line>"`; a command line can
+# carry secrets, and a Pyroscope server is shared, so only the pid leaves the machine.
+_PROCESS_FRAME = re.compile(rb'^process (\d+):"(?:[^"\\]|\\.)*"(?=[; ])', re.M)
+
+
+def redact_process_frames(folded: bytes) -> bytes:
+    return _PROCESS_FRAME.sub(rb"process \1", folded)
 
 
 async def upload_folded(
@@ -33,7 +42,7 @@ async def upload_folded(
         response = await client.post(
             url.rstrip("/") + "/ingest",
             params=params,
-            content=folded,
+            content=redact_process_frames(folded),
             headers={"Content-Type": "text/plain"},
         )
         response.raise_for_status()

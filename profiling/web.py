@@ -56,6 +56,14 @@ def _base(request: Request) -> str:
     return request.scope.get("root_path", "").rstrip("/")
 
 
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return origin is None  # non-browser clients send none; "null" comes from sandboxed pages
+    host = request.headers.get("host", "")
+    return origin.split("://", 1)[-1] == host
+
+
 def _wants_html(request: Request) -> bool:
     # A browser form post (the index page's buttons) gets a redirect back to the page.
     return request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
@@ -74,6 +82,9 @@ def routes(profiler: Profiler, authorize: Authorize) -> list[BaseRoute]:
                     response.headers["WWW-Authenticate"] = "Bearer"
                     return response
                 return problem(403, "Forbidden", "these credentials may not use profiling", "forbidden")
+            if request.method == "POST" and not _same_origin(request):
+                # A cross-site form post riding on a browser's cookies: refuse it.
+                return problem(403, "Forbidden", "cross-origin requests may not start or stop captures", "forbidden")
             return await handler(request)
 
         return endpoint
@@ -211,19 +222,26 @@ def render_index(profiler: Profiler, captures: list[CaptureInfo], base: str) -> 
             if kind in info.files
         )
         samples = "" if info.samples is None else str(info.samples)
+        notes = []
+        if info.allocation_sites:
+            notes.append("allocation sites traced")
+        if info.py_spy_summary:
+            notes.append(info.py_spy_summary)
+        if info.stop_reason and info.status != "running":
+            notes.append(f"stopped: {info.stop_reason}")
         rows.append(
             f'<tr class="capture {e(info.status)}" id="{e(info.id)}">'
             f"<td>{e(info.started_at.strftime('%Y-%m-%d %H:%M:%S'))}</td>"
             f"<td>{e(info.trigger)}</td><td>{e(_fmt_duration(info))}</td>"
             f'<td><span class="status">{e(info.status)}</span></td><td class="num">{samples}</td>'
-            f"<td>{e(str(info.pid))}</td><td>{links}</td></tr>"
+            f"<td>{e(str(info.pid))}</td><td>{links}</td><td class=\"notes\">{e('; '.join(notes))}</td></tr>"
         )
         if info.error:
-            rows.append(f'<tr class="error"><td></td><td colspan="6">{e(info.error)}</td></tr>')
+            rows.append(f'<tr class="error"><td></td><td colspan="7">{e(info.error)}</td></tr>')
     table = (
         "<table><thead><tr><th>Started (UTC)</th><th>Trigger</th><th>Duration</th><th>Status</th>"
-        "<th>Samples</th><th>PID</th><th>Files</th></tr></thead><tbody>"
-        + ("".join(rows) or '<tr><td colspan="7" class="none">No captures yet.</td></tr>')
+        "<th>Samples</th><th>PID</th><th>Files</th><th>Notes</th></tr></thead><tbody>"
+        + ("".join(rows) or '<tr><td colspan="8" class="none">No captures yet.</td></tr>')
         + "</tbody></table>"
     )
     if current is not None:
@@ -254,7 +272,7 @@ th{{background:#f3f3f3}} td.num{{text-align:right}} a.file{{margin-right:8px}}
 tr.running .status{{color:#b35c00;font-weight:bold}} tr.completed .status{{color:#1a7f37}}
 tr.failed .status,tr.interrupted .status{{color:#c62828;font-weight:bold}} tr.error td{{color:#c62828;font-size:12px}}
 p.running{{background:#fff4e5;padding:8px;border-left:4px solid #b35c00}} button{{padding:4px 12px}}
-code{{background:#f3f3f3;padding:1px 4px}} .none{{color:#777}}
+code{{background:#f3f3f3;padding:1px 4px}} .none{{color:#777}} td.notes{{color:#555;font-size:12px}}
 </style></head><body>
 <h1>{e(settings.service_name)} profiles</h1>
 <p class="hint">Captures in <code>{e(str(profiler.directory))}</code>. Send <code>kill -TRAP &lt;pid&gt;</code>

@@ -190,6 +190,7 @@ async def test_real_capture_through_the_api_and_pyroscope_upload(tmp_path):
         assert params["name"] == "svc.cpu" and params["format"] == "folded" and params["sampleRate"] == "100"
         assert int(params["until"]) > int(params["from"]) > 0
         assert b"_busy" in body
+        assert b'process ' in body and b':"' not in body  # command lines stay on the machine
 
 
 async def test_aclose_stops_a_running_capture(tmp_path):
@@ -234,3 +235,20 @@ async def test_disabled_profiler_lists_but_does_not_capture(tmp_path):
         assert response.status_code == 503 and "profiling.enabled" in response.json()["detail"]
         assert (await client.get("/p/index.json")).json()["captures"] == []
     await profiler.aclose()
+
+
+async def test_cross_origin_posts_are_refused(tmp_path):
+    profiler, client, _ = build(tmp_path, py_spy_path=str(tmp_path / "missing"))
+    async with client:
+        evil = await client.post("/debug/profiles/start", headers={"Origin": "http://evil.example"})
+        assert evil.status_code == 403 and evil.headers["content-type"] == "application/problem+json"
+        same = await client.post("/debug/profiles/start", headers={"Origin": "http://test"})
+        assert same.status_code == 503  # got through to the (missing) py-spy
+    assert [c.status for c in profiler.list_captures()] == ["failed"]  # only the same-origin attempt
+
+
+def test_process_frames_lose_their_command_line_before_upload():
+    from profiling.pyroscope import redact_process_frames
+
+    folded = b'process 12:"app --token=abc";main (a.py:1) 5\nprocess 13:"x \\"q\\" y" 1\nmain (a.py:1) 3\n'
+    assert redact_process_frames(folded) == b"process 12;main (a.py:1) 5\nprocess 13 1\nmain (a.py:1) 3\n"
