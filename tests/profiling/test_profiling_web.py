@@ -169,6 +169,8 @@ async def test_real_capture_through_the_api_and_pyroscope_upload(tmp_path):
                 assert started.status_code == 303  # the HTML form goes back to the index
                 data = (await client.get("/debug/profiles/index.json")).json()
                 assert data["running"]["trigger"] == "api"
+                page = (await client.get("/debug/profiles/")).text
+                assert "Stop capture" in page and 'action="/debug/profiles/stop"' in page
                 assert registry.get_sample_value("profiling_capture_in_progress") == 1
                 again = await client.post("/debug/profiles/start")
                 assert again.status_code == 409
