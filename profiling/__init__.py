@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute
 from .capture import CaptureManager
 from .errors import (
     CaptureAlreadyRunning,
+    CaptureWriteFailed,
     NoCaptureRunning,
     ProfilingDisabled,
     ProfilingError,
@@ -40,6 +41,7 @@ __all__ = [
     "CaptureAlreadyRunning",
     "CaptureInfo",
     "CaptureStore",
+    "CaptureWriteFailed",
     "NoCaptureRunning",
     "Profiler",
     "ProfilingDisabled",

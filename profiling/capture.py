@@ -19,6 +19,7 @@ from . import pyroscope, pyspy
 from .allocations import AllocationTracker, MemorySummary
 from .errors import (
     CaptureAlreadyRunning,
+    CaptureWriteFailed,
     NoCaptureRunning,
     ProfilingDisabled,
     ProfilingError,
@@ -204,7 +205,16 @@ class CaptureManager:
             allocations = MemorySummary(f"trigger {info.trigger!r} is not in profiling.tracemalloc_triggers")
         else:
             allocations = MemorySummary("profiling.tracemalloc is off")
-        store.write_meta(info)
+        try:
+            store.write_meta(info)
+        except OSError as exc:  # disk full, directory removed under us: do not leave py-spy behind
+            await recording.stop()
+            if isinstance(allocations, AllocationTracker):
+                allocations.stop(1)
+            raise CaptureWriteFailed(
+                f"cannot write capture files in {store.directory}: {exc}",
+                "free disk space or set profiling.directory to a writable path",
+            ) from exc
         active = _Active(info=info, store=store, recording=recording, allocations=allocations)
         active.dump = asyncio.create_task(self._write_thread_dump(active, executable, subprocesses))
         if freeze_after is not None and freeze_after < duration:

@@ -73,6 +73,11 @@ class PySpyFailed(PySpyUnavailable):
         )
 
 
+class CaptureWriteFailed(ProfilingError):
+    reason = "write_failed"
+    http_status = 503
+
+
 class UnsafeDirectory(ProfilingError):
     reason = "unsafe_directory"
     http_status = 503
