@@ -198,7 +198,9 @@ def main() -> None:
         summaries: list[str] = []
         proc = psutil.Process(server.pid)
         for round_no in range(args.rounds):
-            for name, tracemalloc in ARMS:
+            # Alternate the order (ABC, CBA, ...) so no arm always runs first or after a given arm.
+            order = ARMS if round_no % 2 == 0 else list(reversed(ARMS))
+            for name, tracemalloc in order:
                 if tracemalloc is not None:
                     post(port, "/debug/profiles/start", {"duration_s": 600, "tracemalloc": tracemalloc})
                 before = proc.cpu_times()
@@ -217,6 +219,7 @@ def main() -> None:
                         after.children_user + after.children_system
                     )
                     result["py_spy_cpu_share"] = spy / args.seconds
+                    time.sleep(1.0)  # let the capture's file writing settle before the next arm
                 results[name].append(result)
                 print(f"round {round_no + 1} {name:40s} {result['rps']:8.1f} req/s "
                       f"cpu {result['cpu_ms_per_req']:.3f} ms/req "
@@ -240,7 +243,8 @@ def main() -> None:
         f"- machine: {machine()}",
         f"- workload: Starlette under uvicorn (one process), CPU-bound handler (~{WORK_ITEMS} loop steps "
         f"with awaits), {CONCURRENCY} keep-alive connections, closed loop, {args.seconds:.0f} s per arm, "
-        f"arms interleaved {args.rounds}x in one run; load generator and py-spy share the machine",
+        f"arms interleaved {args.rounds}x in one run (order alternates ABC/CBA); load generator and "
+        "py-spy share the machine",
         "- py-spy per capture (errors = samples dropped because a non-blocking read raced the "
         "interpreter): " + "; ".join(summaries),
         f"- load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} "
