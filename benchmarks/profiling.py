@@ -11,6 +11,7 @@ interleaved (`--rounds` times) so drift hits every arm alike:
   capture           a capture as SIGTRAP / the API / CPU pressure start it by default:
                     py-spy at 100 Hz, plus the cheap memory summary
   with tracemalloc  the same plus allocation-site tracing, as memory-pressure captures do
+                    during their first tracemalloc_max_s (5 s); traced for the whole arm here
 
 It prints a markdown table (req/s, ratio to baseline, latency) with the machine and date, and
 saves it under benchmarks/results/.
@@ -53,7 +54,11 @@ def serve(port_file: Path, profile_dir: Path) -> None:
     from profiling import Profiler, ProfilingSettings
 
     settings = ProfilingSettings(
-        service_name="bench", directory=profile_dir, rate_hz=100, watchdog={"enabled": False}
+        service_name="bench",
+        directory=profile_dir,
+        rate_hz=100,
+        watchdog={"enabled": False},
+        tracemalloc_max_s=3600,  # trace through the whole arm, to measure what tracing costs
     )
     profiler = Profiler(settings)
 
@@ -275,6 +280,8 @@ def main() -> None:
         "req/s on a shared 2-core machine moves with whatever else runs; the server's CPU time per",
         "request is the steadier measure of what sampling costs the service itself. py-spy's own CPU",
         "is listed separately: on a machine with a spare core it does not compete with the service.",
+        "The tracemalloc arm is traced for the whole arm; a memory-pressure capture traces only its",
+        "first `tracemalloc_max_s` (default 5 s), other captures not at all.",
         "",
     ]
     report = "\n".join(lines)

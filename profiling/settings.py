@@ -79,7 +79,10 @@ class ProfilingSettings(BaseModel):
         ),
     )
     tracemalloc_max_s: float = Field(
-        10.0, gt=0, description="allocation sites are traced for at most this long at a capture's start"
+        5.0,
+        gt=0,
+        description="allocation sites are traced for at most this long at a capture's start "
+        "(the service runs far slower meanwhile)",
     )
     tracemalloc_top: int = Field(50, ge=1)
     tracemalloc_frames: int = Field(1, ge=1, description="frames kept per allocation; more costs more")
