@@ -14,8 +14,9 @@ def test_cpu_pressure_triggers_exactly_one_capture_and_honours_cooldown(profiled
             "watchdog": {
                 "interval_s": 0.2,
                 "consecutive": 3,
-                # One busy thread is ~50% of this 2-CPU machine; other tests may share the CPUs.
-                "cpu_threshold": 0.2,
+                # One busy thread is up to 50% of a 2-CPU machine; with other work sharing the CPUs
+                # it may get a third of a core. Idle, the process stays near 0.
+                "cpu_threshold": 0.08,
                 "memory_threshold": 50.0,
                 "cooldown_s": 60,
                 "capture_duration_s": 1.0,
@@ -36,7 +37,7 @@ def test_cpu_pressure_triggers_exactly_one_capture_and_honours_cooldown(profiled
     with app.client() as client:
         metrics = client.get("/metrics").text
     assert metric_value(metrics, "profiling_captures_total", 'trigger="cpu"') == 1.0
-    assert (metric_value(metrics, "profiling_watchdog_cpu_ratio") or 0) >= 0.2
+    assert (metric_value(metrics, "profiling_watchdog_cpu_ratio") or 0) >= 0.08
     assert 0 < (metric_value(metrics, "profiling_watchdog_host_memory_ratio") or 0) <= 1
     assert metric_value(metrics, "profiling_capture_in_progress") == 0.0
     assert "pressure" in app.log_text()
