@@ -74,11 +74,17 @@ class CaptureManager:
     # -- commands ------------------------------------------------------------------------------
 
     async def start(
-        self, trigger: str, duration_s: float | None = None, *, tracemalloc: bool | None = None
+        self,
+        trigger: str,
+        duration_s: float | None = None,
+        *,
+        tracemalloc: bool | None = None,
+        detail: str | None = None,
     ) -> CaptureInfo:
-        """tracemalloc: trace allocation sites (None: when the trigger is in tracemalloc_triggers)."""
+        """tracemalloc: trace allocation sites (None: when the trigger is in tracemalloc_triggers);
+        detail: why, kept in the meta file (the watchdog puts its reading there)."""
         async with self._lock:
-            return await self._start_locked(trigger, duration_s, tracemalloc)
+            return await self._start_locked(trigger, duration_s, tracemalloc, detail)
 
     async def stop(self, reason: str = "requested") -> CaptureInfo:
         async with self._lock:
@@ -108,7 +114,11 @@ class CaptureManager:
     # -- start ---------------------------------------------------------------------------------
 
     async def _start_locked(
-        self, trigger: str, duration_s: float | None, tracemalloc: bool | None = None
+        self,
+        trigger: str,
+        duration_s: float | None,
+        tracemalloc: bool | None = None,
+        detail: str | None = None,
     ) -> CaptureInfo:
         if not self.settings.enabled:
             raise ProfilingDisabled("profiling is disabled", "set profiling.enabled to true")
@@ -138,6 +148,7 @@ class CaptureManager:
                 started_at=started,
                 requested_duration_s=duration,
                 rate_hz=self.settings.rate_hz,
+                trigger_detail=detail,
             )
             active = await self._launch(store, info, duration, tracemalloc)
         except ProfilingError as err:

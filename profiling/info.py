@@ -36,6 +36,7 @@ class CaptureInfo:
     samples: int | None = None
     py_spy_summary: str | None = None
     allocation_sites: bool | None = None  # True when tracemalloc traced this capture
+    trigger_detail: str | None = None  # why, e.g. the watchdog's reading
 
     @property
     def duration_s(self) -> float | None:

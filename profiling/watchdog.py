@@ -84,7 +84,9 @@ class CaptureController(Protocol):
     @property
     def current(self) -> CaptureInfo | None: ...
 
-    async def start(self, trigger: str, duration_s: float | None = None) -> CaptureInfo: ...
+    async def start(
+        self, trigger: str, duration_s: float | None = None, *, detail: str | None = None
+    ) -> CaptureInfo: ...
 
     async def stop(self, reason: str = "requested") -> CaptureInfo: ...
 
@@ -146,7 +148,9 @@ class Watchdog:
             return None
         log.warning("profiling watchdog: %s pressure, %s: starting a capture", decision.trigger, decision.reason)
         try:
-            info = await self._controller.start(decision.trigger, self.settings.capture_duration_s)
+            info = await self._controller.start(
+                decision.trigger, self.settings.capture_duration_s, detail=decision.reason
+            )
         except CaptureAlreadyRunning:
             return None  # somebody else started one a moment ago: theirs covers it
         except ProfilingError:

@@ -223,6 +223,8 @@ def render_index(profiler: Profiler, captures: list[CaptureInfo], base: str) -> 
         )
         samples = "" if info.samples is None else str(info.samples)
         notes = []
+        if info.trigger_detail:
+            notes.append(info.trigger_detail)
         if info.allocation_sites:
             notes.append("allocation sites traced")
         if info.py_spy_summary:

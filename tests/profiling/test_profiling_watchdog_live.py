@@ -26,6 +26,7 @@ def test_cpu_pressure_triggers_exactly_one_capture_and_honours_cooldown(profiled
     )
     done = wait_for_capture(app.directory, lambda c: c.status == "completed", service=app.service, timeout=20)
     assert done.trigger == "cpu"
+    assert "samples in a row" in (done.trigger_detail or "") or "jump" in (done.trigger_detail or "")
     assert done.samples and done.samples > 10
     assert "recognisable_busy_function" in (app.directory / done.files["folded"]).read_text()
     assert done.allocation_sites is False  # CPU captures skip the costly tracing

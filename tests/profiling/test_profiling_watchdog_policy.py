@@ -103,16 +103,18 @@ class FakeController:
         self.running = running
         self.fail = fail
         self.started: list[str] = []
+        self.details: list[str | None] = []
         self.stopped = 0
 
     @property
     def current(self) -> CaptureInfo | None:
         return self.running
 
-    async def start(self, trigger: str, duration_s: float | None = None) -> CaptureInfo:
+    async def start(self, trigger: str, duration_s: float | None = None, *, detail: str | None = None) -> CaptureInfo:
         if self.fail:
             raise self.fail
         self.started.append(trigger)
+        self.details.append(detail)
         self.running = _info(f"wd-{len(self.started)}", trigger)
         return self.running
 
@@ -150,6 +152,7 @@ async def test_watchdog_stops_its_own_capture_when_closed_and_reports_readings()
     controller = FakeController()
     dog = await _drive(controller, [s(0.9)] * 3, [0, 5, 10])
     assert controller.started == ["cpu"]
+    assert "3 samples" in (controller.details[0] or "")
     assert dog._metrics.cpu_ratio._value.get() == pytest.approx(0.9)
     await dog.aclose()
     assert controller.stopped == 1
