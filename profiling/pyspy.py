@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from . import ptrace
@@ -17,16 +18,33 @@ _READY_MARKER = "Sampling process"
 _STDERR_LIMIT = 64 * 1024
 
 
+_SH = "/bin/sh"
+
+
 def _private_umask() -> None:
     os.umask(0o077)
+
+
+def _with_private_umask(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """Make the files py-spy writes private from the first byte.
+
+    Not `umask=` (uvloop's subprocess_exec rejects it) and preferably not a preexec_fn either: that
+    forces a plain fork that runs Python and every library's fork handlers (gRPC's among them) in
+    the child. A shell sets the umask and execs py-spy, so the child's pid stays py-spy's. Images
+    without /bin/sh (distroless) fall back to preexec_fn.
+    """
+    if os.path.exists(_SH):
+        return [_SH, "-c", 'umask 077 && exec "$0" "$@"', *argv], None
+    return argv, _private_umask
 
 
 async def _spawn(argv: list[str], *, merge_output: bool = False) -> asyncio.subprocess.Process:
     # Yama scope 1: allow any tracer until the child's pid is known, then only that pid.
     ptrace.before_spawn()
+    command, preexec = _with_private_umask(argv)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             # `record` prints its progress on stdout and its errors on stderr: read them as one.
@@ -34,9 +52,7 @@ async def _spawn(argv: list[str], *, merge_output: bool = False) -> asyncio.subp
             # Its own session: a Ctrl-C or SIGTERM sent to our process group must not kill py-spy
             # before it wrote its output; we stop it ourselves.
             start_new_session=True,
-            # Files py-spy writes are private from the first byte. preexec_fn, not umask=: uvloop's
-            # subprocess_exec rejects the umask keyword.
-            preexec_fn=_private_umask,
+            preexec_fn=preexec,
         )
     except BaseException:
         ptrace.released(None)

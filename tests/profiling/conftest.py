@@ -49,7 +49,12 @@ class ProfiledApp:
 
 
 def _start(
-    tmp_path: Path, settings: dict[str, Any], busy: bool, hold_mib: int, open_access: bool = False
+    tmp_path: Path,
+    settings: dict[str, Any],
+    busy: bool,
+    hold_mib: int,
+    open_access: bool = False,
+    loop: str = "asyncio",
 ) -> ProfiledApp:
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir(exist_ok=True)
@@ -57,7 +62,7 @@ def _start(
     env = dict(os.environ)
     env["TMPDIR"] = str(tmpdir)  # captures must follow TMPDIR when no directory is configured
     env["PROFILED_APP_CONFIG"] = json.dumps(
-        {"settings": settings, "busy": busy, "hold_mib": hold_mib, "token": TOKEN, "open": open_access}
+        {"settings": settings, "busy": busy, "hold_mib": hold_mib, "token": TOKEN, "open": open_access, "loop": loop}
     )
     proc = subprocess.Popen(
         [sys.executable, "-u", str(APP)],
@@ -90,13 +95,18 @@ def _start(
 
 @pytest.fixture
 def profiled_app(tmp_path: Path) -> Iterator[Any]:
-    """Factory: profiled_app(settings, busy=, hold_mib=, open_access=) -> ProfiledApp, stopped at teardown."""
+    """Factory: profiled_app(settings, busy=, hold_mib=, open_access=, loop=) -> ProfiledApp, stopped at teardown."""
     apps: list[ProfiledApp] = []
 
     def factory(
-        settings: dict[str, Any] | None = None, *, busy: bool = False, hold_mib: int = 0, open_access: bool = False
+        settings: dict[str, Any] | None = None,
+        *,
+        busy: bool = False,
+        hold_mib: int = 0,
+        open_access: bool = False,
+        loop: str = "asyncio",
     ) -> ProfiledApp:
-        app = _start(tmp_path, settings or {}, busy, hold_mib, open_access)
+        app = _start(tmp_path, settings or {}, busy, hold_mib, open_access, loop)
         apps.append(app)
         return app
 

@@ -3,7 +3,8 @@ SIGTRAP toggle and watchdog, the capture index under /debug/profiles, and option
 pressure from a function with a recognisable name.
 
 Configured by the JSON in $PROFILED_APP_CONFIG:
-  {"settings": {...ProfilingSettings...}, "busy": bool, "hold_mib": int, "token": str, "open": bool}
+  {"settings": {...ProfilingSettings...}, "busy": bool, "hold_mib": int, "token": str, "open": bool,
+   "loop": "asyncio" | "uvloop"}
 ("open": no admin check, for a browser that cannot send the token; auth is tested separately.)
 Prints "READY <port> <pid>" on stdout once it serves.
 """
@@ -94,4 +95,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if json.loads(os.environ.get("PROFILED_APP_CONFIG", "{}")).get("loop") == "uvloop":
+        import uvloop  # the loop meterd runs on: its subprocess API differs in details
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

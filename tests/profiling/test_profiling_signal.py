@@ -6,6 +6,8 @@ from __future__ import annotations
 import stat
 import time
 
+import pytest
+
 from tests.profiling.profiling_helpers import (
     assert_capture_files,
     list_captures,
@@ -15,8 +17,11 @@ from tests.profiling.profiling_helpers import (
 )
 
 
-def test_sigtrap_toggles_a_real_capture(profiled_app):
-    app = profiled_app({"watchdog": {"enabled": False}}, busy=True)
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_sigtrap_toggles_a_real_capture(profiled_app, loop):
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    app = profiled_app({"watchdog": {"enabled": False}}, busy=True, loop=loop)
     assert not app.directory.exists()  # created at the first capture, under $TMPDIR
 
     sent = time.monotonic()
