@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine_info import machine  # noqa: E402 (benchmarks/ is the script's directory)
 
 from service.kafka.embedded import tansu_binary  # noqa: E402
 from service.pb.meterd.v1 import pipeline_pb2, traffic_pb2, traffic_pb2_grpc  # noqa: E402
@@ -157,16 +157,6 @@ async def run_ceiling_arm(total: int, per_batch: int, concurrency: int) -> dict:
             "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000}
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
 def main() -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import re
 import shutil
 import signal
@@ -37,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from machine_info import machine  # noqa: E402 (benchmarks/ is the script's directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "governance-middleware.md"
@@ -175,17 +176,6 @@ def run_wrk(port: int, seconds: float, connections: int) -> dict[str, float]:
             "errors": 1.0 if errors else 0.0}
 
 
-def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
 
 
 def versions() -> str:

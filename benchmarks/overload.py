@@ -24,7 +24,6 @@ import asyncio
 import datetime as dt
 import math
 import os
-import platform
 import resource
 import signal
 import socket
@@ -34,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from machine_info import machine  # noqa: E402 (benchmarks/ is the script's directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "governance-overload.md"
@@ -363,16 +364,6 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
 def fmt_s(v: float | None) -> str:

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -34,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
+from machine_info import machine  # noqa: E402 (benchmarks/ is the script's directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 8
@@ -146,21 +146,6 @@ def post(port: int, path: str, body: dict[str, object] | None = None) -> dict[st
 # --------------------------------------------------------------------------------------------- driver
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    py_spy = Path(sys.executable).with_name("py-spy")
-    version = subprocess.run([str(py_spy), "--version"], capture_output=True, text=True).stdout.strip()
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, {version}"
-    )
 
 
 ARMS = [

@@ -88,16 +88,20 @@ class AggregatingConsumer:
         await self._dlq.stop()
 
     # -- partition ownership ----------------------------------------------------------------
+    async def _seek(self, partitions: Any) -> None:
+        """Positions each partition at the offset stored in the database (the beginning if none)."""
+        stored = await self._repo.load_offsets(self._kafka.group_id, self._kafka.topic)
+        for tp in partitions:
+            offset = stored.get(tp.partition)
+            self._stored[tp.partition] = offset
+            if offset is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, offset)
+
     async def seek_to_stored(self, assigned: Any) -> None:
         async with self._lock:
-            stored = await self._repo.load_offsets(self._kafka.group_id, self._kafka.topic)
-            for tp in assigned:
-                offset = stored.get(tp.partition)
-                self._stored[tp.partition] = offset
-                if offset is None:
-                    await self._consumer.seek_to_beginning(tp)
-                else:
-                    self._consumer.seek(tp, offset)
+            await self._seek(assigned)
             self._stored = {p: o for p, o in self._stored.items()
                             if TopicPartition(self._kafka.topic, p) in self._consumer.assignment()}
             log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
@@ -209,14 +213,7 @@ class AggregatingConsumer:
         self._agg = Aggregate()
         self._metrics.buffer_records.set(0)
         try:
-            stored = await self._repo.load_offsets(self._kafka.group_id, self._kafka.topic)
-            for tp in self._consumer.assignment():
-                offset = stored.get(tp.partition)
-                self._stored[tp.partition] = offset
-                if offset is None:
-                    await self._consumer.seek_to_beginning(tp)
-                else:
-                    self._consumer.seek(tp, offset)
+            await self._seek(self._consumer.assignment())
         except Exception:
             log.exception("could not reload stored offsets; will retry")
 
