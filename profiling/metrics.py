@@ -42,3 +42,7 @@ class ProfilingMetrics:
         # Pre-create the usual label values so dashboards show zeros rather than "no data".
         for trigger in ("signal", "api", "cpu", "memory"):
             self.captures.labels(trigger)
+        # Failure reasons too: a series born at 1 has no increase() until its second failure.
+        for reason in ("py_spy_missing", "permission_denied", "py_spy_failed", "unsafe_directory",
+                       "write_failed", "upload_failed"):
+            self.failures.labels(reason)
