@@ -110,14 +110,6 @@ class MotoS3:
                 "AWS_ACCESS_KEY_ID": _S3_KEY, "AWS_SECRET_ACCESS_KEY": _S3_SECRET,
                 "AWS_REGION": _S3_REGION, "AWS_DEFAULT_REGION": _S3_REGION, "AWS_ALLOW_HTTP": "true"}
 
-    def object_count(self) -> int:
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=_S3_KEY,
-                          aws_secret_access_key=_S3_SECRET, region_name=_S3_REGION)
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
-        return sum(len(p.get("Contents", [])) for p in pages)
-
 
 def _http_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
