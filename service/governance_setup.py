@@ -13,7 +13,9 @@ import inspect
 import os
 from typing import Any
 
-from governance import Governance, OutboundBreaker
+import sqlalchemy.exc
+
+from governance import DependencyUnavailable, Governance, OutboundBreaker
 from governance.tracing import setup_tracing
 
 # Probes and scrapes must keep answering under overload, and never count against a quota.
@@ -81,7 +83,12 @@ class GuardedRepository:
             return attr
 
         async def guarded(*args: Any, **kwargs: Any) -> Any:
-            return await self._breaker.call(attr, *args, **kwargs)
+            try:
+                return await self._breaker.call(attr, *args, **kwargs)
+            except (OSError, TimeoutError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+                # The database is unreachable but the breaker has not opened yet (it needs fail_max
+                # failures): the same fact as an open breaker, so callers answer UNAVAILABLE/503.
+                raise DependencyUnavailable(self._breaker.name, 1.0) from exc
 
         guarded.__name__ = name
         setattr(self, name, guarded)  # cache: later lookups skip __getattr__

@@ -69,6 +69,7 @@ class AggregatingConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.healthy = False
+        self._needs_rewind = False
         self.assigned = asyncio.Event()  # set once the group gave us partitions (start-up readiness)
 
     async def start(self) -> None:
@@ -101,7 +102,13 @@ class AggregatingConsumer:
 
     async def seek_to_stored(self, assigned: Any) -> None:
         async with self._lock:
-            await self._seek(assigned)
+            try:
+                await self._seek(assigned)
+            except Exception:
+                # Database down during a rebalance: the fetch loop must not read these partitions
+                # from wherever Kafka put them; it rewinds (retrying) before its next fetch.
+                log.exception("could not load stored offsets for assigned partitions; will retry")
+                self._needs_rewind = True
             self._stored = {p: o for p, o in self._stored.items()
                             if TopicPartition(self._kafka.topic, p) in self._consumer.assignment()}
             log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
@@ -111,6 +118,8 @@ class AggregatingConsumer:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
+                if self._needs_rewind:
+                    await self._rewind_until_done()
                 fetched = await self._consumer.getmany(timeout_ms=200)
                 for tp, messages in fetched.items():
                     await self._handle(tp, messages)
@@ -127,8 +136,17 @@ class AggregatingConsumer:
                 # stored offsets, which is always correct, then retry.
                 self.healthy = False
                 log.exception("consumer loop error; rewinding to stored offsets")
-                await self._rewind()
+                await self._rewind_until_done()
                 await asyncio.sleep(1.0)
+
+    async def _rewind_until_done(self) -> None:
+        # The buffer is gone; fetching on from the current position would skip it for good.
+        # So no fetch until the seek to the stored offsets has really happened.
+        while not self._stopping.is_set():
+            if await self._rewind():
+                self._needs_rewind = False
+                return
+            await asyncio.sleep(1.0)
 
     async def _handle(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> None:
         async with self._lock:
@@ -205,17 +223,19 @@ class AggregatingConsumer:
             with contextlib.suppress(Exception):
                 await self._consumer.commit(commit)
 
-    async def _rewind(self) -> None:
+    async def _rewind(self) -> bool:
         async with self._lock:
-            await self._rewind_locked()
+            return await self._rewind_locked()
 
-    async def _rewind_locked(self) -> None:
+    async def _rewind_locked(self) -> bool:
         self._agg = Aggregate()
         self._metrics.buffer_records.set(0)
         try:
             await self._seek(self._consumer.assignment())
         except Exception:
             log.exception("could not reload stored offsets; will retry")
+            return False
+        return True
 
     def _update_lag(self) -> None:
         # High-water marks from fetch responses: Tansu's ListOffsets is unreliable here.

@@ -123,7 +123,8 @@ def _http_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> bool
 
 @contextlib.contextmanager
 def running_moto_s3(workdir: Path, bucket: str = "tansu", timeout: float = 30.0) -> Iterator[MotoS3]:
-    moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    venv_moto = Path(sys.executable).with_name("moto_server")  # the dev extra installs it here
+    moto = str(venv_moto) if venv_moto.exists() else shutil.which("moto_server")
     if not os.access(moto, os.X_OK):
         _skip_or_fail("moto_server not found: install the dev extra (`pip install -e '.[dev]'`, moto[server])")
     import boto3
