@@ -34,7 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from machine_info import machine  # noqa: E402 (benchmarks/ is the script's directory)
+try:  # run as a script: benchmarks/ is on sys.path
+    from machine_info import machine  # noqa: E402
+except ImportError:  # imported as benchmarks.<module> (uvicorn app factories)
+    from benchmarks.machine_info import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "governance-overload.md"

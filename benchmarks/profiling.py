@@ -33,7 +33,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
-from machine_info import machine  # noqa: E402 (benchmarks/ is the script's directory)
+
+try:  # run as a script: benchmarks/ is on sys.path
+    from machine_info import machine  # noqa: E402
+except ImportError:  # imported as benchmarks.<module> (uvicorn app factories)
+    from benchmarks.machine_info import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 8
