@@ -187,13 +187,12 @@ class AdaptiveLimiter:
                 return "queueing"
         else:
             self._first_above = None
-        # Only while armed (latency has grown over its baseline) or cooling off after a drop: arming on
-        # concurrency alone shed 26% of requests at 0.8x load and a closed-loop ingest client at
-        # light CPU in benchmarks/overload.py and benchmarks/ingest.py, because in-flight counts of a
-        # few are normal for batch RPCs whose demonstrated max_pass x min_rt is about 1.
+        # Concurrency above latency_tolerance x the demonstrated capacity is itself proof of a queue
+        # (Little's law), so it arms at once instead of waiting for the 1 s latency window.
         limit = self.max_inflight
         if limit and self.inflight > 1 and self.inflight > limit and (
-                self.conc_armed or now - self.last_drop < self.settings.cooloff):
+                self.conc_armed or now - self.last_drop < self.settings.cooloff
+                or self.inflight > self.settings.latency_tolerance * limit):
             self.last_drop = now
             self.drops += 1
             return "concurrency"

@@ -55,17 +55,14 @@ def test_cpu_reacts_within_a_second(lim: AdaptiveLimiter, clock: FakeClock) -> N
     assert lim.conc_armed, f"cpu EMA only {lim.cpu:.2f} after 0.7 s"
 
 
-def test_cool_cpu_admits_bursts_beyond_the_demonstrated_concurrency(lim: AdaptiveLimiter,
-                                                                    clock: FakeClock) -> None:
+def test_cool_cpu_admits_bursts_up_to_twice_the_demonstrated_concurrency(lim: AdaptiveLimiter,
+                                                                         clock: FakeClock) -> None:
     fill_history(lim, clock, seconds=2, per_bucket=10, rt=0.05)  # max_inflight 5
     heat(lim, clock, cpu=0.5, lag=0.001)
     assert not lim.conc_armed
-    # Unarmed (cool CPU, latency at its baseline), concurrency alone is no reason to shed: bursts of
-    # batch RPCs far above max_pass x min_rt are normal (benchmarks/overload.py at 0.8x).
-    assert [lim.acquire() for _ in range(20)] == [None] * 20
-    # Once armed, the BBR rule applies again.
-    heat(lim, clock, cpu=0.95, lag=0.0)
-    assert lim.conc_armed and lim.acquire() == "concurrency"
+    assert [lim.acquire() for _ in range(11)] == [None] * 11  # up to latency_tolerance x 5 (+1)
+    # More than that in flight is a queue by Little's law, whatever the CPU says.
+    assert lim.acquire() == "concurrency"
 
 
 def test_latency_gradient_sheds_io_bound_overload_with_idle_cpu(lim: AdaptiveLimiter, clock: FakeClock) -> None:
