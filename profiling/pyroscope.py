@@ -9,7 +9,9 @@ import httpx
 
 # py-spy --subprocesses roots each stack at `process <pid>:"<command line>"`; a command line can
 # carry secrets, and a Pyroscope server is shared, so only the pid leaves the machine.
-_PROCESS_FRAME = re.compile(rb'^process (\d+):"(?:[^"\\]|\\.)*"(?=[; ])', re.M)
+# Child processes nest under their parent's frame (`process 1;process 2:"..."`), so match the frame
+# at the start of a line or after a `;`.
+_PROCESS_FRAME = re.compile(rb'(?:^|(?<=;))process (\d+):"(?:[^"\\]|\\.)*"(?=[; ])', re.M)
 
 
 def redact_process_frames(folded: bytes) -> bytes:

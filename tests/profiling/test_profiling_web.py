@@ -254,3 +254,6 @@ def test_process_frames_lose_their_command_line_before_upload():
 
     folded = b'process 12:"app --token=abc";main (a.py:1) 5\nprocess 13:"x \\"q\\" y" 1\nmain (a.py:1) 3\n'
     assert redact_process_frames(folded) == b"process 12;main (a.py:1) 5\nprocess 13 1\nmain (a.py:1) 3\n"
+    # A child's frame nests under its parent's (py-spy --subprocesses): redacted there too.
+    nested = b'process 1;process 2:"python -m app --token=s3cret";main (a.py:1) 4\n'
+    assert redact_process_frames(nested) == b"process 1;process 2;main (a.py:1) 4\n"
