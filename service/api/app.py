@@ -169,15 +169,6 @@ class Api:
                               "duplicate": result.duplicate}, 202)
 
     # -- operations ---------------------------------------------------------------------------
-    async def healthz(self, request: Request) -> Response:
-        return json_response({"status": "ok"})
-
-    async def readyz(self, request: Request) -> Response:
-        return await readiness_response(self.ctx.readiness)
-
-    async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(self.ctx.registry), media_type=CONTENT_TYPE_LATEST)
-
     async def openapi(self, request: Request) -> Response:
         return json_response(openapi_document())
 
@@ -236,9 +227,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/usage", api.usage, methods=["GET"]),
         Route("/v1/accounts/{account_id}/balance", api.balance, methods=["GET"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
-        Route("/healthz", api.healthz, methods=["GET"]),
-        Route("/readyz", api.readyz, methods=["GET"]),
-        Route("/metrics", api.metrics, methods=["GET"]),
+        *ops_routes(api.ctx.registry, api.ctx.readiness),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/docs", api.docs, methods=["GET"]),
     ]
@@ -256,9 +245,8 @@ def build_api(ctx: ApiContext) -> Starlette:
     return Starlette(routes=[*routes(api), *ctx.extra_routes], exception_handlers=EXCEPTION_HANDLERS)
 
 
-def build_admin_app(registry: CollectorRegistry, readiness: list[ReadinessCheck],
-                    extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
-    """/metrics, /healthz, /readyz for roles that serve no user HTTP (writer, consumer)."""
+def ops_routes(registry: CollectorRegistry, readiness: Sequence[ReadinessCheck]) -> list[BaseRoute]:
+    """/healthz, /readyz, /metrics: the same on the API and on the writer/consumer admin port."""
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -269,5 +257,11 @@ def build_admin_app(registry: CollectorRegistry, readiness: list[ReadinessCheck]
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
-                             *extra_routes], exception_handlers=EXCEPTION_HANDLERS)
+    return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"])]
+
+
+def build_admin_app(registry: CollectorRegistry, readiness: list[ReadinessCheck],
+                    extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """/metrics, /healthz, /readyz for roles that serve no user HTTP (writer, consumer)."""
+    return Starlette(routes=[*ops_routes(registry, readiness), *extra_routes], exception_handlers=EXCEPTION_HANDLERS)

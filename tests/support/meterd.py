@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,14 +16,10 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.servers import free_port  # noqa: F401 (re-exported: tests import it from here)
+
 MeterdBin = str(Path(sys.executable).with_name("meterd"))
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
