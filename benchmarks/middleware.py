@@ -17,6 +17,10 @@ times, and the table reports the mean of the rounds plus each round. Arms:
 - peer-100%: slowapi (SlowAPIMiddleware, default limit far above the load) + starlette-exporter's
   PrometheusMiddleware + opentelemetry-instrumentation-asgi's OpenTelemetryMiddleware, all
   requests traced into the same discarding exporter.
+- governance-10%-default-gc: governance-10% without the GC settings below.
+
+Every other arm (bare and peer included) runs with the garbage-collector settings meterd applies
+after start-up (service/runtime/gc_tuning.py: gc.freeze() + young threshold 10,000).
 
 Results are written to benchmarks/results/governance-middleware.md (machine and date included).
 """
@@ -44,7 +48,7 @@ except ImportError:  # imported as benchmarks.<module> (uvicorn app factories)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "governance-middleware.md"
-ARMS = ["bare", "governance-10%", "governance-100%", "peer-100%"]
+ARMS = ["bare", "governance-10%", "governance-100%", "peer-100%", "governance-10%-default-gc"]
 HIGH_LIMIT = "100000000/minute"
 
 
@@ -104,15 +108,19 @@ def _peer() -> Any:
 
 def create_app() -> Any:
     arm = os.environ["BENCH_ARM"]
-    if arm == "bare":
-        return _starlette()
-    if arm == "governance-10%":
-        return _governed(0.1)
-    if arm == "governance-100%":
-        return _governed(1.0)
-    if arm == "peer-100%":
-        return _peer()
-    raise SystemExit(f"unknown arm {arm}")
+    builders = {"bare": _starlette, "governance-10%": lambda: _governed(0.1),
+                "governance-100%": lambda: _governed(1.0), "peer-100%": _peer,
+                "governance-10%-default-gc": lambda: _governed(0.1)}
+    if arm not in builders:
+        raise SystemExit(f"unknown arm {arm}")
+    app = builders[arm]()
+    if not arm.endswith("-default-gc"):
+        # Every arm runs with the GC settings `meterd` applies once it has started, so the arms
+        # differ only in their middleware; the -default-gc arm shows what those settings are worth.
+        from service.runtime.gc_tuning import tune_gc_for_serving
+
+        tune_gc_for_serving()
+    return app
 
 
 # -- the harness ------------------------------------------------------------------------------------
@@ -239,6 +247,8 @@ def render(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
         f"{args.rounds} rounds, arms interleaved within each round; server: uvicorn, 1 worker (uvloop, httptools); "
         "server pinned to CPU 0, wrk to CPU 1",
         "- route: GET /hello -> {\"hello\": \"world\"}",
+        "- GC: every arm except *-default-gc runs with meterd's serving GC settings (gc.freeze() after start-up, "
+        "young threshold 10,000; service/runtime/gc_tuning.py)",
         "",
         "| arm | req/s (mean) | per round | p50 ms | p99 ms | vs bare | non-2xx |",
         "|---|---:|---|---:|---:|---:|---:|",

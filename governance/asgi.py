@@ -19,6 +19,7 @@ from governance.core import (
     Call,
     Chain,
     Outcome,
+    Plan,
     Rejection,
     rejection_status,
 )
@@ -85,6 +86,8 @@ class GovernanceMiddleware:
         self.chain = chain
         self.client_key = client_key
         self.route_resolver = route_resolver or _default_resolver(app)
+        # route -> method -> plan; nested so the per-request lookup builds no key tuple.
+        self._plans: dict[str, dict[str, Plan]] = {}
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -93,12 +96,19 @@ class GovernanceMiddleware:
         start = time.perf_counter()
         route = self.route_resolver(scope)
         method = scope["method"]
+        chain = self.chain
+        by_method = self._plans.get(route)
+        plan = by_method.get(method) if by_method is not None else None
+        if plan is None:
+            plan = self._plans.setdefault(route, {})[method] = chain.plan("http", method, route)
         call = Call("http", route, method, self.client_key(scope) if self.client_key else None, start)
         call.attributes["carrier"] = scope["headers"]
-        chain = self.chain
-        plan = chain.plan("http", method, route)
+        sync = plan.sync
         try:
-            await chain.admit(call, plan)
+            if sync:
+                chain.admit_sync(call, plan)
+            else:
+                await chain.admit(call, plan)
         except Rejection as rej:
             await _send_rejection(send, rej, rejection_status("http", rej))
             return
@@ -111,8 +121,7 @@ class GovernanceMiddleware:
                 status = message["status"]
                 extra = call.response_headers
                 if extra:
-                    message["headers"] = [*message.get("headers", ()),
-                                          *((k.lower().encode(), v.encode()) for k, v in extra)]
+                    message["headers"] = [*message.get("headers", ()), *encode_headers(extra)]
             await send(message)
 
         try:
@@ -131,8 +140,18 @@ class GovernanceMiddleware:
         except BaseException:
             await chain.release(call, plan, Outcome(FAILURE, status or 500, time.perf_counter() - start))
             raise
-        await chain.release(call, plan, Outcome(FAILURE if status >= 500 or status == 0 else SUCCESS,
-                                                status or 500, time.perf_counter() - start))
+        outcome = Outcome(FAILURE if status >= 500 or status == 0 else SUCCESS, status or 500,
+                          time.perf_counter() - start)
+        if sync:
+            chain.release_sync(call, plan, outcome)
+        else:
+            await chain.release(call, plan, outcome)
+
+
+def encode_headers(pairs: list[tuple[Any, Any]]) -> list[tuple[bytes, bytes]]:
+    """Plugin response headers as ASGI wants them. Plugins may hand over (str, str) pairs, or
+    pre-encoded (lowercase bytes, bytes) pairs to save the encoding on every call."""
+    return [(k, v) if type(k) is bytes else (k.lower().encode(), v.encode()) for k, v in pairs]
 
 
 async def _send_problem(send: Any, status: int, body: bytes, retry_after: int,
@@ -140,7 +159,7 @@ async def _send_problem(send: Any, status: int, body: bytes, retry_after: int,
     headers = [(b"content-type", PROBLEM_TYPE.encode()), (b"content-length", str(len(body)).encode()),
                (b"retry-after", str(retry_after).encode())]
     if extra:
-        headers.extend((k.lower().encode(), v.encode()) for k, v in extra)
+        headers.extend(encode_headers(extra))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -40,9 +40,10 @@ class Call:
     client_key: str | None
     start: float  # time.perf_counter() when the adapter first saw the request
     attributes: dict[str, Any] = field(default_factory=dict)
-    # Extra response headers a plugin wants on the reply (e.g. quota's RateLimit fields); kept
-    # None until someone sets it so the common case allocates nothing.
-    response_headers: list[tuple[str, str]] | None = None
+    # Extra response headers a plugin wants on the reply (e.g. quota's RateLimit fields): (str, str)
+    # pairs, or (lowercase bytes, bytes) pairs already encoded for ASGI. None until someone sets it
+    # so the common case allocates nothing.
+    response_headers: list[tuple[Any, Any]] | None = None
     # Message counts for streaming RPCs, maintained by the gRPC adapter.
     msgs_in: int = 0
     msgs_out: int = 0
@@ -122,15 +123,21 @@ class Plan:
 
     A plugin may offer `before_sync(call)` / `after_sync(call, outcome)` next to the async hooks;
     the chain then calls those directly, saving a coroutine per hook per call (the built-ins that
-    never wait on I/O do this). The async hooks remain the protocol.
+    never wait on I/O do this). When every plugin of a plan has both, `sync` is true and adapters
+    may run the whole plan without awaiting (`Chain.admit_sync` / `Chain.release_sync`): measured
+    inside uvicorn, each avoided coroutine is worth ~0.5 us per request. The async hooks remain the
+    protocol.
     """
 
-    __slots__ = ("plugins", "befores", "afters")
+    __slots__ = ("plugins", "befores", "afters", "sync", "sync_befores", "sync_afters")
 
     def __init__(self, plugins: tuple[Plugin, ...]) -> None:
         self.plugins = plugins
         self.befores = tuple(_hook(p, "before") for p in plugins)
         self.afters = tuple(_hook(p, "after") for p in reversed(plugins))
+        self.sync = not any(is_async for _, is_async in self.befores + self.afters)
+        self.sync_befores = tuple(fn for fn, _ in self.befores) if self.sync else ()
+        self.sync_afters = tuple(fn for fn, _ in self.afters) if self.sync else ()
 
     def __len__(self) -> int:
         return len(self.plugins)
@@ -201,6 +208,37 @@ class Chain:
                     await fn(call, outcome)
                 else:
                     fn(call, outcome)
+            except Exception as exc:  # noqa: BLE001 - keep releasing; re-raise the first at the end
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
+
+    # -- the same two steps without a coroutine, for plans where `plan.sync` is true -------------
+    def admit_sync(self, call: Call, plan: Plan) -> None:
+        """`admit` for an all-sync plan; same unwinding on rejection or error."""
+        done = 0
+        try:
+            for fn in plan.sync_befores:
+                fn(call)
+                done += 1
+        except Rejection as rej:
+            if self._on_reject is not None:
+                self._on_reject(call, rej)
+            outcome = Outcome(REJECTED, rejection_status(call.transport, rej), time.perf_counter() - call.start)
+            self.release_sync(call, plan, outcome, done)
+            raise
+        except BaseException:
+            self.release_sync(call, plan, Outcome(FAILURE, "UNKNOWN", time.perf_counter() - call.start), done)
+            raise
+
+    def release_sync(self, call: Call, plan: Plan, outcome: Outcome, admitted: int | None = None) -> None:
+        """`release` for an all-sync plan; one failing hook does not skip the others."""
+        afters = plan.sync_afters if admitted is None else plan.sync_afters[len(plan.sync_afters) - admitted:]
+        error: BaseException | None = None
+        for fn in afters:
+            try:  # free in CPython >= 3.11 unless something raises
+                fn(call, outcome)
             except Exception as exc:  # noqa: BLE001 - keep releasing; re-raise the first at the end
                 if error is None:
                     error = exc

@@ -119,6 +119,11 @@ class QuotaPlugin:
         self._resets: dict[str, float] = {}
         self._keys: dict[tuple[str, ...], list[str]] = {}  # identifiers -> storage key per limit
         self._specs = [(item, item.get_expiry(), item.amount) for item in self.items]
+        self._policy_header = (b"ratelimit-policy", self._policy.encode())
+        if self._local is not None:
+            # In-process counters never wait, so the chain may call these without a coroutine.
+            self.before_sync = self._local_before
+            self.after_sync = _no_after
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], ctx: PluginContext) -> QuotaPlugin:
@@ -151,6 +156,9 @@ class QuotaPlugin:
                         "admitting calls" if self.settings.fail_open else "rejecting calls")
 
     async def before(self, call: Call) -> None:
+        if self._local is not None:
+            self._local_before(call)
+            return
         ids = self._identifiers(call)
         if self._fixed:
             try:
@@ -180,42 +188,62 @@ class QuotaPlugin:
             if not self.settings.fail_open:
                 raise Rejection("quota", "storage_unavailable", "unavailable", 1.0) from exc
 
-    async def _fixed_window(self, call: Call, ids: tuple[str, ...]) -> None:
-        """Fixed window straight on the storage: one INCR per limit gives both the decision and the
-        remaining count (what FixedWindowRateLimiter.hit + get_window_stats would take two calls for)."""
-        storage, resets, now = self.storage, self._resets, time.time()
+    def _storage_keys(self, ids: tuple[str, ...]) -> list[str]:
         keys = self._keys.get(ids)
         if keys is None:
             if len(self._keys) > 10_000:
                 self._keys.clear()
             keys = self._keys[ids] = [item.key_for(*ids) for item in self.items]
+        return keys
+
+    def _local_before(self, call: Call) -> None:
+        """Fixed window on in-process counters (memory://): no await anywhere."""
+        keys, now, incr = self._storage_keys(self._identifiers(call)), time.time(), self._local.incr  # type: ignore[union-attr]
         best_i, best_rem, best_reset = 0, math.inf, 0.0
-        local = self._local
+        for i, (_, expiry, amount) in enumerate(self._specs):
+            count, reset = incr(keys[i], expiry, now)
+            remaining = amount - count
+            if remaining < best_rem:
+                self._refuse_if_over(i, remaining, reset - now)
+                best_i, best_rem, best_reset = i, remaining, reset - now
+        if self.settings.headers:
+            self._attach(call, best_i, int(best_rem), best_reset)
+
+    async def _fixed_window(self, call: Call, ids: tuple[str, ...]) -> None:
+        """Fixed window straight on a shared storage: one INCR per limit gives both the decision and
+        the remaining count (what FixedWindowRateLimiter.hit + get_window_stats would take two calls for)."""
+        storage, resets, now = self.storage, self._resets, time.time()
+        keys = self._storage_keys(ids)
+        best_i, best_rem, best_reset = 0, math.inf, 0.0
         for i, (_, expiry, amount) in enumerate(self._specs):
             key = keys[i]
-            if local is not None:
-                count, reset = local.incr(key, expiry, now)
-            else:
-                count = await storage.incr(key, expiry)
-                reset = resets.get(key)
-            if local is None and (count == 1 or reset is None or reset <= now):
+            count = await storage.incr(key, expiry)
+            reset = resets.get(key)
+            if count == 1 or reset is None or reset <= now:
                 reset = now + expiry if count == 1 else await storage.get_expiry(key)
                 if len(resets) > 10_000:
                     resets.clear()
                 resets[key] = reset
             remaining = amount - count
-            if remaining < 0:
-                retry = max(1.0, math.ceil(reset - now))
-                headers = self._headers(i, 0, reset - now) if self.settings.headers else None
-                raise Rejection("quota", "limit_exceeded", "rate_limited", retry, headers)
             if remaining < best_rem:
+                self._refuse_if_over(i, remaining, reset - now)
                 best_i, best_rem, best_reset = i, remaining, reset - now
         if self.settings.headers:
-            headers = self._headers(best_i, int(best_rem), best_reset)
-            if call.response_headers is None:
-                call.response_headers = headers
-            else:
-                call.response_headers.extend(headers)
+            self._attach(call, best_i, int(best_rem), best_reset)
+
+    def _refuse_if_over(self, i: int, remaining: int, reset_in: float) -> None:
+        if remaining < 0:
+            headers = self._headers(i, 0, reset_in) if self.settings.headers else None
+            raise Rejection("quota", "limit_exceeded", "rate_limited", max(1.0, math.ceil(reset_in)), headers)
+
+    def _attach(self, call: Call, i: int, remaining: int, reset_in: float) -> None:
+        """RateLimit fields for the reply, pre-encoded for ASGI (the policy never changes)."""
+        headers = [self._policy_header,
+                   (b"ratelimit", f'"{self._names[i]}";r={remaining};t={max(0, math.ceil(reset_in))}'.encode())]
+        if call.response_headers is None:
+            call.response_headers = headers
+        else:
+            call.response_headers.extend(headers)
 
     def _headers(self, i: int, remaining: int, reset: float) -> list[tuple[str, str]]:
         return [("RateLimit-Policy", self._policy),
@@ -230,11 +258,11 @@ class QuotaPlugin:
             stats = await self.limiter.get_window_stats(item, *ids)
             if stats.remaining < best_rem:
                 best_i, best_rem, best_reset = i, stats.remaining, stats.reset_time - now
-        headers = self._headers(best_i, int(best_rem), best_reset)
-        if call.response_headers is None:
-            call.response_headers = headers
-        else:
-            call.response_headers.extend(headers)
+        self._attach(call, best_i, int(best_rem), best_reset)
 
     async def after(self, call: Call, outcome: Outcome) -> None:
         return None
+
+
+def _no_after(call: Call, outcome: Outcome) -> None:
+    return None

@@ -39,6 +39,7 @@ from service.kafka.embedded import EmbeddedBroker
 from service.kafka.producer import BatchProducer
 from service.kafka.topics import ensure_topics
 from service.metrics import PipelineMetrics
+from service.runtime.gc_tuning import tune_gc_for_serving
 from service.runtime.http_server import HttpServer
 from service.storage import Repository, create_database
 from service.storage.repository import OffsetConflict
@@ -175,6 +176,7 @@ class MeterdProcess:
             servers_stop.append(("admin http", admin.stop))
         # Servers stop first (reverse of list order below), then producer, consumer, db, broker.
         self._stops.extend(servers_stop)
+        tune_gc_for_serving()  # start-up allocations are done: see gc_tuning for why and what it buys
 
     def _admin_check(self) -> Callable[[Request], bool]:
         expected = self.admin_token.encode()

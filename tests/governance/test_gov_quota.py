@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
+from governance.asgi import encode_headers
 from governance.core import Call, Rejection
 from governance.plugins import PluginContext
 from governance.plugins.quota import QuotaPlugin, QuotaSettings
@@ -18,14 +19,19 @@ def call(key: str | None = "alice", route: str = "/v1/traffic") -> Call:
     return Call("http", route, "POST", key, 0.0)
 
 
+def reply_headers(c: Call) -> dict[str, str]:
+    """The call's response headers as the ASGI adapter will send them, decoded."""
+    return {k.decode(): v.decode() for k, v in encode_headers(c.response_headers or [])}
+
+
 async def test_limit_per_client_key_with_headers() -> None:
     q = plugin(limit="3/minute;100/hour")
     for expected_remaining in (2, 1, 0):
         c = call()
         await q.before(c)
-        headers = dict(c.response_headers or [])
-        assert headers["RateLimit-Policy"] == '"3-per-minute";q=3;w=60, "100-per-hour";q=100;w=3600'
-        assert headers["RateLimit"].startswith(f'"3-per-minute";r={expected_remaining};t=')
+        headers = reply_headers(c)
+        assert headers["ratelimit-policy"] == '"3-per-minute";q=3;w=60, "100-per-hour";q=100;w=3600'
+        assert headers["ratelimit"].startswith(f'"3-per-minute";r={expected_remaining};t=')
     with pytest.raises(Rejection) as info:
         await q.before(call())
     rej = info.value
