@@ -157,6 +157,11 @@ def create_app() -> Any:
         return PlainTextResponse("ok")
 
     app: Any = Starlette(routes=[Route("/cpu", cpu), Route("/io", io)])
+    # Every arm runs with the GC settings meterd applies once serving (fewer, shorter collection
+    # pauses for all three alike).
+    from service.runtime.gc_tuning import tune_gc_for_serving
+
+    tune_gc_for_serving()
     arm = os.environ.get("OVERLOAD_ARM", "none")
     if arm == "kratos-bbr":
         return KratosBBR(app)
@@ -335,7 +340,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         client = Client("127.0.0.1", port, args.timeout)
         try:
             await client.closed_loop(f"/{route}", 16, 1.0)
-            cap = await client.closed_loop(f"/{route}", 16, 3.0)
+            # Other tenants of a shared machine only ever slow a run down, so the best of three short
+            # runs is the capacity estimate (a low one would flatter every goodput ratio below).
+            cap = max([await client.closed_loop(f"/{route}", 16, 2.0) for _ in range(3)])
             client.close()
             res = await client.open_loop(f"/{route}", 0.2 * cap, 3.0)
         finally:

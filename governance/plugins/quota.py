@@ -120,6 +120,7 @@ class QuotaPlugin:
         self._keys: dict[tuple[str, ...], list[str]] = {}  # identifiers -> storage key per limit
         self._specs = [(item, item.get_expiry(), item.amount) for item in self.items]
         self._policy_header = (b"ratelimit-policy", self._policy.encode())
+        self._ratelimit_prefix = [f'"{name}";r='.encode() for name in self._names]
         if self._local is not None:
             # In-process counters never wait, so the chain may call these without a coroutine.
             self.before_sync = self._local_before
@@ -199,6 +200,13 @@ class QuotaPlugin:
     def _local_before(self, call: Call) -> None:
         """Fixed window on in-process counters (memory://): no await anywhere."""
         keys, now, incr = self._storage_keys(self._identifiers(call)), time.time(), self._local.incr  # type: ignore[union-attr]
+        if len(keys) == 1:  # the common single-limit case, without the bookkeeping loop
+            _, expiry, amount = self._specs[0]
+            count, reset = incr(keys[0], expiry, now)
+            self._refuse_if_over(0, amount - count, reset - now)
+            if self.settings.headers:
+                self._attach(call, 0, amount - count, reset - now)
+            return
         best_i, best_rem, best_reset = 0, math.inf, 0.0
         for i, (_, expiry, amount) in enumerate(self._specs):
             count, reset = incr(keys[i], expiry, now)
@@ -238,8 +246,8 @@ class QuotaPlugin:
 
     def _attach(self, call: Call, i: int, remaining: int, reset_in: float) -> None:
         """RateLimit fields for the reply, pre-encoded for ASGI (the policy never changes)."""
-        headers = [self._policy_header,
-                   (b"ratelimit", f'"{self._names[i]}";r={remaining};t={max(0, math.ceil(reset_in))}'.encode())]
+        value = self._ratelimit_prefix[i] + b"%d;t=%d" % (remaining, max(0, math.ceil(reset_in)))
+        headers = [self._policy_header, (b"ratelimit", value)]
         if call.response_headers is None:
             call.response_headers = headers
         else:
