@@ -1,0 +1,71 @@
+"""The chain's coroutine-free path for plans whose plugins are all synchronous."""
+
+from __future__ import annotations
+
+import pytest
+
+from governance.core import REJECTED, SUCCESS, Call, Chain, Outcome, Rejection
+
+
+class Recorder:
+    def __init__(self, name: str, log: list[str], reject: bool = False, fail_after: bool = False) -> None:
+        self.name, self.log, self.reject, self.fail_after = name, log, reject, fail_after
+
+    def before_sync(self, call: Call) -> None:
+        self.log.append(f"before {self.name}")
+        if self.reject:
+            raise Rejection(self.name, "no", "overloaded")
+
+    def after_sync(self, call: Call, outcome: Outcome) -> None:
+        self.log.append(f"after {self.name} {outcome.kind}")
+        if self.fail_after:
+            raise RuntimeError(self.name)
+
+    async def before(self, call: Call) -> None:
+        self.before_sync(call)
+
+    async def after(self, call: Call, outcome: Outcome) -> None:
+        self.after_sync(call, outcome)
+
+
+class AsyncOnly:
+    name = "async"
+
+    async def before(self, call: Call) -> None:
+        return None
+
+    async def after(self, call: Call, outcome: Outcome) -> None:
+        return None
+
+
+def call() -> Call:
+    return Call("http", "/r", "GET", None, 0.0)
+
+
+def test_a_plan_is_sync_only_when_every_plugin_is() -> None:
+    log: list[str] = []
+    assert Chain([Recorder("a", log), Recorder("b", log)]).plan("http", "GET", "/r").sync
+    assert not Chain([Recorder("a", log), AsyncOnly()]).plan("http", "GET", "/r").sync
+
+
+def test_rejection_unwinds_only_the_plugins_already_admitted() -> None:
+    log: list[str] = []
+    rejected: list[str] = []
+    chain = Chain([Recorder("a", log), Recorder("b", log, reject=True), Recorder("c", log)],
+                  on_reject=lambda c, rej: rejected.append(rej.plugin))
+    plan = chain.plan("http", "GET", "/r")
+    with pytest.raises(Rejection):
+        chain.admit_sync(call(), plan)
+    assert log == ["before a", "before b", f"after a {REJECTED}"]
+    assert rejected == ["b"]
+
+
+def test_a_failing_after_does_not_skip_the_others_and_is_raised() -> None:
+    log: list[str] = []
+    chain = Chain([Recorder("a", log), Recorder("b", log, fail_after=True), Recorder("c", log)])
+    plan = chain.plan("http", "GET", "/r")
+    c = call()
+    chain.admit_sync(c, plan)
+    with pytest.raises(RuntimeError, match="b"):
+        chain.release_sync(c, plan, Outcome(SUCCESS, 200, 0.01))
+    assert log[3:] == [f"after c {SUCCESS}", f"after b {SUCCESS}", f"after a {SUCCESS}"]
