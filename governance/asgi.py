@@ -19,7 +19,6 @@ from governance.core import (
     Call,
     Chain,
     Outcome,
-    Plan,
     Rejection,
     rejection_status,
 )
@@ -86,8 +85,6 @@ class GovernanceMiddleware:
         self.chain = chain
         self.client_key = client_key
         self.route_resolver = route_resolver or _default_resolver(app)
-        # route -> method -> plan; nested so the per-request lookup builds no key tuple.
-        self._plans: dict[str, dict[str, Plan]] = {}
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -97,10 +94,7 @@ class GovernanceMiddleware:
         route = self.route_resolver(scope)
         method = scope["method"]
         chain = self.chain
-        by_method = self._plans.get(route)
-        plan = by_method.get(method) if by_method is not None else None
-        if plan is None:
-            plan = self._plans.setdefault(route, {})[method] = chain.plan("http", method, route)
+        plan = chain.plan("http", method, route)
         call = Call("http", route, method, self.client_key(scope) if self.client_key else None, start)
         call.attributes["carrier"] = scope["headers"]
         sync = plan.sync

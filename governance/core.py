@@ -162,16 +162,26 @@ class Chain:
         self.plugins: tuple[Plugin, ...] = tuple(plugins)
         # resolver(transport, method, route) -> tuple[Plugin, ...]; default: every plugin everywhere.
         self._resolver = resolver
-        self._plans: dict[tuple[str, str, str], Plan] = {}
+        # (transport, route) -> method -> plan; nested so the per-call lookup builds no key tuple.
+        self._plans: dict[str, dict[str, dict[str, Plan]]] = {"http": {}, "grpc": {}}
         self._on_reject = on_reject
 
     def plan(self, transport: str, method: str, route: str) -> Plan:
-        key = (transport, method, route)
-        plan = self._plans.get(key)
+        by_route = self._plans.get(transport)
+        by_method = by_route.get(route) if by_route is not None else None
+        plan = by_method.get(method) if by_method is not None else None
         if plan is None:
             plugins = self.plugins if self._resolver is None else tuple(self._resolver(transport, method, route))
-            plan = self._plans[key] = Plan(plugins)
+            plan = self._plans.setdefault(transport, {}).setdefault(route, {})[method] = Plan(plugins)
         return plan
+
+    def _unwind_outcome(self, call: Call, exc: BaseException) -> Outcome:
+        """How a call refused (or broken) in `before` ends for the plugins already admitted."""
+        if isinstance(exc, Rejection):
+            if self._on_reject is not None:
+                self._on_reject(call, exc)
+            return Outcome(REJECTED, rejection_status(call.transport, exc), time.perf_counter() - call.start)
+        return Outcome(FAILURE, "UNKNOWN", time.perf_counter() - call.start)
 
     async def admit(self, call: Call, plan: Plan) -> None:
         """Run every `before`; on a rejection, unwind the plugins already admitted, then re-raise.
@@ -187,14 +197,8 @@ class Chain:
                 else:
                     fn(call)
                 done += 1
-        except Rejection as rej:
-            if self._on_reject is not None:
-                self._on_reject(call, rej)
-            outcome = Outcome(REJECTED, rejection_status(call.transport, rej), time.perf_counter() - call.start)
-            await self.release(call, plan, outcome, done)
-            raise
-        except BaseException:
-            await self.release(call, plan, Outcome(FAILURE, "UNKNOWN", time.perf_counter() - call.start), done)
+        except BaseException as exc:
+            await self.release(call, plan, self._unwind_outcome(call, exc), done)
             raise
 
     async def release(self, call: Call, plan: Plan, outcome: Outcome, admitted: int | None = None) -> None:
@@ -222,14 +226,8 @@ class Chain:
             for fn in plan.sync_befores:
                 fn(call)
                 done += 1
-        except Rejection as rej:
-            if self._on_reject is not None:
-                self._on_reject(call, rej)
-            outcome = Outcome(REJECTED, rejection_status(call.transport, rej), time.perf_counter() - call.start)
-            self.release_sync(call, plan, outcome, done)
-            raise
-        except BaseException:
-            self.release_sync(call, plan, Outcome(FAILURE, "UNKNOWN", time.perf_counter() - call.start), done)
+        except BaseException as exc:
+            self.release_sync(call, plan, self._unwind_outcome(call, exc), done)
             raise
 
     def release_sync(self, call: Call, plan: Plan, outcome: Outcome, admitted: int | None = None) -> None:

@@ -52,7 +52,6 @@ class AdaptiveSettings(BaseModel):
     cooloff: float = Field(1.0, ge=0, description="seconds shedding stays armed after the last drop")
     latency_tolerance: float = Field(2.0, gt=1, description="short-window latency / min_rt that means queueing")
     lag_floor: float = Field(0.005, ge=0, description="queueing below this is timer/GC noise, never overload")
-    queue_factor: float = Field(1.0, ge=1, description="queueing delay above this x min_rt is late (the target)")
     queue_interval: float = Field(0.5, gt=0, description="sojourn must stay above target this long to start shedding")
     batch_gap: float = Field(0.0005, ge=0, description="an idle gap longer than this means a batch did not queue")
     tick: float = Field(0.05, gt=0, description="signal sampling period, seconds")
@@ -146,7 +145,7 @@ class AdaptiveLimiter:
         self.lag += (lag - self.lag) * (1.0 - math.exp(-dt / s.lag_tau))
         self._advance(now)
 
-        self.queue_target = max(s.queue_factor * self.min_rt, s.lag_floor)
+        self.queue_target = max(self.min_rt, s.lag_floor)
         queueing = self.lag > self.queue_target
         latency_up = self.min_rt > 0 and self.short_rt > s.latency_tolerance * self.min_rt
         self.conc_armed = queueing or latency_up or self.cpu >= s.cpu_threshold

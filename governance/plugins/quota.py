@@ -200,13 +200,6 @@ class QuotaPlugin:
     def _local_before(self, call: Call) -> None:
         """Fixed window on in-process counters (memory://): no await anywhere."""
         keys, now, incr = self._storage_keys(self._identifiers(call)), time.time(), self._local.incr  # type: ignore[union-attr]
-        if len(keys) == 1:  # the common single-limit case, without the bookkeeping loop
-            _, expiry, amount = self._specs[0]
-            count, reset = incr(keys[0], expiry, now)
-            self._refuse_if_over(0, amount - count, reset - now)
-            if self.settings.headers:
-                self._attach(call, 0, amount - count, reset - now)
-            return
         best_i, best_rem, best_reset = 0, math.inf, 0.0
         for i, (_, expiry, amount) in enumerate(self._specs):
             count, reset = incr(keys[i], expiry, now)

@@ -12,7 +12,6 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -29,9 +28,6 @@ SERVER_SCOPE = "governance.server"
 _CONTEXT_KEYS = frozenset({b"traceparent", b"tracestate", b"baggage", "traceparent", "tracestate", "baggage"})
 _SPAN = "otel.span"
 _TOKEN = "otel.token"
-# The context key the API stores the current span under, found through the public API (the constant
-# itself is private), so a fresh one-entry context can be built without copying an empty one.
-_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
 
 
 class TracingPluginSettings(TracingSettings):
@@ -150,15 +146,9 @@ class TracingPlugin:
                     parent = propagate.extract(carrier, getter=PAIRS_GETTER)
                     break
         fast = self._fast
-        attrs = call.attributes
         # An empty current context (the norm: each request runs in a fresh task) has no span in it.
-        if fast is not None and parent is None and not otel_context.get_current():
-            span = fast.root_span(self._tracer, self._span_name(call))
-            if not span.is_recording():  # the ~90%: nothing to annotate, a one-entry context
-                attrs[_SPAN] = span
-                attrs[_TOKEN] = otel_context.attach(Context({_SPAN_KEY: span}))
-                return
-        elif fast is not None and parent is None and not trace.get_current_span().get_span_context().is_valid:
+        if fast is not None and parent is None and (
+                not otel_context.get_current() or not trace.get_current_span().get_span_context().is_valid):
             span = fast.root_span(self._tracer, self._span_name(call))
         else:
             span = self._tracer.start_span(self._span_name(call), context=parent, kind=SpanKind.SERVER)
@@ -171,6 +161,7 @@ class TracingPlugin:
                 span.set_attribute("rpc.system", "grpc")
                 span.set_attribute("rpc.service", service)
                 span.set_attribute("rpc.method", method)
+        attrs = call.attributes
         attrs[_SPAN] = span
         attrs[_TOKEN] = otel_context.attach(trace.set_span_in_context(span, parent))
 
