@@ -160,10 +160,9 @@ class QuotaPlugin:
         if self._local is not None:
             self._local_before(call)
             return
-        ids = self._identifiers(call)
         if self._fixed:
             try:
-                await self._fixed_window(call, ids)
+                await self._fixed_window(call)
             except Rejection:
                 raise
             except Exception as exc:  # noqa: BLE001 - any storage error (connection, timeout, script)
@@ -171,7 +170,7 @@ class QuotaPlugin:
                 if not self.settings.fail_open:
                     raise Rejection("quota", "storage_unavailable", "unavailable", 1.0) from exc
             return
-        limiter = self.limiter
+        limiter, ids = self.limiter, self._identifiers(call)
         assert limiter is not None
         try:
             for i, item in enumerate(self.items):
@@ -189,32 +188,39 @@ class QuotaPlugin:
             if not self.settings.fail_open:
                 raise Rejection("quota", "storage_unavailable", "unavailable", 1.0) from exc
 
-    def _storage_keys(self, ids: tuple[str, ...]) -> list[str]:
-        keys = self._keys.get(ids)
+    def _storage_keys(self, call: Call) -> list[str]:
+        """The storage key of each limit for this call, cached by the call's bucket (a client key or
+        route string for the common `per` modes, so the lookup hashes nothing new)."""
+        per = self.settings.per
+        bucket: Any = call.client_key or self.settings.anonymous_key if per == "client" else \
+            call.route if per == "route" else self._identifiers(call)
+        keys = self._keys.get(bucket)
         if keys is None:
             if len(self._keys) > 10_000:
                 self._keys.clear()
-            keys = self._keys[ids] = [item.key_for(*ids) for item in self.items]
+            ids = self._identifiers(call)
+            keys = self._keys[bucket] = [item.key_for(*ids) for item in self.items]
         return keys
 
     def _local_before(self, call: Call) -> None:
         """Fixed window on in-process counters (memory://): no await anywhere."""
-        keys, now, incr = self._storage_keys(self._identifiers(call)), time.time(), self._local.incr  # type: ignore[union-attr]
+        keys, now, incr = self._storage_keys(call), time.time(), self._local.incr  # type: ignore[union-attr]
         best_i, best_rem, best_reset = 0, math.inf, 0.0
         for i, (_, expiry, amount) in enumerate(self._specs):
             count, reset = incr(keys[i], expiry, now)
             remaining = amount - count
             if remaining < best_rem:
-                self._refuse_if_over(i, remaining, reset - now)
+                if remaining < 0:
+                    self._refuse(i, reset - now)
                 best_i, best_rem, best_reset = i, remaining, reset - now
         if self.settings.headers:
             self._attach(call, best_i, int(best_rem), best_reset)
 
-    async def _fixed_window(self, call: Call, ids: tuple[str, ...]) -> None:
+    async def _fixed_window(self, call: Call) -> None:
         """Fixed window straight on a shared storage: one INCR per limit gives both the decision and
         the remaining count (what FixedWindowRateLimiter.hit + get_window_stats would take two calls for)."""
         storage, resets, now = self.storage, self._resets, time.time()
-        keys = self._storage_keys(ids)
+        keys = self._storage_keys(call)
         best_i, best_rem, best_reset = 0, math.inf, 0.0
         for i, (_, expiry, amount) in enumerate(self._specs):
             key = keys[i]
@@ -227,15 +233,15 @@ class QuotaPlugin:
                 resets[key] = reset
             remaining = amount - count
             if remaining < best_rem:
-                self._refuse_if_over(i, remaining, reset - now)
+                if remaining < 0:
+                    self._refuse(i, reset - now)
                 best_i, best_rem, best_reset = i, remaining, reset - now
         if self.settings.headers:
             self._attach(call, best_i, int(best_rem), best_reset)
 
-    def _refuse_if_over(self, i: int, remaining: int, reset_in: float) -> None:
-        if remaining < 0:
-            headers = self._headers(i, 0, reset_in) if self.settings.headers else None
-            raise Rejection("quota", "limit_exceeded", "rate_limited", max(1.0, math.ceil(reset_in)), headers)
+    def _refuse(self, i: int, reset_in: float) -> None:
+        headers = self._headers(i, 0, reset_in) if self.settings.headers else None
+        raise Rejection("quota", "limit_exceeded", "rate_limited", max(1.0, math.ceil(reset_in)), headers)
 
     def _attach(self, call: Call, i: int, remaining: int, reset_in: float) -> None:
         """RateLimit fields for the reply, pre-encoded for ASGI (the policy never changes)."""

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from pydantic import ConfigDict, Field
 
+from governance._light_span import LightRecorder
 from governance.core import FAILURE, Call, Outcome
 from governance.plugins import PluginContext
 from governance.tracing import PAIRS_GETTER, TracingSettings, setup_tracing
@@ -53,20 +54,54 @@ class _PresetIds(IdGenerator):
         return self.inner.is_trace_id_random()
 
 
+class _UnsampledRoot(NonRecordingSpan):
+    """A dropped root span whose ids are drawn only if someone asks for its context.
+
+    Most dropped requests never propagate their context (nothing downstream reads it), so drawing
+    the ids and building the SpanContext up front is wasted. The low 64 bits of the trace id were
+    already drawn by the sampling decision (and are >= the ratio bound, i.e. "not sampled" under
+    TraceIdRatioBased); only the high half and the span id are drawn here.
+    """
+
+    def __init__(self, low: int, flags: TraceFlags) -> None:  # no super(): _context is filled lazily
+        self._low, self._flags = low, flags
+        self._context: SpanContext | None = None
+
+    def get_span_context(self) -> SpanContext:
+        ctx = self._context
+        if ctx is None:
+            trace_id = getrandbits(64) << 64 | self._low
+            while not trace_id:
+                trace_id = getrandbits(64) << 64 | self._low
+            span_id = getrandbits(64)
+            while not span_id:
+                span_id = getrandbits(64)
+            ctx = self._context = SpanContext(trace_id, span_id, False, self._flags)
+        return ctx
+
+    def __repr__(self) -> str:
+        return f"NonRecordingSpan({self.get_span_context()!r})"
+
+
 class _FastRoots:
     """Cheap unsampled root spans under ParentBased(TraceIdRatioBased(r)), the setup_tracing default.
 
-    The SDK spends most of a dropped span's cost on sampler plumbing. Here the trace id is drawn
-    first and tested exactly as TraceIdRatioBased tests it: a dropped id becomes a NonRecordingSpan
-    directly (same ids, flags and propagation as the SDK's); a sampled id is handed to the SDK through
-    the tracer's id generator, so sampled spans are the SDK's own, at the configured ratio.
+    The SDK spends most of a dropped span's cost on sampler plumbing and ids nobody reads.
+    TraceIdRatioBased samples a trace exactly when its id's low 64 bits are below `bound`, so the
+    decision is made here on those 64 bits alone (same probability, same ids as the SDK would
+    accept): a dropped call gets an `_UnsampledRoot`; a sampled one gets a trace id made of a random
+    high half and the drawn low half, so any downstream TraceIdRatioBased sampler with the same
+    ratio agrees with the decision. The sampled span is a `LightSpan` when the provider's processors
+    allow it (governance/_light_span.py), else the SDK's own span, started with that trace id
+    through the tracer's id generator.
     """
 
-    __slots__ = ("bound", "ids", "flags")
+    __slots__ = ("bound", "ids", "flags", "sampled_flags", "light")
 
-    def __init__(self, bound: int, ids: _PresetIds) -> None:
-        self.bound, self.ids = bound, ids
+    def __init__(self, bound: int, ids: _PresetIds, light: LightRecorder | None) -> None:
+        self.bound, self.ids, self.light = bound, ids, light
         self.flags = TraceFlags(TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else TraceFlags.DEFAULT)
+        self.sampled_flags = TraceFlags(self.flags | TraceFlags.SAMPLED)
 
     @classmethod
     def for_tracer(cls, tracer: Any) -> _FastRoots | None:
@@ -78,19 +113,23 @@ class _FastRoots:
             return None
         preset = _PresetIds(ids)
         tracer.id_generator = preset
-        return cls(root.bound, preset)
+        return cls(root.bound, preset, LightRecorder.for_tracer(tracer))
 
-    def root_span(self, tracer: Any, name: str) -> Any:
-        trace_id = getrandbits(128)
+    def root_span(self, tracer: Any, name: str, attributes: dict[str, Any]) -> Any:
+        low = getrandbits(64)
+        if low >= self.bound:
+            return _UnsampledRoot(low, self.flags)
+        trace_id = getrandbits(64) << 64 | low
         while not trace_id:
-            trace_id = getrandbits(128)
-        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self.bound:
-            self.ids.preset = trace_id
-            return tracer.start_span(name, kind=SpanKind.SERVER)
-        span_id = getrandbits(64)
-        while not span_id:
+            trace_id = getrandbits(64) << 64 | low
+        light = self.light
+        if light is not None and light.usable():  # processors that only look at ended spans
             span_id = getrandbits(64)
-        return NonRecordingSpan(SpanContext(trace_id, span_id, False, self.flags))
+            while not span_id:
+                span_id = getrandbits(64)
+            return light.start(name, SpanContext(trace_id, span_id, False, self.sampled_flags), attributes)
+        self.ids.preset = trace_id
+        return tracer.start_span(name, kind=SpanKind.SERVER, attributes=attributes)
 
 
 def _grpc_code_value(name: str) -> int:
@@ -112,7 +151,7 @@ class TracingPlugin:
         if s.setup:
             provider = self._own_provider = setup_tracing(s, service_name=ctx.service_name)
         self._tracer = trace.get_tracer(SERVER_SCOPE, tracer_provider=provider)
-        self._names: dict[tuple[str, str, str], str] = {}
+        self._shapes: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
         self._fast = _FastRoots.for_tracer(self._tracer)
 
     @classmethod
@@ -122,13 +161,20 @@ class TracingPlugin:
     def derive(self, overrides: dict[str, Any], label: str) -> TracingPlugin:
         raise ValueError("tracing has no per-route settings; use {'enabled': false} to skip a route")
 
-    def _span_name(self, call: Call) -> str:
+    def _span_shape(self, call: Call) -> tuple[str, dict[str, Any]]:
+        """Span name and start attributes of a (transport, method, route), built once. The SDK copies
+        the attributes into each span, so the cached dict is never shared with one."""
         key = (call.transport, call.method, call.route)
-        name = self._names.get(key)
-        if name is None:
-            name = f"{call.method} {call.route}" if call.transport == "http" else call.route.lstrip("/")
-            self._names[key] = name
-        return name
+        shape = self._shapes.get(key)
+        if shape is None:
+            if call.transport == "http":
+                shape = (f"{call.method} {call.route}",
+                         {"http.request.method": call.method, "http.route": call.route})
+            else:
+                service, _, method = call.route.lstrip("/").partition("/")
+                shape = (call.route.lstrip("/"), {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
+            self._shapes[key] = shape
+        return shape
 
     async def before(self, call: Call) -> None:
         self.before_sync(call)
@@ -145,25 +191,18 @@ class TracingPlugin:
                 if k in _CONTEXT_KEYS:
                     parent = propagate.extract(carrier, getter=PAIRS_GETTER)
                     break
+        name, attributes = self._span_shape(call)
         fast = self._fast
+        current = otel_context.get_current()
         # An empty current context (the norm: each request runs in a fresh task) has no span in it.
         if fast is not None and parent is None and (
-                not otel_context.get_current() or not trace.get_current_span().get_span_context().is_valid):
-            span = fast.root_span(self._tracer, self._span_name(call))
+                not current or not trace.get_current_span(current).get_span_context().is_valid):
+            span = fast.root_span(self._tracer, name, attributes)
         else:
-            span = self._tracer.start_span(self._span_name(call), context=parent, kind=SpanKind.SERVER)
-        if span.is_recording():
-            if call.transport == "http":
-                span.set_attribute("http.request.method", call.method)
-                span.set_attribute("http.route", call.route)
-            else:
-                service, _, method = call.route.lstrip("/").partition("/")
-                span.set_attribute("rpc.system", "grpc")
-                span.set_attribute("rpc.service", service)
-                span.set_attribute("rpc.method", method)
+            span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         attrs = call.attributes
         attrs[_SPAN] = span
-        attrs[_TOKEN] = otel_context.attach(trace.set_span_in_context(span, parent))
+        attrs[_TOKEN] = otel_context.attach(trace.set_span_in_context(span, parent if parent is not None else current))
 
     def after_sync(self, call: Call, outcome: Outcome) -> None:
         attrs = call.attributes

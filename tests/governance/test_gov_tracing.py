@@ -173,6 +173,9 @@ async def test_fast_unsampled_roots_keep_ratio_and_propagate_valid_context() -> 
     sampled = {tid for tid, is_sampled, _ in seen if is_sampled}
     assert exported == sampled  # every sampled root was exported by the SDK itself
     assert 0.40 < len(sampled) / len(seen) < 0.60  # ratio 0.5, 600 draws: ~5 sigma margin
+    bound = TraceIdRatioBased(0.5).bound
     for tid, is_sampled, traceparent in seen:
         assert tid != 0 and traceparent.split("-")[1] == format(tid, "032x")
+        # the decision is the SDK's: a TraceIdRatioBased(0.5) anywhere downstream agrees with it
+        assert (tid & TraceIdRatioBased.TRACE_ID_LIMIT < bound) == is_sampled
         assert bool(int(traceparent.split("-")[3], 16) & 1) == is_sampled
