@@ -28,6 +28,8 @@ SERVER_SCOPE = "governance.server"
 # Header names (ASGI bytes, gRPC str) that may carry a remote context for the W3C propagators.
 _CONTEXT_KEYS = frozenset({b"traceparent", b"tracestate", b"baggage", "traceparent", "tracestate", "baggage"})
 _SPAN = "otel.span"
+# The context key under which the API keeps the current span, learnt through the public API once.
+_CURRENT_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())))
 _TOKEN = "otel.token"
 
 
@@ -202,7 +204,11 @@ class TracingPlugin:
             span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         attrs = call.attributes
         attrs[_SPAN] = span
-        attrs[_TOKEN] = otel_context.attach(trace.set_span_in_context(span, parent if parent is not None else current))
+        if parent is None and not current:  # the usual fresh task: a one-entry context, no copying
+            ctx = otel_context.Context({_CURRENT_SPAN_KEY: span})
+        else:
+            ctx = trace.set_span_in_context(span, parent if parent is not None else current)
+        attrs[_TOKEN] = otel_context.attach(ctx)
 
     def after_sync(self, call: Call, outcome: Outcome) -> None:
         attrs = call.attributes
