@@ -118,3 +118,20 @@ def test_a_processor_that_watches_starts_gets_sdk_spans_even_when_added_later() 
     assert watcher.started == ["GET /r"]
     assert [s.name for s in exporter.get_finished_spans()] == ["GET /r", "GET /r"]
     assert all(s.attributes["http.response.status_code"] == 200 for s in exporter.get_finished_spans())
+
+
+def test_work_in_the_handler_nests_under_a_light_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(1.0)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    plugin = TracingPlugin(PluginContext(CollectorRegistry(), "t", tracer_provider=provider))
+    call = Call("http", "/r", "GET", None, 0.0)
+    call.attributes["carrier"] = []
+    plugin.before_sync(call)
+    assert isinstance(call.attributes["otel.span"], LightSpan)
+    with provider.get_tracer("app").start_as_current_span("db.query"):
+        pass
+    plugin.after_sync(call, Outcome(SUCCESS, 200, 0.001))
+    child, server = exporter.get_finished_spans()
+    assert child.parent is not None and child.parent.span_id == server.context.span_id
+    assert child.context.trace_id == server.context.trace_id and child.context.trace_flags.sampled
