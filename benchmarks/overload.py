@@ -14,7 +14,7 @@ middleware); /io waits on a downstream with --io-cap concurrent slots of --io-ms
 happens inside the handler, CPU stays low). Capacity is measured with a closed loop against a
 no-limiter server, once per route and again just before every run (this VM's speed drifts within
 minutes; each run's rate and goodput ratio use the capacity probed just before it); the unloaded p99
-is measured once per route at 0.2x.
+is measured on the same probe server, at 0.2x, before every run too.
 
 Results go to benchmarks/results/governance-overload.md.
 """
@@ -332,6 +332,7 @@ class Run:
     step_at: float
     seconds: float
     capacity: float  # probed just before this run
+    unloaded_p99: float  # measured on the same probe server, at 0.2x that capacity
     # /cpu only: 1 / the handler's mean service time during this run. On this VM the same handler
     # runs ~15 % slower under an open loop than under the closed-loop probe (the generator's own
     # CPU work shares the machine), so this is what the server could really do during the run.
@@ -377,15 +378,19 @@ class Run:
         return first_shed, good_from
 
 
-async def probe_capacity(route: str, args: argparse.Namespace, probes: int = 2) -> float:
-    """Closed-loop throughput of a no-limiter server on `route`. Other tenants of a shared machine
-    only ever slow a probe down, so the best of a few short probes is the estimate (a low one would
-    flatter every goodput ratio)."""
+async def probe(route: str, args: argparse.Namespace, probes: int = 2) -> tuple[float, float]:
+    """(capacity, unloaded p99) of a no-limiter server on `route`: capacity from closed-loop runs
+    (16 in flight; other tenants of a shared machine only ever slow a probe down, so the best of a
+    few short ones is the estimate: a low one would flatter every goodput ratio), then the p99 of 3 s
+    of open-loop load at 0.2x that capacity."""
     proc, port = start_server("none", args)
     client = Client("127.0.0.1", port, args.timeout)
     try:
         await client.closed_loop(f"/{route}", 16, 0.5)
-        return max([await client.closed_loop(f"/{route}", 16, 1.5) for _ in range(probes)])
+        cap = max([await client.closed_loop(f"/{route}", 16, 1.5) for _ in range(probes)])
+        client.close()
+        res = await client.open_loop(f"/{route}", 0.2 * cap, 3.0)
+        return cap, pct([r.latency for r in res if r.status == 200], 0.99)
     finally:
         client.close()
         stop_server(proc)
@@ -395,32 +400,22 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"capacity": {}, "unloaded_p99": {}, "runs": []}
     routes = args.routes.split(",")
     for route in routes:
-        cap = await probe_capacity(route, args, probes=3)
-        proc, port = start_server("none", args)
-        client = Client("127.0.0.1", port, args.timeout)
-        try:
-            await client.closed_loop(f"/{route}", 16, 1.0)
-            res = await client.open_loop(f"/{route}", 0.2 * cap, 3.0)
-        finally:
-            client.close()
-            stop_server(proc)
-        out["capacity"][route] = cap
-        out["unloaded_p99"][route] = pct([r.latency for r in res if r.status == 200], 0.99)
-        print(f"{route}: capacity {cap:.0f} req/s, unloaded p99 {out['unloaded_p99'][route] * 1e3:.1f} ms",
-              flush=True)
+        out["capacity"][route], out["unloaded_p99"][route] = await probe(route, args, probes=3)
+        print(f"{route}: capacity {out['capacity'][route]:.0f} req/s, unloaded p99 "
+              f"{out['unloaded_p99'][route] * 1e3:.1f} ms", flush=True)
     for route in routes:
         for arm in args.arms.split(","):
             for level in LEVELS:
                 # This VM's speed drifts by a third within minutes, so each run gets its own capacity,
                 # probed on a no-limiter server just before it: the level's rate and its goodput
                 # ratio then refer to what the machine could do at that time.
-                cap = await probe_capacity(route, args)
+                cap, p99u = await probe(route, args)
                 proc, port = start_server(arm, args)
                 client = Client("127.0.0.1", port, args.timeout)
                 try:
                     await client.open_loop(f"/{route}", 0.5 * cap, args.warm_seconds)
-                    step_at = time.perf_counter() + 0.05
                     before = await client.served()
+                    step_at = time.perf_counter() + 0.05  # open_loop starts sending 50 ms after its call
                     res = await client.open_loop(f"/{route}", level * cap, args.level_seconds)
                     after = await client.served()
                 finally:
@@ -429,9 +424,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 service = None
                 if before and after and after[1] > before[1]:
                     service = (after[0] - before[0]) / (after[1] - before[1])
-                run = Run(arm, route, level, level * cap, res, step_at, args.level_seconds, cap, service)
+                run = Run(arm, route, level, level * cap, res, step_at, args.level_seconds, cap, p99u, service)
                 out["runs"].append(run)
                 svc = run.service_share()
+                print(f"  (probe: capacity {cap:.0f} req/s, unloaded p99 {p99u * 1e3:.1f} ms)", flush=True)
                 print(f"  {route:3s} {arm:11s} {level:>3}x  capacity {cap:6.0f}  goodput {run.goodput() / cap:6.1%}"
                       f"{'' if svc is None else f' ({svc:6.1%} of service capacity)'}  "
                       f"admitted p99 {run.admitted_p99() * 1e3:8.1f} ms (after 2 s "
@@ -474,23 +470,22 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         lines += [f"## /{route}: capacity {cap:.0f} req/s at the start, unloaded p99 {p99u * 1e3:.1f} ms", "",
                   "| arm | load | capacity probed before the run (req/s) | goodput / that capacity "
                   "| service capacity in the run (req/s) | goodput / service capacity "
-                  "| admitted p99 (whole level) | admitted p99 after 2 s "
+                  "| unloaded p99 probed before the run | admitted p99 (whole level) | admitted p99 after 2 s "
                   "| p99 after 2 s / unloaded | shed | timeouts+errors | first shed | p99 settled |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for run in (r for r in data["runs"] if r.route == route):
-            first, settled = run.reaction(p99u)
+            first, settled = run.reaction(run.unloaded_p99)
             p99, steady = run.admitted_p99(), run.admitted_p99(after=2.0)
             lines.append(
                 f"| {run.arm} | {run.level}x | {run.capacity:.0f} | {run.share():.0%} | {_opt(run.service_capacity, '.0f')} | "
-                f"{_opt(run.service_share(), '.0%')} | {p99 * 1e3:.1f} ms | "
-                f"{steady * 1e3:.1f} ms | "
-                f"{steady / p99u:.1f}x | {run.shed()} | {run.failed()} | {fmt_s(first)} | {fmt_s(settled)} |")
+                f"{_opt(run.service_share(), '.0%')} | {run.unloaded_p99 * 1e3:.1f} ms | {p99 * 1e3:.1f} ms | "
+                f"{steady * 1e3:.1f} ms | {steady / run.unloaded_p99:.1f}x | {run.shed()} | {run.failed()} | "
+                f"{fmt_s(first)} | {fmt_s(settled)} |")
         lines.append("")
     lines += ["## Targets (issue 3)", "",
               "At >= 2x: goodput >= 90% of capacity, admitted p99 <= 2x unloaded p99, reacting within 2 s of the "
               "step; no false rejections at <= 0.8x.", ""]
     for route in data["capacity"]:
-        p99u = data["unloaded_p99"][route]
         for arm in args.arms.split(","):
             runs = [r for r in data["runs"] if r.route == route and r.arm == arm]
             high = [r for r in runs if r.level >= 2]
@@ -500,8 +495,8 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
             good_service = "" if None in service or not service else \
                 f" (vs service capacity in the run: {'met' if min(service) >= 0.9 else 'MISSED'}, " \
                 f"{' / '.join(f'{v:.0%}' for v in service)})"
-            lat = all(r.admitted_p99(after=2.0) <= 2 * p99u for r in high)
-            react = all((s := r.reaction(p99u)[1]) is not None and s <= 2.0 for r in high)
+            lat = all(r.admitted_p99(after=2.0) <= 2 * r.unloaded_p99 for r in high)
+            react = all((s := r.reaction(r.unloaded_p99)[1]) is not None and s <= 2.0 for r in high)
             false_rej = sum(r.shed() for r in low)
             lines.append(f"- /{route} {arm}: goodput {'met' if good else 'MISSED'}{good_service}, admitted p99 "
                          f"{'met' if lat else 'MISSED'}, reaction {'met' if react else 'MISSED'}, "
