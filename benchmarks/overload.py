@@ -428,7 +428,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 out["runs"].append(run)
                 svc = run.service_share()
                 print(f"  (probe: capacity {cap:.0f} req/s, unloaded p99 {p99u * 1e3:.1f} ms)", flush=True)
-                print(f"  {route:3s} {arm:11s} {level:>3}x  capacity {cap:6.0f}  goodput {run.goodput() / cap:6.1%}"
+                print(f"  {route:3s} {arm:11s} {level:>3}x  capacity {cap:6.0f}  goodput {run.share():6.1%}"
                       f"{'' if svc is None else f' ({svc:6.1%} of service capacity)'}  "
                       f"admitted p99 {run.admitted_p99() * 1e3:8.1f} ms (after 2 s "
                       f"{run.admitted_p99(after=2.0) * 1e3:6.1f} ms)  shed {run.shed():5d}  "

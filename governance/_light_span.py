@@ -43,13 +43,14 @@ _UNSET = Status(StatusCode.UNSET)
 class LightRecorder:
     """What a light span needs from the tracer, read once; `usable()` is the per-span gate."""
 
-    __slots__ = ("tracer", "multi", "resource", "scope", "limits", "metrics", "_procs", "_ok")
+    __slots__ = ("tracer", "multi", "resource", "scope", "limits", "metrics", "_is_enabled", "_procs", "_ok")
 
     def __init__(self, tracer: SdkTracer, multi: SynchronousMultiSpanProcessor, limits: SpanLimits) -> None:
         self.tracer, self.multi, self.limits = tracer, multi, limits
         self.resource = tracer.resource
         self.scope = tracer._instrumentation_scope  # noqa: SLF001 - read once, checked in for_tracer
         self.metrics = getattr(tracer, "_tracer_metrics", None)  # the SDK's own span counters, if any
+        self._is_enabled = getattr(tracer, "_is_enabled", None)  # reads the tracer's live config
         self._procs: Any = None
         self._ok = False
 
@@ -68,8 +69,7 @@ class LightRecorder:
         if procs is not self._procs:
             self._procs = procs
             self._ok = all(type(p) in _ON_END_ONLY for p in procs)
-        is_enabled = getattr(self.tracer, "_is_enabled", None)
-        return self._ok and (is_enabled is None or is_enabled())
+        return self._ok and (self._is_enabled is None or self._is_enabled())
 
     def start(self, name: str, context: SpanContext, attributes: Mapping[str, Any],
               kind: SpanKind = SpanKind.SERVER) -> LightSpan:
@@ -150,13 +150,16 @@ class LightSpan(trace_api.Span):
         for key, value in attributes.items():
             self.set_attribute(key, value)
 
+    def _frozen(self, max_count: int | None, attributes: Mapping[str, Any] | None) -> BoundedAttributes:
+        """An event's or link's attributes, cleaned and frozen at once as the SDK does."""
+        return BoundedAttributes(max_count, attributes, max_value_len=self._rec.limits.max_attribute_length,
+                                 immutable=True)
+
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None,
                   timestamp: int | None = None) -> None:
         if self._ended("add_event"):
             return
-        limits = self._rec.limits
-        event = Event(name, BoundedAttributes(limits.max_event_attributes, attributes,
-                                              max_value_len=limits.max_attribute_length, immutable=True), timestamp)
+        event = Event(name, self._frozen(self._rec.limits.max_event_attributes, attributes), timestamp)
         if self._events is None:
             self._events = []
         self._events.append(event)
@@ -164,9 +167,7 @@ class LightSpan(trace_api.Span):
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         if self._ended("add_link") or not (context and (context.is_valid or attributes or context.trace_state)):
             return
-        limits = self._rec.limits
-        link = Link(context, BoundedAttributes(limits.max_link_attributes, attributes,
-                                               max_value_len=limits.max_attribute_length, immutable=True))
+        link = Link(context, self._frozen(self._rec.limits.max_link_attributes, attributes))
         if self._links is None:
             self._links = []
         self._links.append(link)

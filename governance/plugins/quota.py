@@ -198,7 +198,7 @@ class QuotaPlugin:
         if keys is None:
             if len(self._keys) > 10_000:
                 self._keys.clear()
-            ids = self._identifiers(call)
+            ids = bucket if type(bucket) is tuple else self._identifiers(call)
             keys = self._keys[bucket] = [item.key_for(*ids) for item in self.items]
         return keys
 
