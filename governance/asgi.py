@@ -19,6 +19,7 @@ from governance.core import (
     Call,
     Chain,
     Outcome,
+    Plan,
     Rejection,
     rejection_status,
 )
@@ -28,6 +29,7 @@ from governance.problem import PROBLEM_TYPE, problem_body, rejection_body, retry
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 UNMATCHED = "<unmatched>"
+_NO_METHODS: dict[str, Any] = {}
 
 
 class StarletteRouteResolver:
@@ -85,18 +87,33 @@ class GovernanceMiddleware:
         self.chain = chain
         self.client_key = client_key
         self.route_resolver = route_resolver or _default_resolver(app)
+        # path -> method -> (route, plan) when the resolver is the path-cached Starlette one: one
+        # lookup per request instead of a resolver call plus a plan lookup. Same bound as its cache.
+        self._by_path: dict[str, dict[str, tuple[str, Plan]]] | None = \
+            {} if isinstance(self.route_resolver, StarletteRouteResolver) else None
+
+    def _route_plan(self, scope: Scope, method: str) -> tuple[str, Plan]:
+        route = self.route_resolver(scope)
+        found = route, self.chain.plan("http", method, route)
+        by_path = self._by_path
+        if by_path is not None:
+            if len(by_path) >= 4096:
+                by_path.clear()
+            by_path.setdefault(scope["path"], {})[method] = found
+        return found
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        route = self.route_resolver(scope)
         method = scope["method"]
+        by_path = self._by_path
+        found = by_path.get(scope["path"], _NO_METHODS).get(method) if by_path is not None else None
+        route, plan = found if found is not None else self._route_plan(scope, method)
         chain = self.chain
-        plan = chain.plan("http", method, route)
-        call = Call("http", route, method, self.client_key(scope) if self.client_key else None, start)
-        call.attributes["carrier"] = scope["headers"]
+        call = Call("http", route, method, self.client_key(scope) if self.client_key else None, start,
+                    {"carrier": scope["headers"]})
         sync = plan.sync
         try:
             if sync:
@@ -117,7 +134,7 @@ class GovernanceMiddleware:
                 status = message["status"]
                 extra = call.response_headers
                 if extra:
-                    message["headers"] = [*message.get("headers", ()), *encode_headers(extra)]
+                    message["headers"] = [*message.get("headers", ()), *extra]
             return send(message)
 
         try:

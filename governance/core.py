@@ -40,13 +40,21 @@ class Call:
     client_key: str | None
     start: float  # time.perf_counter() when the adapter first saw the request
     attributes: dict[str, Any] = field(default_factory=dict)
-    # Extra response headers a plugin wants on the reply (e.g. quota's RateLimit fields): (str, str)
-    # pairs, or (lowercase bytes, bytes) pairs already encoded for ASGI. None until someone sets it
-    # so the common case allocates nothing.
-    response_headers: list[tuple[Any, Any]] | None = None
+    # Extra response headers a plugin wants on the reply (e.g. quota's RateLimit fields), as ASGI
+    # sends them: (lowercase bytes, bytes) pairs, so the adapter appends them with no per-reply
+    # encoding (`add_response_header` encodes str pairs). None until someone sets it, so the common
+    # case allocates nothing.
+    response_headers: list[tuple[bytes, bytes]] | None = None
     # Message counts for streaming RPCs, maintained by the gRPC adapter.
     msgs_in: int = 0
     msgs_out: int = 0
+
+    def add_response_header(self, name: str, value: str) -> None:
+        pair = (name.lower().encode("latin-1"), value.encode("latin-1"))
+        if self.response_headers is None:
+            self.response_headers = [pair]
+        else:
+            self.response_headers.append(pair)
 
 
 @dataclass(slots=True)

@@ -120,7 +120,7 @@ class QuotaPlugin:
         self._keys: dict[tuple[str, ...], list[str]] = {}  # identifiers -> storage key per limit
         self._specs = [(item, item.get_expiry(), item.amount) for item in self.items]
         self._policy_header = (b"ratelimit-policy", self._policy.encode())
-        self._ratelimit_prefix = [f'"{name}";r=' for name in self._names]
+        self._ratelimit_prefix = [f'"{name}";r='.encode() for name in self._names]
         if self._local is not None:
             # In-process counters never wait, so the chain may call these without a coroutine.
             self.before_sync = self._local_before
@@ -245,7 +245,7 @@ class QuotaPlugin:
 
     def _attach(self, call: Call, i: int, remaining: int, reset_in: float) -> None:
         """RateLimit fields for the reply, pre-encoded for ASGI (the policy never changes)."""
-        value = f"{self._ratelimit_prefix[i]}{remaining};t={math.ceil(reset_in) if reset_in > 0 else 0}".encode()
+        value = b"%s%d;t=%d" % (self._ratelimit_prefix[i], remaining, math.ceil(reset_in) if reset_in > 0 else 0)
         headers = [self._policy_header, (b"ratelimit", value)]
         if call.response_headers is None:
             call.response_headers = headers

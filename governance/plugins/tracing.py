@@ -7,11 +7,14 @@ spans skip attribute work entirely.
 
 from __future__ import annotations
 
+import logging
+from contextvars import ContextVar
 from random import getrandbits
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -23,6 +26,7 @@ from governance.core import FAILURE, Call, Outcome
 from governance.plugins import PluginContext
 from governance.tracing import PAIRS_GETTER, TracingSettings, setup_tracing
 
+log = logging.getLogger(__name__)
 SERVER_SCOPE = "governance.server"
 
 # Header names (ASGI bytes, gRPC str) that may carry a remote context for the W3C propagators.
@@ -31,6 +35,19 @@ _SPAN = "otel.span"
 # The context key under which the API keeps the current span, learnt through the public API once.
 _CURRENT_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())))
 _TOKEN = "otel.token"
+
+
+def _runtime_context_var() -> ContextVar[Any] | None:
+    """The ContextVar behind the API's default runtime context, or None.
+
+    otel_context.attach/get_current/detach are two Python calls deep each, for what is one
+    ContextVar operation with the default (contextvars) runtime context: ~0.3 us per call here.
+    Only that exact runtime context is short-circuited; any other one (OTEL_PYTHON_CONTEXT set to
+    something else) goes through the public API.
+    """
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    return var if type(runtime) is ContextVarsRuntimeContext and isinstance(var, ContextVar) else None
 
 
 class TracingPluginSettings(TracingSettings):
@@ -117,10 +134,8 @@ class _FastRoots:
         tracer.id_generator = preset
         return cls(root.bound, preset, LightRecorder.for_tracer(tracer))
 
-    def root_span(self, tracer: Any, name: str, attributes: dict[str, Any]) -> Any:
-        low = getrandbits(64)
-        if low >= self.bound:
-            return _UnsampledRoot(low, self.flags)
+    def sampled_root(self, tracer: Any, low: int, name: str, attributes: dict[str, Any]) -> Any:
+        """The span of a root call whose draw `low` fell below the bound (see `TracingPlugin.before_sync`)."""
         trace_id = getrandbits(64) << 64 | low
         while not trace_id:
             trace_id = getrandbits(64) << 64 | low
@@ -155,6 +170,7 @@ class TracingPlugin:
         self._tracer = trace.get_tracer(SERVER_SCOPE, tracer_provider=provider)
         self._shapes: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
         self._fast = _FastRoots.for_tracer(self._tracer)
+        self._context_var = _runtime_context_var()
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], ctx: PluginContext) -> TracingPlugin:
@@ -185,7 +201,8 @@ class TracingPlugin:
         self.after_sync(call, outcome)
 
     def before_sync(self, call: Call) -> None:
-        carrier = call.attributes.get("carrier")
+        attrs = call.attributes
+        carrier = attrs.get("carrier")
         parent = None
         if carrier:
             # Most calls carry no context; skip the propagators' three header scans for them.
@@ -193,22 +210,25 @@ class TracingPlugin:
                 if k in _CONTEXT_KEYS:
                     parent = propagate.extract(carrier, getter=PAIRS_GETTER)
                     break
-        name, attributes = self._span_shape(call)
-        fast = self._fast
-        current = otel_context.get_current()
+        var, fast = self._context_var, self._fast
+        current = var.get() if var is not None else otel_context.get_current()
         # An empty current context (the norm: each request runs in a fresh task) has no span in it.
         if fast is not None and parent is None and (
                 not current or not trace.get_current_span(current).get_span_context().is_valid):
-            span = fast.root_span(self._tracer, name, attributes)
+            low = getrandbits(64)  # the trace id's low half, which TraceIdRatioBased decides on
+            if low >= fast.bound:  # dropped (most calls): no name, no attributes, ids drawn lazily
+                span: Any = _UnsampledRoot(low, fast.flags)
+            else:
+                span = fast.sampled_root(self._tracer, low, *self._span_shape(call))
         else:
+            name, attributes = self._span_shape(call)
             span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
-        attrs = call.attributes
-        attrs[_SPAN] = span
         if parent is None and not current:  # the usual fresh task: a one-entry context, no copying
             ctx = otel_context.Context({_CURRENT_SPAN_KEY: span})
         else:
             ctx = trace.set_span_in_context(span, parent if parent is not None else current)
-        attrs[_TOKEN] = otel_context.attach(ctx)
+        attrs[_SPAN] = span
+        attrs[_TOKEN] = var.set(ctx) if var is not None else otel_context.attach(ctx)
 
     def after_sync(self, call: Call, outcome: Outcome) -> None:
         attrs = call.attributes
@@ -216,16 +236,25 @@ class TracingPlugin:
         token = attrs.pop(_TOKEN, None)
         if span is None:
             return
-        if span.is_recording():
-            if call.transport == "http":
-                span.set_attribute("http.response.status_code", outcome.status)
-            else:
-                span.set_attribute("rpc.grpc.status_code", _grpc_code_value(str(outcome.status)))
-            if outcome.kind == FAILURE:
-                span.set_status(Status(StatusCode.ERROR))
-        span.end()
-        if token is not None:
+        if type(span) is not _UnsampledRoot:  # a dropped root has nothing to record or end
+            if span.is_recording():
+                if call.transport == "http":
+                    span.set_attribute("http.response.status_code", outcome.status)
+                else:
+                    span.set_attribute("rpc.grpc.status_code", _grpc_code_value(str(outcome.status)))
+                if outcome.kind == FAILURE:
+                    span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        if token is None:
+            return
+        var = self._context_var
+        if var is None:
             otel_context.detach(token)
+            return
+        try:
+            var.reset(token)
+        except Exception:  # noqa: BLE001 - what otel_context.detach does: log, never break the call
+            log.exception("Failed to detach context")
 
     async def aclose(self) -> None:
         if self._own_provider is not None:

@@ -10,6 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from governance import Governance
+from governance.asgi import GovernanceMiddleware
+from governance.core import Call, Chain, Outcome
 from tests.governance.gov_helpers import AppState, client_for, header_key, make_starlette
 
 DENY = "tests.governance.gov_plugins:DenyList"
@@ -184,3 +186,27 @@ async def test_breaker_opens_on_5xx_and_answers_503(registry: CollectorRegistry,
     assert registry.get_sample_value("governance_rejections_total",
                                      {"plugin": "breaker", "reason": "failure_ratio", "transport": "http"}) > 0
     assert healthy == 200  # other routes are unaffected
+
+
+async def test_plugin_response_headers_reach_the_reply() -> None:
+    """A plugin's str header goes through Call.add_response_header and arrives encoded, after the app's own."""
+
+    class Stamp:
+        name = "stamp"
+
+        async def before(self, call: Call) -> None:
+            call.add_response_header("X-Governed-By", "Stamp")
+
+        async def after(self, call: Call, outcome: Outcome) -> None:
+            return None
+
+    async def raw_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with client_for(GovernanceMiddleware(raw_app, Chain([Stamp()]), route_resolver=lambda s: "/s")) as http:
+        r = await http.get("/s")
+    assert r.status_code == 200
+    assert r.headers["x-app"] == "1"
+    assert r.headers["x-governed-by"] == "Stamp"
+    assert [k for k, _ in r.headers.raw][-1].lower() == b"x-governed-by"
