@@ -108,6 +108,7 @@ class BreakerPlugin:
         self._ratio = metric(ctx.registry, Gauge, "governance_breaker_drop_ratio",
                              "Probability the inbound SRE breaker rejects a call, per route.", ("route",))
         self._children: dict[str, Any] = {}
+        self._bound: dict[str, tuple[Any, Any]] = {}  # route -> hooks, for calls outside a Plan
         self._retry = max(1.0, self.settings.window / 2)
         self._min_requests = self.breaker.settings.min_requests
         self._k = self.breaker.settings.k
@@ -131,31 +132,47 @@ class BreakerPlugin:
     async def after(self, call: Call, outcome: Outcome) -> None:
         self.after_sync(call, outcome)
 
-    def before_sync(self, call: Call) -> None:
-        # Inlined SreBreaker.allow(): this runs on every call, so one window lookup, one clock read.
-        sre, route = self.breaker, call.route
-        w = sre.windows.get(route) or sre._window(route)
-        now = sre._clock()
-        if now - w.bstart >= w.blen:
-            w.advance(now)
-        req = w.total_req
-        if req < self._min_requests:
-            return
-        p = (req - self._k * w.total_acc) / (req + 1)
-        if p > 0.0:
-            self._gauge(route).set(p)
-            if sre._rng() < p:
-                w.record(False)
-                raise Rejection("breaker", "failure_ratio", "unavailable", self._retry)
-        elif route in self._children:
-            self._children[route].set(0.0)
+    def bind_sync(self, transport: str, method: str, route: str) -> tuple[Any, Any]:
+        """The route's hooks with its window captured: SreBreaker.allow()/record() inlined, because
+        they run on every call (one clock read each, no lookups)."""
+        sre, min_requests, k, retry = self.breaker, self._min_requests, self._k, self._retry
+        w = sre._window(route)
+        children = self._children
 
-    def after_sync(self, call: Call, outcome: Outcome) -> None:
-        kind = outcome.kind
-        if kind == SUCCESS or kind == FAILURE:
-            sre = self.breaker
-            w = sre.windows.get(call.route) or sre._window(call.route)
+        def before(call: Call) -> None:
             now = sre._clock()
             if now - w.bstart >= w.blen:
                 w.advance(now)
-            w.record(kind == SUCCESS)
+            req = w.total_req
+            if req < min_requests:
+                return
+            p = (req - k * w.total_acc) / (req + 1)
+            if p > 0.0:
+                self._gauge(route).set(p)
+                if sre._rng() < p:
+                    w.record(False)
+                    raise Rejection("breaker", "failure_ratio", "unavailable", retry)
+            elif route in children:
+                children[route].set(0.0)
+
+        def after(call: Call, outcome: Outcome) -> None:
+            kind = outcome.kind
+            if kind == SUCCESS or kind == FAILURE:
+                now = sre._clock()
+                if now - w.bstart >= w.blen:
+                    w.advance(now)
+                w.record(kind == SUCCESS)
+
+        return before, after
+
+    def _route_hooks(self, route: str) -> tuple[Any, Any]:
+        hooks = self._bound.get(route)
+        if hooks is None:
+            hooks = self._bound[route] = self.bind_sync("", "", route)
+        return hooks
+
+    def before_sync(self, call: Call) -> None:
+        self._route_hooks(call.route)[0](call)
+
+    def after_sync(self, call: Call, outcome: Outcome) -> None:
+        self._route_hooks(call.route)[1](call, outcome)

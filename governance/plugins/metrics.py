@@ -121,12 +121,32 @@ class MetricsPlugin:
 
     def _http_route(self, call: Call) -> _HttpRoute:
         by_method = self._http.get(call.route)
-        if by_method is None:
-            by_method = self._http[call.route] = {}
-        rec = by_method.get(call.method)
+        rec = by_method.get(call.method) if by_method is not None else None
+        return rec if rec is not None else self._new_http_route(call.method, call.route)
+
+    def _new_http_route(self, method: str, route: str) -> _HttpRoute:
+        by_method = self._http.setdefault(route, {})
+        rec = by_method.get(method)
         if rec is None:
-            rec = by_method[call.method] = _HttpRoute(self, call.method, call.route)
+            rec = by_method[method] = _HttpRoute(self, method, route)
         return rec
+
+    def bind_sync(self, transport: str, method: str, route: str) -> tuple[Any, Any] | None:
+        """HTTP hooks with the route's children captured, so a call looks nothing up but its status."""
+        if transport != "http" or not route:
+            return None
+        rec = self._new_http_route(method, route)
+        active, by_status, duration = rec.active, rec.by_status, rec.duration
+
+        def before(call: Call) -> None:
+            active.value += 1
+
+        def after(call: Call, outcome: Outcome) -> None:
+            active.value -= 1
+            child = by_status.get(outcome.status)
+            (child if child is not None else duration(outcome.status)).observe(outcome.duration)
+
+        return before, after
 
     def _grpc_method(self, call: Call) -> _GrpcMethod:
         by_type = self._grpc.get(call.route)
