@@ -219,24 +219,24 @@ class TracingPlugin:
             if low >= fast.bound:  # dropped (most calls): no name, no attributes, ids drawn lazily
                 span: Any = _UnsampledRoot(low, fast.flags)
             else:
-                span = fast.sampled_root(self._tracer, low, *self._span_shape(call))
+                span = attrs[_SPAN] = fast.sampled_root(self._tracer, low, *self._span_shape(call))
         else:
             name, attributes = self._span_shape(call)
-            span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+            span = attrs[_SPAN] = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER,
+                                                          attributes=attributes)
         if parent is None and not current:  # the usual fresh task: a one-entry context, no copying
             ctx = otel_context.Context({_CURRENT_SPAN_KEY: span})
         else:
             ctx = trace.set_span_in_context(span, parent if parent is not None else current)
-        attrs[_SPAN] = span
+        # Only a span to record or end is kept on the call (under _SPAN, set above); a dropped root
+        # lives on in the context alone.
         attrs[_TOKEN] = var.set(ctx) if var is not None else otel_context.attach(ctx)
 
     def after_sync(self, call: Call, outcome: Outcome) -> None:
         attrs = call.attributes
-        span = attrs.pop(_SPAN, None)
         token = attrs.pop(_TOKEN, None)
-        if span is None:
-            return
-        if type(span) is not _UnsampledRoot:  # a dropped root has nothing to record or end
+        span = attrs.pop(_SPAN, None)  # absent for a dropped root: nothing to record or end
+        if span is not None:
             if span.is_recording():
                 if call.transport == "http":
                     span.set_attribute("http.response.status_code", outcome.status)
