@@ -38,6 +38,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -135,13 +136,14 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
 
 
-def start_server(arm: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "BENCH_ARM": arm, "PYTHONPATH": str(ROOT)}
-    cmd = [*pin(0), sys.executable, "-m", "uvicorn", "benchmarks.middleware:create_app", "--factory",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning",
+def start_server(arm: str, port: int, wrapper: list[str] | None = None,
+                 ready_within: float = 30) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "BENCH_ARM": arm, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0"}
+    cmd = [*pin(0), *(wrapper or []), sys.executable, "-m", "uvicorn", "benchmarks.middleware:create_app",
+           "--factory", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning",
            "--no-access-log"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + ready_within
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{arm} server died: {proc.stderr.read().decode() if proc.stderr else ''}")
@@ -180,14 +182,43 @@ def run_wrk(port: int, seconds: float, connections: int) -> dict[str, float]:
            f"http://127.0.0.1:{port}/hello"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
+    return {"rps": rps, "requests": requests, "p50": p50, "p99": p99, "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
             "errors": 1.0 if errors else 0.0}
 
 
+
+def instructions_per_request(arm: str, seconds: float, connections: int) -> float:
+    """CPU instructions the server executes per request, counted by valgrind's callgrind.
+
+    Unlike req/s, the count does not move with what else the machine is doing, so it settles which
+    arm is cheaper, and by how much, when wall-clock rounds disagree. Counted over `seconds` of wrk
+    load after a warm-up (counters zeroed in between with callgrind_control), so start-up is left
+    out. Time-driven work (governance's 50 ms CPU sampler, the span exporter's thread) is spread
+    over the ~40x fewer requests a server serves under valgrind, which overstates governance's count
+    a little.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        port = free_port()
+        proc = start_server(arm, port, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
+                            ready_within=300)
+        try:
+            run_wrk(port, 5, connections)  # warm-up: the interpreter specialises its hot code first
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+            res = run_wrk(port, seconds, connections)
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        finally:
+            stop_server(proc)
+        dump = Path(f"{out}.1")  # the -d dump; the file without a suffix is the one written at exit
+        total = re.search(r"^(?:summary|totals):\s+(\d+)", dump.read_text(errors="replace"), re.M)
+        if total is None:
+            raise RuntimeError(f"no instruction total in {dump}")
+        return int(total.group(1)) / res["requests"]
 
 
 def versions() -> str:
@@ -211,9 +242,13 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--instructions", type=float, default=15.0, metavar="SECONDS",
+                    help="also count instructions per request under callgrind for this long per arm (0: skip)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian package 'wrk'), then re-run.")
+    if args.instructions and not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        raise SystemExit("valgrind is not installed: `apt-get install valgrind`, or pass --instructions 0.")
     arms = args.arms.split(",")
     runs: dict[str, list[dict[str, float]]] = {a: [] for a in arms}
     # All arms serve at once (idle ones cost nothing) and the load moves between them in short
@@ -234,13 +269,19 @@ def main() -> None:
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
-    report = render(runs, args)
+    instructions: dict[str, float] = {}
+    if args.instructions:
+        for arm in arms:
+            instructions[arm] = instructions_per_request(arm, args.instructions, 16)
+            print(f"instructions {arm:16s} {instructions[arm]:,.0f} per request", flush=True)
+    report = render(runs, args, instructions)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     print("\n" + report)
 
 
-def render(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> str:
+def render(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace,
+           instructions: dict[str, float] | None = None) -> str:
     mean = {a: {k: statistics.mean(r[k] for r in rs) for k in ("rps", "p50", "p99", "non2xx")}
             for a, rs in runs.items()}
     bare = mean.get("bare", {}).get("rps")
@@ -284,6 +325,15 @@ def render(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace) ->
             target = " (target >= 70%)" if arm == "governance-10%" else ""
             lines.append(f"- {arm} / bare: **{med:.0%}** (median of rounds: "
                          f"{', '.join(f'{r:.0%}' for r in per)}){target}")
+    if instructions:
+        base = instructions.get("bare")
+        lines += ["", f"Instructions per request (callgrind; {args.instructions:.0f} s of wrk -t1 -c16 per arm after "
+                  "a 5 s warm-up; the same code gives the same count whatever else the machine does; "
+                  "bare / arm is what the arm's throughput would be, relative to bare, if every instruction "
+                  "cost the same):", "",
+                  "| arm | instructions / request | bare / arm |", "|---|---:|---:|"]
+        for arm, count in instructions.items():
+            lines.append(f"| {arm} | {count:,.0f} | {base / count:.1%} |" if base else f"| {arm} | {count:,.0f} | - |")
     return "\n".join(lines) + "\n"
 
 
