@@ -67,16 +67,16 @@ class LocalFixedWindows:
     rest of the quota check. Shared storages (Redis, ...) always go through `limits`."""
 
     def __init__(self) -> None:
-        self.windows: dict[str, list[float]] = {}  # key -> [count, reset_at]
+        self.windows: dict[str, list[Any]] = {}  # key -> [count (int), reset_at (float)]
 
     def incr(self, key: str, expiry: float, now: float) -> tuple[int, float]:
         w = self.windows.get(key)
         if w is None or w[1] <= now:
             if len(self.windows) > 50_000:  # drop expired windows now and then, not per call
                 self.windows = {k: v for k, v in self.windows.items() if v[1] > now}
-            w = self.windows[key] = [0, now + expiry]
+            w = self.windows[key] = [0, now + expiry]  # count stays an int: it goes into headers
         w[0] += 1
-        return int(w[0]), w[1]
+        return w[0], w[1]
 
 
 def async_storage_uri(uri: str) -> str:
@@ -117,7 +117,7 @@ class QuotaPlugin:
         # key -> window reset time (epoch s). A fixed window's reset only changes when a new window
         # starts, so it is read from storage once per window, not once per call.
         self._resets: dict[str, float] = {}
-        self._keys: dict[tuple[str, ...], list[str]] = {}  # identifiers -> storage key per limit
+        self._keys: dict[Any, list[str]] = {}  # bucket (client key, route or identifiers) -> key per limit
         self._specs = [(item, item.get_expiry(), item.amount) for item in self.items]
         self._policy_header = (b"ratelimit-policy", self._policy.encode())
         self._ratelimit_prefix = [f'"{name}";r='.encode() for name in self._names]
@@ -208,9 +208,15 @@ class QuotaPlugin:
         reading it all off self)."""
         storage_keys, incr, specs, refuse = self._storage_keys, local.incr, self._specs, self._refuse
         headers, attach, clock = self.settings.headers, self._attach, time.time
+        # per="client" (the default): the key cache is hit with the client key itself.
+        by_client = self._keys if self.settings.per == "client" else None
+        anonymous = self.settings.anonymous_key
 
         def local_before(call: Call) -> None:
-            keys, now = storage_keys(call), clock()
+            keys = by_client.get(call.client_key or anonymous) if by_client is not None else None
+            if keys is None:
+                keys = storage_keys(call)
+            now = clock()
             best_i, best_rem, best_reset = 0, math.inf, 0.0
             i = 0
             for _, expiry, amount in specs:
