@@ -69,3 +69,37 @@ def test_a_failing_after_does_not_skip_the_others_and_is_raised() -> None:
     with pytest.raises(RuntimeError, match="b"):
         chain.release_sync(c, plan, Outcome(SUCCESS, 200, 0.01))
     assert log[3:] == [f"after c {SUCCESS}", f"after b {SUCCESS}", f"after a {SUCCESS}"]
+
+
+class RouteBound(Recorder):
+    """Offers hooks bound to one route, except for routes it does not specialise (None)."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__(name, log)
+        self.binds: list[tuple[str, str, str]] = []
+
+    def bind_sync(self, transport: str, method: str, route: str) -> tuple[object, object] | None:
+        self.binds.append((transport, method, route))
+        if route == "/plain":
+            return None
+        return (lambda c: self.log.append(f"bound before {route}"),
+                lambda c, o: self.log.append(f"bound after {route} {o.kind}"))
+
+
+def test_plans_use_route_bound_hooks_bound_once_per_plan() -> None:
+    log: list[str] = []
+    bound = RouteBound("b", log)
+    chain = Chain([Recorder("a", log), bound])
+    for _ in range(2):  # the second call reuses the cached plan: no second bind
+        plan = chain.plan("grpc", "unary", "/s.S/M")
+        c = call()
+        chain.admit_sync(c, plan)
+        chain.release_sync(c, plan, Outcome(SUCCESS, "OK", 0.01))
+    assert bound.binds == [("grpc", "unary", "/s.S/M")]
+    assert log[:4] == ["before a", "bound before /s.S/M", f"bound after /s.S/M {SUCCESS}", f"after a {SUCCESS}"]
+    log.clear()
+    plain = chain.plan("http", "GET", "/plain")  # bind_sync said None: the plugin's plain hooks
+    c = call()
+    chain.admit_sync(c, plain)
+    chain.release_sync(c, plain, Outcome(SUCCESS, 200, 0.01))
+    assert log == ["before a", "before b", f"after b {SUCCESS}", f"after a {SUCCESS}"]

@@ -179,3 +179,40 @@ async def test_fast_unsampled_roots_keep_ratio_and_propagate_valid_context() -> 
         # the decision is the SDK's: a TraceIdRatioBased(0.5) anywhere downstream agrees with it
         assert (tid & TraceIdRatioBased.TRACE_ID_LIMIT < bound) == is_sampled
         assert bool(int(traceparent.split("-")[3], 16) & 1) == is_sampled
+
+
+@pytest.mark.parametrize("through_public_api", [False, True])
+async def test_a_dropped_root_is_current_in_the_handler_and_propagates_unsampled(through_public_api: bool) -> None:
+    """Dropped roots (the common case at low ratios) are only a context entry: the handler must still
+    see a valid, non-recording current span whose trace id goes out with the sampled flag off, and
+    the context must be detached afterwards, whether the plugin sets the runtime's ContextVar itself
+    or goes through otel_context.attach/detach."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("app")
+    seen: list[tuple[int, bool, bytes]] = []
+
+    async def work(request):  # type: ignore[no-untyped-def]
+        current = trace.get_current_span()
+        headers: list[tuple[str, bytes]] = []
+        inject_headers(headers)
+        with tracer.start_as_current_span("db.query") as child:
+            assert not child.is_recording() and child.get_span_context().trace_id == current.get_span_context().trace_id
+        seen.append((current.get_span_context().trace_id, current.is_recording(), dict(headers)["traceparent"]))
+        return JSONResponse({})
+
+    gov = gov_with(provider)
+    if through_public_api:
+        gov.plugin("tracing")._context_var = None
+    async with client_for(gov.asgi(Starlette(routes=[Route("/w", work)]))) as http:
+        for _ in range(3):
+            assert (await http.get("/w")).status_code == 200
+    assert exporter.get_finished_spans() == ()
+    assert len({trace_id for trace_id, _, _ in seen}) == 3 and all(trace_id for trace_id, _, _ in seen)
+    for trace_id, recording, traceparent in seen:
+        assert not recording
+        assert traceparent.decode().split("-")[1] == format(trace_id, "032x")
+        assert int(traceparent.decode().split("-")[3], 16) & 1 == 0  # not sampled: downstream drops it too
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    provider.shutdown()
