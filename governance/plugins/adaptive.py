@@ -15,9 +15,10 @@ What this version changes, and why:
   marker callback queued behind each batch fires when the next one starts, so every call gets a
   sojourn estimate (half the previous back-to-back batch, in which it arrived, plus its position in
   the current one). CoDel-style: once sojourn stays above the target (the service's own min_rt) for
-  `queue_interval` while the CPU is hot, calls whose sojourn exceeds the target are shed until
-  `cooloff` passes with no drop. Late calls are refused, early ones served: admitted latency stays
-  near the unloaded one.
+  `queue_interval` while the CPU is hot, or at once when a call has itself waited `queue_interval`
+  (a standing queue, seen before the CPU EMA has caught up with a load step), calls whose sojourn
+  exceeds the target are shed until `cooloff` passes with no drop. Late calls are refused, early
+  ones served: admitted latency stays near the unloaded one.
 - Only successes count as passes and latency samples; in-flight is released in `after`, which the
   chain always runs, so exceptions cannot leak slots.
 - Retry-After is the cool-off plus the measured queueing delay.
@@ -82,6 +83,7 @@ class AdaptiveLimiter:
         self.short_rt = 0.0
         # Signals.
         self.cpu = 0.0
+        self.cpu_sample = 0.0  # the latest raw sample, which leads the EMA by its time constant
         self.lag = 0.0
         self._last_tick: float | None = None
         # Decision state.
@@ -141,6 +143,7 @@ class AdaptiveLimiter:
         now = self._clock()
         dt = s.tick if self._last_tick is None else max(1e-6, now - self._last_tick)
         self._last_tick = now
+        self.cpu_sample = cpu
         self.cpu += (cpu - self.cpu) * (1.0 - math.exp(-dt / s.cpu_tau))
         self.lag += (lag - self.lag) * (1.0 - math.exp(-dt / s.lag_tau))
         self._advance(now)
@@ -178,10 +181,17 @@ class AdaptiveLimiter:
         # Queueing only sheds while the CPU is hot. A loop that is behind with a cool CPU (a GC
         # pause, a neighbour stealing the core) is not helped by shedding: rejected calls still
         # cost loop time, and measured here that turned a starved process into a shedding cascade.
-        if sojourn > self.queue_target and (self.queue_armed or self.cpu >= self.settings.cpu_threshold):
+        s = self.settings
+        # A call that has itself waited queue_interval is a standing queue already: it arms the
+        # queue rule at once, on the latest CPU sample rather than the EMA. Waiting queue_interval
+        # more, while the EMA caught up with a load step, is what let a 5x step queue seconds of
+        # work (client timeouts) before the first shed; the stalls queue_interval is there for
+        # (40-100 ms at 0.8x) never make a call wait that long.
+        standing = sojourn >= s.queue_interval and self.cpu_sample >= s.cpu_threshold
+        if sojourn > self.queue_target and (self.queue_armed or self.cpu >= s.cpu_threshold or standing):
             if self._first_above is None:
                 self._first_above = now
-            elif not self.queue_armed and now - self._first_above >= self.settings.queue_interval:
+            if not self.queue_armed and (standing or now - self._first_above >= s.queue_interval):
                 self.queue_armed = True
             if self.queue_armed:
                 self.last_drop = now

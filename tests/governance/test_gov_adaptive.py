@@ -115,12 +115,15 @@ class LoopModel:
     r: float = 0.0001  # uvicorn parse + a canned 503, measured ~0.1 ms
 
     def run(self, rate: float, seconds: float, stalled: float = 0.0) -> tuple[int, int, list[float]]:
-        """`stalled`: the loop was stuck that long before now; arrivals kept their schedule."""
+        """`stalled`: the loop was stuck that long before now; arrivals kept their schedule, and the
+        stall counts as busy CPU. The limiter's sampler sees the busy share of each 50 ms tick, as
+        the real one does, so its CPU estimate lags a load step by the EMA's time constant."""
         admitted = shed = 0
         latencies: list[float] = []
         start = self.clock.now
         next_arrival = start - stalled
         next_tick = start
+        busy = stalled
         while next_arrival < start + seconds:
             if next_arrival > self.clock.now:
                 self.clock.now = next_arrival  # idle: the loop waits in poll
@@ -133,14 +136,19 @@ class LoopModel:
                     self.clock.advance(self.s)
                     self.lim.release(self.s, success=True)
                     admitted += 1
+                    busy += self.s
                     latencies.append(self.clock.now - arrived)
                 else:
                     self.clock.advance(self.r)
+                    busy += self.r
                     shed += 1
             self.lim.on_mark(self.clock.now)
-            while next_tick <= self.clock.now:
-                self.lim.tick(1.0 if self.clock.now - start > 0 else 0.0, 0.0)
-                next_tick += 0.05
+            if next_tick <= self.clock.now:
+                elapsed = self.clock.now - next_tick + 0.05
+                self.lim.tick(min(1.0, busy / elapsed), 0.0)
+                busy = 0.0
+                while next_tick <= self.clock.now:
+                    next_tick += 0.05
         return admitted, shed, latencies
 
 
@@ -182,8 +190,12 @@ def test_cpu_bound_overload_keeps_goodput_and_latency(clock: FakeClock, load: fl
     admitted, shed, latencies = model.run(rate=load * capacity, seconds=5.0)
     assert admitted / 5.0 >= 0.9 * capacity
     assert shed > 0
-    steady = latencies[len(latencies) // 5:]  # after the first second (the reaction)
+    steady = latencies[2 * len(latencies) // 5:]  # after the first 2 s (the reaction the issue allows)
     assert p99(steady) <= 2 * model.s + 0.001  # unloaded latency is s
+    # No admitted call waits much beyond queue_interval, even while the CPU estimate is still
+    # catching up with the step (it lags by its 0.3 s time constant): a standing queue arms shedding
+    # as soon as a call has waited queue_interval. Without that, 5x queued a whole second.
+    assert max(latencies) < model.lim.settings.queue_interval + 0.1
 
 
 def test_without_the_queue_signal_cpu_bound_overload_grows_an_unbounded_queue(clock: FakeClock) -> None:
