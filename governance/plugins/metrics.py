@@ -119,13 +119,10 @@ class MetricsPlugin:
         # Collectors are per registry, so a variant only differs in nothing that matters per route.
         return self
 
-    def _http_route(self, call: Call) -> _HttpRoute:
-        by_method = self._http.get(call.route)
-        rec = by_method.get(call.method) if by_method is not None else None
-        return rec if rec is not None else self._new_http_route(call.method, call.route)
-
-    def _new_http_route(self, method: str, route: str) -> _HttpRoute:
-        by_method = self._http.setdefault(route, {})
+    def _http_route(self, method: str, route: str) -> _HttpRoute:
+        by_method = self._http.get(route)
+        if by_method is None:
+            by_method = self._http[route] = {}
         rec = by_method.get(method)
         if rec is None:
             rec = by_method[method] = _HttpRoute(self, method, route)
@@ -135,7 +132,7 @@ class MetricsPlugin:
         """HTTP hooks with the route's children captured, so a call looks nothing up but its status."""
         if transport != "http" or not route:
             return None
-        rec = self._new_http_route(method, route)
+        rec = self._http_route(method, route)
         active, by_status, duration = rec.active, rec.by_status, rec.duration
 
         def before(call: Call) -> None:
@@ -160,13 +157,13 @@ class MetricsPlugin:
     # -- plugin protocol (sync fast path + the async protocol) -----------------------------------
     def before_sync(self, call: Call) -> None:
         if call.transport == "http":
-            self._http_route(call).active.value += 1
+            self._http_route(call.method, call.route).active.value += 1
         else:
             self._grpc_method(call).started.value += 1
 
     def after_sync(self, call: Call, outcome: Outcome) -> None:
         if call.transport == "http":
-            rec = self._http_route(call)
+            rec = self._http_route(call.method, call.route)
             rec.active.value -= 1
             rec.duration(outcome.status).observe(outcome.duration)
             return

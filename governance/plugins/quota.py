@@ -123,7 +123,7 @@ class QuotaPlugin:
         self._ratelimit_prefix = [f'"{name}";r='.encode() for name in self._names]
         if self._local is not None:
             # In-process counters never wait, so the chain may call these without a coroutine.
-            self.before_sync = self._local_before = self._make_local_before(self._local)
+            self.before_sync = self._make_local_before(self._local)
             self.after_sync = _no_after
 
     @classmethod
@@ -158,7 +158,7 @@ class QuotaPlugin:
 
     async def before(self, call: Call) -> None:
         if self._local is not None:
-            self._local_before(call)
+            self.before_sync(call)
             return
         if self._fixed:
             try:
@@ -218,15 +218,13 @@ class QuotaPlugin:
                 keys = storage_keys(call)
             now = clock()
             best_i, best_rem, best_reset = 0, math.inf, 0.0
-            i = 0
-            for _, expiry, amount in specs:
+            for i, (_, expiry, amount) in enumerate(specs):
                 count, reset = incr(keys[i], expiry, now)
                 remaining = amount - count
                 if remaining < best_rem:
                     if remaining < 0:
                         refuse(i, reset - now)
                     best_i, best_rem, best_reset = i, remaining, reset - now
-                i += 1
             if headers:
                 attach(call, best_i, best_rem, best_reset)
 

@@ -73,6 +73,21 @@ class _PresetIds(IdGenerator):
         return self.inner.is_trace_id_random()
 
 
+def _trace_id(low: int) -> int:
+    """A random high half over an already drawn low half; never 0, which is the invalid id."""
+    while True:
+        trace_id = getrandbits(64) << 64 | low
+        if trace_id:
+            return trace_id
+
+
+def _span_id() -> int:
+    while True:
+        span_id = getrandbits(64)
+        if span_id:
+            return span_id
+
+
 class _UnsampledRoot(NonRecordingSpan):
     """A dropped root span whose ids are drawn only if someone asks for its context.
 
@@ -89,13 +104,7 @@ class _UnsampledRoot(NonRecordingSpan):
     def get_span_context(self) -> SpanContext:
         ctx = self._context
         if ctx is None:
-            trace_id = getrandbits(64) << 64 | self._low
-            while not trace_id:
-                trace_id = getrandbits(64) << 64 | self._low
-            span_id = getrandbits(64)
-            while not span_id:
-                span_id = getrandbits(64)
-            ctx = self._context = SpanContext(trace_id, span_id, False, self._flags)
+            ctx = self._context = SpanContext(_trace_id(self._low), _span_id(), False, self._flags)
         return ctx
 
     def __repr__(self) -> str:
@@ -136,15 +145,10 @@ class _FastRoots:
 
     def sampled_root(self, tracer: Any, low: int, name: str, attributes: dict[str, Any]) -> Any:
         """The span of a root call whose draw `low` fell below the bound (see `TracingPlugin.before_sync`)."""
-        trace_id = getrandbits(64) << 64 | low
-        while not trace_id:
-            trace_id = getrandbits(64) << 64 | low
+        trace_id = _trace_id(low)
         light = self.light
         if light is not None and light.usable():  # processors that only look at ended spans
-            span_id = getrandbits(64)
-            while not span_id:
-                span_id = getrandbits(64)
-            return light.start(name, SpanContext(trace_id, span_id, False, self.sampled_flags), attributes)
+            return light.start(name, SpanContext(trace_id, _span_id(), False, self.sampled_flags), attributes)
         self.ids.preset = trace_id
         return tracer.start_span(name, kind=SpanKind.SERVER, attributes=attributes)
 
