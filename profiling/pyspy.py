@@ -15,6 +15,9 @@ from .errors import PySpyFailed, classify_py_spy_failure
 
 # py-spy prints this once it has attached and the first sample is on its way.
 _READY_MARKER = "Sampling process"
+# py-spy installs its Control-C handler a moment *after* printing the marker; a SIGINT in between
+# kills it with the default action and it writes nothing. How long we wait for the handler.
+_HANDLER_WAIT_S = 2.0
 _STDERR_LIMIT = 64 * 1024
 
 
@@ -129,6 +132,7 @@ class Recording:
         if self.proc.returncode is not None:
             raise classify_py_spy_failure(self._target, self.output)
         self._drain = asyncio.create_task(self._drain_output(), name="py-spy-output")
+        await _until_catches_sigint(self.proc, _HANDLER_WAIT_S)
 
     async def _drain_output(self) -> None:
         # Keep reading so py-spy never blocks on a full pipe; keep only the tail.
@@ -160,6 +164,29 @@ class Recording:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             return await self.wait()
+
+
+def catches_sigint(pid: int) -> bool | None:
+    """Whether the process has a SIGINT handler installed (Linux /proc); None when unknown."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+async def _until_catches_sigint(proc: asyncio.subprocess.Process, timeout: float) -> None:
+    """Wait (briefly) until py-spy would survive a SIGINT, so stopping right after start still
+    yields its output file. Gives up silently where /proc cannot tell or py-spy has exited."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while proc.returncode is None and loop.time() < deadline:
+        if catches_sigint(proc.pid) is not False:
+            return
+        await asyncio.sleep(0.005)
 
 
 async def record(
