@@ -3,7 +3,7 @@ adaptive limiter, on a CPU-bound and an I/O-bound route.
 
     .venv/bin/python benchmarks/overload.py [--level-seconds 5] [--arms none,kratos-bbr,governance]
 
-Each run starts a fresh uvicorn process (1 worker, pinned to CPU 0), warms it at 0.5x capacity so the
+Each run starts a fresh server process (1 worker, pinned to CPU 0), warms it at 0.5x capacity so the
 limiters have history, then steps to the level (0.5x ... 5x) and measures only the level phase. The
 load generator here (pinned to CPU 1) is open loop: requests are scheduled at a fixed rate whatever
 the server answers, latency is measured from the scheduled send time (no coordinated omission), and
@@ -15,6 +15,10 @@ happens inside the handler, CPU stays low). Capacity is measured with a closed l
 no-limiter server, once per route and again just before every run (this VM's speed drifts within
 minutes; each run's rate and goodput ratio use the capacity probed just before it); the unloaded p99
 is measured on the same probe server, at 0.2x, before every run too.
+
+The server is meterd's own HTTP server for every arm (service.runtime.http_server: uvicorn on uvloop
+with its guarded protocol and eager accept); --server uvicorn runs the plain uvicorn CLI instead,
+whose libuv accept takes one connection per loop iteration (see service/runtime/eager_accept.py).
 
 Results go to benchmarks/results/governance-overload.md.
 """
@@ -294,8 +298,11 @@ def start_server(arm: str, args: argparse.Namespace) -> tuple[subprocess.Popen[b
     port = free_port()
     env = {**os.environ, "OVERLOAD_ARM": arm, "PYTHONPATH": str(ROOT), "OVERLOAD_CPU_ITERS": str(args.cpu_iters),
            "OVERLOAD_IO_CAP": str(args.io_cap), "OVERLOAD_IO_MS": str(args.io_ms)}
-    cmd = [*pin(0), sys.executable, "-m", "uvicorn", "benchmarks.overload:create_app", "--factory", "--host",
-           "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log", "--backlog", "4096"]
+    if args.server == "meterd":
+        cmd = [*pin(0), sys.executable, "-m", "benchmarks.overload", "--serve", str(port)]
+    else:
+        cmd = [*pin(0), sys.executable, "-m", "uvicorn", "benchmarks.overload:create_app", "--factory", "--host",
+               "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log", "--backlog", "4096"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -457,7 +464,9 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine()}",
-        "- server: uvicorn, 1 worker, pinned to CPU 0; open-loop generator (this script, asyncio) on CPU 1",
+        ("- server: meterd's HTTP server (uvicorn + uvloop, guarded protocol, eager accept)" if args.server == "meterd"
+         else "- server: the plain uvicorn CLI (uvloop: libuv accepts one connection per loop iteration)")
+        + ", 1 worker, pinned to CPU 0; open-loop generator (this script, asyncio) on CPU 1",
         f"- routes: /cpu = {args.cpu_iters} iterations of pure-Python arithmetic per call on the event loop; "
         f"/io = downstream with {args.io_cap} slots x {args.io_ms:.0f} ms",
         f"- each run: fresh server, {args.warm_seconds:.0f} s at 0.5x, then {args.level_seconds:.0f} s at the level "
@@ -516,8 +525,24 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def serve(port: int) -> None:
+    """The server side of one run on meterd's HTTP server (as `meterd up` serves the API)."""
+    import uvloop
+
+    from service.runtime.http_server import HttpServer
+
+    async def run() -> None:
+        server = HttpServer(create_app(), "127.0.0.1", port, name="overload")
+        await server.start()
+        await asyncio.Event().wait()
+
+    uvloop.run(run())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # a run's server process
+    ap.add_argument("--server", choices=("meterd", "uvicorn"), default="meterd")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--routes", default="cpu,io")
     ap.add_argument("--level-seconds", type=float, default=6.0)
@@ -529,6 +554,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if args.serve:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        serve(args.serve)
+        return
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {1})

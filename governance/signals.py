@@ -109,6 +109,14 @@ class CpuSignal:
         self._last_proc = process_time()
         self._last_cg = self.cgroup.usage_seconds() if quota else None
 
+    def peek(self) -> float:
+        """This process's utilisation since the last sample(), without starting a new interval.
+
+        For decisions taken while the loop is too busy to run the sampler: a batch that has kept the
+        loop for half a second shows here, not in the samples taken before it began."""
+        dt = self._clock() - self._last_t
+        return (self._process_time() - self._last_proc) / (dt * self.process_cores) if dt > 0 else 0.0
+
     def sample(self) -> float:
         now, proc = self._clock(), self._process_time()
         dt = now - self._last_t

@@ -65,9 +65,14 @@ class AdaptiveSettings(BaseModel):
 class AdaptiveLimiter:
     """Decision logic. Not thread-safe by design: one instance lives on one event loop."""
 
-    def __init__(self, settings: AdaptiveSettings | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, settings: AdaptiveSettings | None = None, clock: Callable[[], float] = time.monotonic,
+                 cpu_now: Callable[[], float] | None = None):
+        """cpu_now: the process's CPU utilisation since the last tick, read on demand (the plugin
+        wires CpuSignal.peek): the standing-queue rule asks it when the loop has been too busy to
+        tick, as in a batch that runs for seconds right after a load step."""
         s = self.settings = settings or AdaptiveSettings()
         self._clock = clock
+        self.cpu_now = cpu_now
         self._n = s.buckets
         self._blen = s.window / s.buckets
         self._short = max(1, round(1.0 / self._blen))  # buckets in the 1 s "current latency" window
@@ -187,7 +192,7 @@ class AdaptiveLimiter:
         # more, while the EMA caught up with a load step, is what let a 5x step queue seconds of
         # work (client timeouts) before the first shed; the stalls queue_interval is there for
         # (40-100 ms at 0.8x) never make a call wait that long.
-        standing = sojourn >= s.queue_interval and self.cpu_sample >= s.cpu_threshold
+        standing = sojourn >= s.queue_interval and self._hot_now()
         if sojourn > self.queue_target and (self.queue_armed or self.cpu >= s.cpu_threshold or standing):
             if self._first_above is None:
                 self._first_above = now
@@ -210,6 +215,14 @@ class AdaptiveLimiter:
             return "concurrency"
         self.inflight += 1
         return None
+
+    def _hot_now(self) -> bool:
+        """The latest CPU sample is hot, or (when the loop has been too busy to take one since: one
+        long batch after a step) the CPU used since that sample is."""
+        threshold = self.settings.cpu_threshold
+        if self.cpu_sample >= threshold:
+            return True
+        return self.cpu_now is not None and self.cpu_now() >= threshold
 
     def release(self, duration: float, success: bool) -> None:
         self.inflight -= 1
@@ -277,6 +290,9 @@ class AdaptivePlugin:
 
     async def _sample_forever(self) -> None:
         cpu = self._shared["cpu"] or CpuSignal(cores=self.settings.cpu_cores)
+        for plugin in self._shared["limiters"]:
+            if plugin.limiter.cpu_now is None:
+                plugin.limiter.cpu_now = cpu.peek
         period = self.settings.tick
         loop = asyncio.get_running_loop()
         while True:

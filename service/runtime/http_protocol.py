@@ -5,6 +5,7 @@ trickle in) and a cap on the bytes of the request line plus headers (httptools h
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -19,7 +20,10 @@ def _reply(transport: asyncio.Transport, status: int, title: str, detail: str) -
     transport.close()
 
 
-def guarded_protocol(header_timeout: float, max_header_bytes: int) -> type[HttpToolsProtocol]:
+def guarded_protocol(header_timeout: float, max_header_bytes: int,
+                     on_connection: Callable[[], None] | None = None) -> type[HttpToolsProtocol]:
+    """on_connection runs after each new connection is set up (service.runtime.eager_accept)."""
+
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
         _header_bytes = 0
@@ -28,6 +32,8 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int) -> type[HttpT
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
+            if on_connection is not None:
+                on_connection()
 
         def _arm(self) -> None:
             self._header_bytes = 0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Generator
 
 import uvicorn
 from starlette.types import ASGIApp
 
+from service.runtime.eager_accept import EagerAccept
 from service.runtime.http_protocol import guarded_protocol
 
 
@@ -21,11 +23,13 @@ class _Server(uvicorn.Server):
 
 class HttpServer:
     def __init__(self, app: ASGIApp, host: str, port: int, *, name: str, header_timeout: float = 10.0,
-                 max_header_bytes: int = 65536) -> None:
+                 max_header_bytes: int = 65536, eager_accept: bool = True) -> None:
         self.name = name
+        # Eager accept: see service.runtime.eager_accept (libuv accepts one connection per loop turn).
+        self.eager_accept = EagerAccept() if eager_accept else None
         config = uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_config=None,
                                 server_header=False, timeout_graceful_shutdown=10,
-                                http=guarded_protocol(header_timeout, max_header_bytes))
+                                http=guarded_protocol(header_timeout, max_header_bytes, self.eager_accept))
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
@@ -36,6 +40,11 @@ class HttpServer:
                 self._task.result()  # raises the bind error
                 raise RuntimeError(f"{self.name} HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
+        if self.eager_accept is not None:
+            server, config = self._server, self._server.config
+            factory = functools.partial(config.http_protocol_class, config=config,
+                                        server_state=server.server_state, app_state=server.lifespan.state)
+            self.eager_accept.attach([sock.fileno() for srv in server.servers for sock in srv.sockets], factory)
 
     @property
     def port(self) -> int:
@@ -46,6 +55,8 @@ class HttpServer:
 
     async def stop(self) -> None:
         # should_exit: stop accepting, let in-flight requests finish (bounded by the graceful timeout).
+        if self.eager_accept is not None:
+            self.eager_accept.close()
         self._server.should_exit = True
         if self._task is not None:
             await self._task

@@ -254,3 +254,18 @@ def test_release_balances_inflight(lim: AdaptiveLimiter) -> None:
     for _ in range(5):
         lim.release(0.01, success=False)
     assert lim.inflight == 0
+
+
+@pytest.mark.parametrize(("cpu_since_tick", "shed"), [(1.0, True), (0.3, False)])
+def test_a_batch_too_long_to_sample_in_reads_the_cpu_used_since_the_last_tick(
+        clock: FakeClock, cpu_since_tick: float, shed: bool) -> None:
+    # Right after a step the loop can run one batch for the better part of a second: the sampler
+    # cannot tick inside it, so its last sample still says "cool". The standing-queue rule then asks
+    # for the CPU used since that sample; a neighbour taking the core (low share) still never sheds.
+    lim = AdaptiveLimiter(AdaptiveSettings(), clock=clock, cpu_now=lambda: cpu_since_tick)
+    fill_history(lim, clock, seconds=1.0, per_bucket=5, rt=0.005)
+    heat(lim, clock, cpu=0.4, lag=0.0)  # the samples before the batch: cool
+    assert lim.acquire() is None  # the batch's first call
+    lim.release(0.005, success=True)
+    clock.advance(0.6)  # ... and 0.6 s of work later, still the same batch
+    assert (lim.acquire() == "queueing") is shed
