@@ -17,7 +17,8 @@ What this version changes, and why:
   the current one). CoDel-style: once sojourn stays above the target (the service's own min_rt) for
   `queue_interval` while the CPU is hot, or at once when a call has itself waited `queue_interval`
   (a standing queue, seen before the CPU EMA has caught up with a load step), calls whose sojourn
-  exceeds the target are shed until `cooloff` passes with no drop. Late calls are refused, early
+  exceeds the target are shed until `cooloff` passes with no drop. While one batch holds the loop
+  too long for the sampler to run, "hot" is the process's CPU time since the last sample. Late calls are refused, early
   ones served: admitted latency stays near the unloaded one.
 - Only successes count as passes and latency samples; in-flight is released in `after`, which the
   chain always runs, so exceptions cannot leak slots.
@@ -173,7 +174,11 @@ class AdaptiveLimiter:
             self.in_batch = self.need_mark = True
             self._batch_start = now
             # Back-to-back with the previous batch: this call arrived while that batch ran.
-            back_to_back = now - self._mark_t <= self.settings.batch_gap
+            # The gap between two batches is the loop's I/O phase (reading sockets, accepting
+            # connections) or idle time in poll. After a long batch the I/O phase is long too (it
+            # reads everything that arrived meanwhile: 10-50 ms after 300-500 ms batches at a 5x
+            # step), so a gap of up to a tenth of the previous batch still counts as back to back.
+            back_to_back = now - self._mark_t <= max(self.settings.batch_gap, 0.1 * self._prev_batch)
             self._batch_carry = self._prev_batch / 2 if back_to_back else 0.0
         return self._batch_carry + (now - self._batch_start)
 
@@ -193,7 +198,8 @@ class AdaptiveLimiter:
         # work (client timeouts) before the first shed; the stalls queue_interval is there for
         # (40-100 ms at 0.8x) never make a call wait that long.
         standing = sojourn >= s.queue_interval and self._hot_now()
-        if sojourn > self.queue_target and (self.queue_armed or self.cpu >= s.cpu_threshold or standing):
+        if sojourn > self.queue_target and (self.queue_armed or standing or self.cpu >= s.cpu_threshold
+                                            or self._hot_while_unsampled(now)):
             if self._first_above is None:
                 self._first_above = now
             if not self.queue_armed and (standing or now - self._first_above >= s.queue_interval):
@@ -215,6 +221,14 @@ class AdaptiveLimiter:
             return "concurrency"
         self.inflight += 1
         return None
+
+    def _hot_while_unsampled(self, now: float) -> bool:
+        """The sampler is overdue (one batch has held the loop for more than two ticks, so the EMA
+        cannot move) and the CPU used since its last sample is hot."""
+        s = self.settings
+        last = self._last_tick
+        return (self.cpu_now is not None and last is not None and now - last > 2 * s.tick
+                and self.cpu_now() >= s.cpu_threshold)
 
     def _hot_now(self) -> bool:
         """The latest CPU sample is hot, or (when the loop has been too busy to take one since: one

@@ -107,12 +107,23 @@ def test_failures_are_not_passes(lim: AdaptiveLimiter, clock: FakeClock) -> None
 class LoopModel:
     """Deterministic model of one asyncio loop running a CPU-bound route: requests arrive at a fixed
     rate, queue ahead of the middleware, and run in batches (everything that arrived while the
-    previous batch ran); an admitted call costs `s` seconds of loop time, a shed one `r`."""
+    previous batch ran); an admitted call costs `s` seconds of loop time, a shed one `r`. The
+    limiter's `cpu_now` reads the busy share since the last tick, like CpuSignal.peek."""
 
     lim: AdaptiveLimiter
     clock: FakeClock
     s: float = 0.006
     r: float = 0.0001  # uvicorn parse + a canned 503, measured ~0.1 ms
+    busy: float = 0.0  # CPU seconds since the last tick
+    last_tick: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.lim.cpu_now = self.cpu_now
+        self.last_tick = self.clock.now
+
+    def cpu_now(self) -> float:
+        elapsed = self.clock.now - self.last_tick
+        return min(1.0, self.busy / elapsed) if elapsed > 0 else 0.0
 
     def run(self, rate: float, seconds: float, stalled: float = 0.0) -> tuple[int, int, list[float]]:
         """`stalled`: the loop was stuck that long before now; arrivals kept their schedule, and the
@@ -123,7 +134,7 @@ class LoopModel:
         start = self.clock.now
         next_arrival = start - stalled
         next_tick = start
-        busy = stalled
+        self.busy += stalled
         while next_arrival < start + seconds:
             if next_arrival > self.clock.now:
                 self.clock.now = next_arrival  # idle: the loop waits in poll
@@ -136,17 +147,16 @@ class LoopModel:
                     self.clock.advance(self.s)
                     self.lim.release(self.s, success=True)
                     admitted += 1
-                    busy += self.s
+                    self.busy += self.s
                     latencies.append(self.clock.now - arrived)
                 else:
                     self.clock.advance(self.r)
-                    busy += self.r
+                    self.busy += self.r
                     shed += 1
             self.lim.on_mark(self.clock.now)
             if next_tick <= self.clock.now:
-                elapsed = self.clock.now - next_tick + 0.05
-                self.lim.tick(min(1.0, busy / elapsed), 0.0)
-                busy = 0.0
+                self.lim.tick(self.cpu_now(), 0.0)
+                self.busy, self.last_tick = 0.0, self.clock.now
                 while next_tick <= self.clock.now:
                     next_tick += 0.05
         return admitted, shed, latencies
@@ -269,3 +279,50 @@ def test_a_batch_too_long_to_sample_in_reads_the_cpu_used_since_the_last_tick(
     lim.release(0.005, success=True)
     clock.advance(0.6)  # ... and 0.6 s of work later, still the same batch
     assert (lim.acquire() == "queueing") is shed
+
+
+
+def test_a_long_batch_and_the_io_phase_after_it_count_as_back_to_back(lim: AdaptiveLimiter,
+                                                                        clock: FakeClock) -> None:
+    # After a 400 ms batch the loop spends 30 ms reading and accepting what arrived meanwhile: that
+    # gap is busy, so the next batch's calls still carry half the previous batch (measured at a 5x
+    # step: 10-50 ms I/O phases between 300-500 ms batches; counting them as idle restarted the
+    # queue estimate at every batch and let shedding start 0.2-0.3 s later).
+    lim.sojourn(clock())
+    clock.advance(0.4)
+    lim.on_mark(clock())
+    clock.advance(0.03)
+    assert lim.sojourn(clock()) == pytest.approx(0.2)
+    # The same 30 ms after a 5 ms batch is an idle loop waiting in poll: nothing carried.
+    lim.on_mark(clock())
+    clock.advance(0.1)
+    lim.sojourn(clock())
+    clock.advance(0.005)
+    lim.on_mark(clock())
+    clock.advance(0.03)
+    assert lim.sojourn(clock()) == 0.0
+
+
+@pytest.mark.parametrize(("cpu_since_tick", "shed"), [(1.0, True), (0.3, False)])
+def test_a_queue_seen_only_in_batches_too_long_to_sample_in_still_arms(
+        clock: FakeClock, cpu_since_tick: float, shed: bool) -> None:
+    # Two back-to-back 300 ms batches right after a step, no tick in between: the EMA still says
+    # "cool". Calls late by more than the target while the CPU since the last tick is hot start the
+    # queue_interval clock, so the second batch sheds although no single call has waited 0.5 s.
+    lim = AdaptiveLimiter(AdaptiveSettings(), clock=clock, cpu_now=lambda: cpu_since_tick)
+    fill_history(lim, clock, seconds=1.0, per_bucket=5, rt=0.005)
+    heat(lim, clock, cpu=0.4, lag=0.0)
+    for _ in range(60):  # batch 1: 60 calls of 5 ms
+        assert lim.acquire() is None
+        clock.advance(0.005)
+        lim.release(0.005, success=True)
+    lim.on_mark(clock())
+    clock.advance(0.01)  # the I/O phase in between
+    decisions = []
+    for _ in range(66):  # batch 2: its calls carry half of batch 1, so at most 0.15 + 0.33 s < 0.5 s
+        decision = lim.acquire()
+        decisions.append(decision)
+        if decision is None:
+            clock.advance(0.005)
+            lim.release(0.005, success=True)
+    assert ("queueing" in decisions) is shed
