@@ -18,8 +18,8 @@ What this version changes, and why:
   `queue_interval` while the CPU is hot, or at once when a call has itself waited `queue_interval`
   (a standing queue, seen before the CPU EMA has caught up with a load step), calls whose sojourn
   exceeds the target are shed until `cooloff` passes with no drop. While one batch holds the loop
-  too long for the sampler to run, "hot" is the process's CPU time since the last sample. Late calls are refused, early
-  ones served: admitted latency stays near the unloaded one.
+  too long for the sampler to run, "hot" is the process's CPU time since the last sample. Late
+  calls are refused, early ones served: admitted latency stays near the unloaded one.
 - Only successes count as passes and latency samples; in-flight is released in `after`, which the
   chain always runs, so exceptions cannot leak slots.
 - Retry-After is the cool-off plus the measured queueing delay.
