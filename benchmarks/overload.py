@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "governance-overload.md"
 LEVELS = [0.5, 0.8, 1.0, 2.0, 3.0, 5.0]
 ARMS = ["none", "kratos-bbr", "governance"]
+IDLE_EXPIRY = 4.0  # s; below uvicorn's 5 s keep-alive timeout (see Client._reusable)
 
 
 # == server side ===================================================================================
@@ -209,14 +210,31 @@ class Client:
     host: str
     port: int
     timeout: float
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
+    # Idle keep-alive connections, newest last, with the time each was last used.
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = field(default_factory=list)
+
+    def _reusable(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The newest idle connection, dropping any idle longer than the server keeps one open.
+
+        uvicorn closes a keep-alive connection after 5 s idle; a request written into one it is
+        closing fails with no reply, which is a client mistake, not the server's (HTTP clients
+        expire pooled connections for this reason). The oldest sit at the bottom of the stack and
+        are reached only when a burst needs many at once.
+        """
+        expired = time.perf_counter() - IDLE_EXPIRY
+        while self.idle:
+            reader, writer, used = self.idle.pop()
+            if used > expired:
+                return reader, writer
+            writer.close()
+        return None
 
     async def request(self, path: str, sched: float, out: list[Result]) -> None:
         req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
         conn = None
         try:
             async with asyncio.timeout(max(0.001, sched + self.timeout - time.perf_counter())):
-                conn = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+                conn = self._reusable() or await asyncio.open_connection(self.host, self.port)
                 reader, writer = conn
                 writer.write(req)
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -227,8 +245,9 @@ class Client:
                         length = int(line[15:])
                 if length:
                     await reader.readexactly(length)
-            out.append(Result(sched, time.perf_counter() - sched, status))
-            self.idle.append(conn)
+            now = time.perf_counter()
+            out.append(Result(sched, now - sched, status))
+            self.idle.append((reader, writer, now))
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             out.append(Result(sched, time.perf_counter() - sched, 0))
             if conn is not None:
@@ -278,7 +297,7 @@ class Client:
         return done / seconds
 
     def close(self) -> None:
-        for _, w in self.idle:
+        for _, w, _ in self.idle:
             w.close()
         self.idle.clear()
 
