@@ -24,7 +24,7 @@ from governance.core import (
     rejection_status,
 )
 from governance.outbound import DependencyUnavailable
-from governance.problem import PROBLEM_TYPE, problem_body, rejection_body, retry_after_seconds
+from governance.problem import PROBLEM_TYPE, problem_body, problem_headers, rejection_reply, retry_after_seconds
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -167,19 +167,20 @@ def encode_headers(pairs: list[tuple[Any, Any]]) -> list[tuple[bytes, bytes]]:
     return [(k, v) if type(k) is bytes else (k.lower().encode(), v.encode()) for k, v in pairs]
 
 
-async def _send_problem(send: Any, status: int, body: bytes, retry_after: int,
-                        extra: list[tuple[str, str]] | None = None) -> None:
-    headers = [(b"content-type", PROBLEM_TYPE.encode()), (b"content-length", str(len(body)).encode()),
-               (b"retry-after", str(retry_after).encode())]
-    if extra:
-        headers.extend(encode_headers(extra))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def _send_problem(send: Any, status: int, body: bytes, retry_after: int) -> None:
+    await _send_reply(send, status, body, problem_headers(body, retry_after), None)
+
+
+async def _send_reply(send: Any, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...],
+                      extra: list[tuple[Any, Any]] | None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, *encode_headers(extra)] if extra else list(headers)})
     await send({"type": "http.response.body", "body": body})
 
 
 async def _send_rejection(send: Any, rej: Rejection, status: int) -> None:
-    await _send_problem(send, status, rejection_body(rej, status), retry_after_seconds(rej.retry_after),
-                        rej.headers)
+    body, headers = rejection_reply(rej, status)
+    await _send_reply(send, status, body, headers, rej.headers)
 
 
 async def dependency_unavailable_handler(request: Any, exc: Exception) -> Any:
