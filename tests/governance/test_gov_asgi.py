@@ -48,6 +48,28 @@ async def test_quota_429_problem_json_retry_after_and_ratelimit_fields(registry:
     await gov.aclose()
 
 
+async def test_repeated_rejections_reuse_the_reply_but_carry_only_their_own_headers(
+        registry: CollectorRegistry) -> None:
+    # Rejection replies are cached per (plugin, reason, status, retry); the per-call RateLimit
+    # fields must be added to each reply, never to the cached headers.
+    gov = Governance.from_config({"plugins": [{"type": "quota", "limit": "1/minute"}]}, registry=registry)
+    async with client_for(gov.asgi(make_starlette(), client_key=header_key)) as http:
+        denied = []
+        for key in ("k1", "k2", "k3"):
+            assert (await http.get("/hello", headers={"x-api-key": key})).status_code == 200
+            denied.append(await http.get("/hello", headers={"x-api-key": key}))
+    for r in denied:
+        assert r.status_code == 429
+        for name in ("content-type", "content-length", "retry-after", "ratelimit", "ratelimit-policy"):
+            assert len(r.headers.get_list(name)) == 1, (name, r.headers.get_list(name))
+        assert int(r.headers["content-length"]) == len(r.content)
+        assert r.headers["ratelimit"].startswith('"1-per-minute";r=0;t=')
+    assert denied[0].content == denied[2].content
+    assert registry.get_sample_value("governance_rejections_total",
+                                     {"plugin": "quota", "reason": "limit_exceeded", "transport": "http"}) == 3
+    await gov.aclose()
+
+
 async def test_overloaded_and_unavailable_render_503(registry: CollectorRegistry) -> None:
     cfg = {"plugins": [{"type": DENY, "keys": ["x"], "status": "overloaded", "retry_after": 2.2}]}
     gov = Governance.from_config(cfg, registry=registry)
