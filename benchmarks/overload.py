@@ -203,6 +203,9 @@ class Result:
     sched: float
     latency: float
     status: int  # 0 = timeout / connection error
+    # How late the generator itself started the request. Latency counts from the scheduled time, so
+    # a generator that falls behind inflates it; this tells that apart from the server's queueing.
+    lag: float = 0.0
 
 
 @dataclass
@@ -230,6 +233,7 @@ class Client:
         return None
 
     async def request(self, path: str, sched: float, out: list[Result]) -> None:
+        lag = time.perf_counter() - sched
         req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
         conn = None
         try:
@@ -246,10 +250,10 @@ class Client:
                 if length:
                     await reader.readexactly(length)
             now = time.perf_counter()
-            out.append(Result(sched, now - sched, status))
+            out.append(Result(sched, now - sched, status, lag))
             self.idle.append((reader, writer, now))
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
-            out.append(Result(sched, time.perf_counter() - sched, 0))
+            out.append(Result(sched, time.perf_counter() - sched, 0, lag))
             if conn is not None:
                 conn[1].close()
 
@@ -390,6 +394,9 @@ class Run:
     def admitted_p99(self, after: float = 0.0) -> float:
         return pct([r.latency for r in self.ok if r.sched - self.step_at >= after], 0.99)
 
+    def generator_lag_p99(self, after: float = 2.0) -> float:
+        return pct([r.lag for r in self.results if r.sched - self.step_at >= after], 0.99)
+
     def reaction(self, unloaded_p99: float, window: float = 0.25) -> tuple[float | None, float | None]:
         """(first shed after the step, first window from which admitted p99 stays <= 2x unloaded p99)."""
         rel = [(r.sched - self.step_at, r) for r in self.results]
@@ -462,7 +469,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  {route:3s} {arm:11s} {level:>3}x  capacity {cap:6.0f}  goodput {run.share():6.1%}"
                       f"{'' if svc is None else f' ({svc:6.1%} of service capacity; offered {lvl:.2f}x of it)'}  "
                       f"admitted p99 {run.admitted_p99() * 1e3:8.1f} ms (after 2 s "
-                      f"{run.admitted_p99(after=2.0) * 1e3:6.1f} ms)  shed {run.shed():5d}  "
+                      f"{run.admitted_p99(after=2.0) * 1e3:6.1f} ms; generator lag p99 "
+                      f"{run.generator_lag_p99() * 1e3:5.1f} ms)  shed {run.shed():5d}  "
                       f"timeouts/errors {run.failed():5d}", flush=True)
     return out
 
@@ -495,7 +503,8 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         "service time while the level ran: the same handler runs slower under the open loop on this VM); "
         "admitted p99 = p99 latency of 2xx "
         "replies measured from the scheduled send time; reaction = time after the step until the first shed / "
-        "until every 250 ms window's admitted p99 stays <= 2x unloaded p99 with no timeouts",
+        "until every 250 ms window's admitted p99 stays <= 2x unloaded p99 with no timeouts; generator lag = how "
+        "late the generator itself started requests (a generator falling behind adds that much to every latency)",
         "",
     ]
     for route in data["capacity"]:
@@ -504,8 +513,9 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
                   "| arm | load | capacity probed before the run (req/s) | goodput / that capacity "
                   "| service capacity in the run (req/s) | offered / service capacity | goodput / service capacity "
                   "| unloaded p99 probed before the run | admitted p99 (whole level) | admitted p99 after 2 s "
-                  "| p99 after 2 s / unloaded | shed | timeouts+errors | first shed | p99 settled |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| p99 after 2 s / unloaded | generator lag p99 after 2 s | shed | timeouts+errors | first shed "
+                  "| p99 settled |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for run in (r for r in data["runs"] if r.route == route):
             first, settled = run.reaction(run.unloaded_p99)
             p99, steady = run.admitted_p99(), run.admitted_p99(after=2.0)
@@ -513,7 +523,8 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
                 f"| {run.arm} | {run.level}x | {run.capacity:.0f} | {run.share():.0%} | {_opt(run.service_capacity, '.0f')} | "
                 f"{_opt(run.service_level(), '.2f')}{'' if run.service_level() is None else 'x'} | "
                 f"{_opt(run.service_share(), '.0%')} | {run.unloaded_p99 * 1e3:.1f} ms | {p99 * 1e3:.1f} ms | "
-                f"{steady * 1e3:.1f} ms | {steady / run.unloaded_p99:.1f}x | {run.shed()} | {run.failed()} | "
+                f"{steady * 1e3:.1f} ms | {steady / run.unloaded_p99:.1f}x | {run.generator_lag_p99() * 1e3:.1f} ms | "
+                f"{run.shed()} | {run.failed()} | "
                 f"{fmt_s(first)} | {fmt_s(settled)} |")
         lines.append("")
     lines += ["## Targets (issue 3)", "",
