@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import math
 import os
 import resource
@@ -443,6 +444,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     for route in routes:
         for arm in args.arms.split(","):
             for level in LEVELS:
+                # The generator keeps every finished run's results, and late in a session the
+                # collector's full passes over them held its loop up (generator lag p99 62 ms at the
+                # last level, inflating that level's latencies): keep finished work out of its way.
+                gc.collect()
+                gc.freeze()
                 # This VM's speed drifts by a third within minutes, so each run gets its own capacity,
                 # probed on a no-limiter server just before it: the level's rate and its goodput
                 # ratio then refer to what the machine could do at that time.
