@@ -590,11 +590,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.serve:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         serve(args.serve)
         return
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {1})
     try:

@@ -144,8 +144,8 @@ class GovernanceMiddleware:
             raise
         except DependencyUnavailable as exc:
             if status == 0:  # nothing sent yet: answer 503 like any other "unavailable"
-                await _send_problem(send, 503, problem_body(503, None, str(exc), dependency=exc.name),
-                                    retry_after_seconds(exc.retry_after))
+                body = problem_body(503, None, str(exc), dependency=exc.name)
+                await _send_reply(send, 503, body, problem_headers(body, retry_after_seconds(exc.retry_after)), None)
                 await chain.release(call, plan, Outcome(FAILURE, 503, time.perf_counter() - start))
                 return
             await chain.release(call, plan, Outcome(FAILURE, status, time.perf_counter() - start))
@@ -165,10 +165,6 @@ def encode_headers(pairs: list[tuple[Any, Any]]) -> list[tuple[bytes, bytes]]:
     """Plugin response headers as ASGI wants them. Plugins may hand over (str, str) pairs, or
     pre-encoded (lowercase bytes, bytes) pairs to save the encoding on every call."""
     return [(k, v) if type(k) is bytes else (k.lower().encode(), v.encode()) for k, v in pairs]
-
-
-async def _send_problem(send: Any, status: int, body: bytes, retry_after: int) -> None:
-    await _send_reply(send, status, body, problem_headers(body, retry_after), None)
 
 
 async def _send_reply(send: Any, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...],

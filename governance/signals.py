@@ -115,14 +115,17 @@ class CpuSignal:
         For decisions taken while the loop is too busy to run the sampler: a batch that has kept the
         loop for half a second shows here, not in the samples taken before it began."""
         dt = self._clock() - self._last_t
-        return (self._process_time() - self._last_proc) / (dt * self.process_cores) if dt > 0 else 0.0
+        return self._process_share(self._process_time(), dt) if dt > 0 else 0.0
+
+    def _process_share(self, proc: float, dt: float) -> float:
+        return (proc - self._last_proc) / (dt * self.process_cores)
 
     def sample(self) -> float:
         now, proc = self._clock(), self._process_time()
         dt = now - self._last_t
         if dt <= 0:
             return 0.0
-        ratio = (proc - self._last_proc) / (dt * self.process_cores)
+        ratio = self._process_share(proc, dt)
         self._last_t, self._last_proc = now, proc
         if self._last_cg is not None and self.cgroup.quota_cores:
             cg = self.cgroup.usage_seconds()
