@@ -1,6 +1,7 @@
 """uvicorn's httptools protocol with the two limits it lacks: a deadline for a request's headers
 (slowloris: uvicorn only times out idle keep-alive connections, never a request whose headers
-trickle in) and a cap on the bytes of the request line plus headers (httptools has none)."""
+trickle in) and a cap on the bytes of the request line plus headers (httptools has none); and each
+response's head sent together with its body (service.runtime.coalesced_writes)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Callable
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.runtime.coalesced_writes import CoalescingWriter
 
 
 def _reply(transport: asyncio.Transport, status: int, title: str, detail: str) -> None:
@@ -28,9 +31,11 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int,
         _deadline: asyncio.TimerHandle | None = None
         _header_bytes = 0
         _too_large = False
+        _writer: CoalescingWriter | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._writer = CoalescingWriter(transport, self.loop)
             self._arm()
             if on_connection is not None:
                 on_connection()
@@ -85,7 +90,18 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int,
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            previous = self.cycle
             super().on_headers_complete()
+            cycle, writer = self.cycle, self._writer
+            if cycle is not previous and cycle is not None and writer is not None:
+                cycle.transport = writer  # type: ignore[assignment]
+                if previous is None or previous.response_complete:  # not queued behind a pipelined one
+                    writer.expect_head()
+
+        def on_response_complete(self) -> None:
+            if self._writer is not None:
+                self._writer.flush()  # a response with no body write (HEAD) sends its head now
+            super().on_response_complete()
 
     return GuardedHttpToolsProtocol
 
