@@ -38,6 +38,7 @@ class FakeTransport:
 
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+STREAMED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
 
 
 async def test_head_and_body_leave_in_one_call() -> None:
@@ -47,20 +48,37 @@ async def test_head_and_body_leave_in_one_call() -> None:
     writer.write(HEAD)
     assert fake.calls == []
     writer.write(b"ok")
-    assert fake.calls == [("writelines", (HEAD, b"ok"))]
-    await asyncio.sleep(0)  # the queued fallback finds nothing left to send
+    assert fake.calls == [("write", HEAD + b"ok")]
+    await asyncio.sleep(0)
     assert len(fake.calls) == 1
     writer.write(b"more")  # not a response head: straight through
     assert fake.calls[-1] == ("write", b"more")
 
 
-async def test_a_head_without_a_body_goes_out_within_one_loop_iteration() -> None:
+async def test_a_streamed_head_goes_out_within_one_loop_iteration_a_sized_one_waits_for_its_body() -> None:
+    fake = FakeTransport()
+    writer = CoalescingWriter(fake, asyncio.get_running_loop())  # type: ignore[arg-type]
+    writer.expect_head()
+    writer.write(STREAMED)  # chunked: the first chunk may be minutes away (server-sent events)
+    await asyncio.sleep(0)
+    assert fake.calls == [("write", STREAMED)]
+
+    writer.expect_head()
+    writer.write(HEAD)  # sized: its body is what the client is waiting for
+    await asyncio.sleep(0)
+    assert fake.calls == [("write", STREAMED)] and writer.held == HEAD
+    writer.write(b"ok")
+    assert fake.calls[-1] == ("write", HEAD + b"ok")
+
+
+async def test_a_large_body_is_not_copied_onto_its_head() -> None:
     fake = FakeTransport()
     writer = CoalescingWriter(fake, asyncio.get_running_loop())  # type: ignore[arg-type]
     writer.expect_head()
     writer.write(HEAD)
-    await asyncio.sleep(0)
-    assert fake.calls == [("write", HEAD)]
+    body = b"x" * 100_000
+    writer.write(body)
+    assert fake.calls == [("writelines", (HEAD, body))]
 
 
 async def test_interim_100_continue_is_not_held_and_the_real_head_still_is() -> None:
@@ -71,7 +89,7 @@ async def test_interim_100_continue_is_not_held_and_the_real_head_still_is() -> 
     assert fake.calls == [("write", b"HTTP/1.1 100 Continue\r\n\r\n")]
     writer.write(HEAD)
     writer.write(b"ok")
-    assert fake.calls[1:] == [("writelines", (HEAD, b"ok"))]
+    assert fake.calls[1:] == [("write", HEAD + b"ok")]
 
 
 async def test_close_sends_what_is_held_first_and_a_closing_transport_gets_nothing() -> None:
@@ -86,7 +104,7 @@ async def test_close_sends_what_is_held_first_and_a_closing_transport_gets_nothi
     fake2 = FakeTransport()
     late = CoalescingWriter(fake2, asyncio.get_running_loop())  # type: ignore[arg-type]
     late.expect_head()
-    late.write(HEAD)
+    late.write(STREAMED)
     fake2.closing = True  # the peer went away meanwhile
     await asyncio.sleep(0)
     assert fake2.calls == []
@@ -97,8 +115,8 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
     path = scope["path"]
-    if path == "/slow-body":  # headers now, body later (a stream)
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+    if path == "/slow-body":  # headers now, body later (a stream: no content-length, so chunked)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
         await asyncio.sleep(0.5)
         await send({"type": "http.response.body", "body": b"late"})
         return
@@ -138,19 +156,19 @@ def _read_until(sock: socket.socket, marker: bytes, timeout: float) -> bytes:
     return data
 
 
-async def test_a_small_response_is_one_transport_call(server: HttpServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
+async def test_a_small_response_is_one_transport_write(server: HttpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[bytes] = []
 
     class Spy:
         def __init__(self, real: Any) -> None:
             self.real = real
 
         def write(self, data: bytes) -> None:
-            calls.append("write")
+            writes.append(bytes(data))
             self.real.write(data)
 
         def writelines(self, data: Any) -> None:
-            calls.append("writelines")
+            writes.append(b"".join(data))
             self.real.writelines(data)
 
         def __getattr__(self, name: str) -> Any:
@@ -169,7 +187,10 @@ async def test_a_small_response_is_one_transport_call(server: HttpServer, monkey
         assert head.startswith(b"HTTP/1.1 200")
         assert await reader.readexactly(len(path)) == path
     writer.close()
-    assert calls == ["writelines", "writelines"]  # head + body together, once per response
+    # one write per response, each with the whole of it: head and body together
+    assert len(writes) == 2
+    assert all(w.startswith(b"HTTP/1.1 200") for w in writes)
+    assert writes[0].endswith(b"\r\n\r\n/a") and writes[1].endswith(b"\r\n\r\n/bb")
 
 
 async def test_headers_of_a_slow_body_are_not_held_back(server: HttpServer) -> None:
@@ -180,12 +201,12 @@ async def test_headers_of_a_slow_body_are_not_held_back(server: HttpServer) -> N
             head = _read_until(sock, b"\r\n\r\n", 5)
             t_head = time.perf_counter() - start
             rest = head.split(b"\r\n\r\n", 1)[1]
-            if rest != b"late":
-                rest += _read_until(sock, b"late", 5)
+            if b"late" not in rest:
+                rest += _read_until(sock, b"0\r\n\r\n", 5)
             return t_head, time.perf_counter() - start, rest
 
     t_head, t_body, body = await asyncio.to_thread(client)
-    assert body == b"late"
+    assert body == b"4\r\nlate\r\n0\r\n\r\n"
     assert t_head < 0.3 <= t_body  # the head went out before the handler's 0.5 s wait ended
 
 

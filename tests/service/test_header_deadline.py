@@ -1,0 +1,82 @@
+"""The header deadline of meterd's HTTP server, with a short timeout: it runs per request (not per
+connection), starts at a request's first byte, and never touches a connection between requests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from service.runtime.http_server import HttpServer
+
+TIMEOUT = 0.4
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+async def port() -> Any:
+    server = HttpServer(_app, "127.0.0.1", 0, name="t", header_timeout=TIMEOUT)
+    await server.start()
+    yield server.port
+    await server.stop()
+
+
+def _ended_after(sock: socket.socket, start: float) -> tuple[float, bytes]:
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return time.perf_counter() - start, data
+
+
+async def test_a_silent_connection_gets_408_at_the_deadline(port: int) -> None:
+    def client() -> tuple[float, bytes]:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            return _ended_after(sock, time.perf_counter())
+
+    took, data = await asyncio.to_thread(client)
+    assert data.startswith(b"HTTP/1.1 408")
+    assert TIMEOUT - 0.05 <= took < TIMEOUT + 0.3
+
+
+async def test_the_deadline_starts_at_each_requests_first_byte(port: int) -> None:
+    def client() -> tuple[float, float, bytes]:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert sock.recv(4096).endswith(b"ok")
+            time.sleep(0.3)  # idle between requests: not a header wait
+            begun = time.perf_counter()
+            sock.sendall(b"GET / HTTP/1.1\r\n")  # ... and the rest never comes
+            took, data = _ended_after(sock, begun)
+            return took, begun, data
+
+    took, _, data = await asyncio.to_thread(client)
+    assert data.startswith(b"HTTP/1.1 408")
+    # counted from the second request's first byte, not from the connection or the first request
+    assert TIMEOUT - 0.05 <= took < TIMEOUT + 0.3
+
+
+async def test_busy_keep_alive_connections_outlive_the_deadline(port: int) -> None:
+    def client() -> int:
+        served = 0
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(2)
+            end = time.perf_counter() + 3 * TIMEOUT
+            while time.perf_counter() < end:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                reply = sock.recv(4096)
+                assert reply.startswith(b"HTTP/1.1 200"), reply
+                served += 1
+                time.sleep(0.05)
+        return served
+
+    assert await asyncio.to_thread(client) >= 10
