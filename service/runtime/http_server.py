@@ -23,12 +23,14 @@ class _Server(uvicorn.Server):
 
 class HttpServer:
     def __init__(self, app: ASGIApp, host: str, port: int, *, name: str, header_timeout: float = 10.0,
-                 max_header_bytes: int = 65536, eager_accept: bool = True, coalesce_writes: bool = True) -> None:
+                 max_header_bytes: int = 65536, eager_accept: bool = True, coalesce_writes: bool = True,
+                 keep_alive_timeout: float = 5.0) -> None:
         self.name = name
         # Eager accept: see service.runtime.eager_accept (libuv accepts one connection per loop turn).
         self.eager_accept = EagerAccept() if eager_accept else None
         config = uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_config=None,
                                 server_header=False, timeout_graceful_shutdown=10,
+                                timeout_keep_alive=keep_alive_timeout,
                                 http=guarded_protocol(header_timeout, max_header_bytes, self.eager_accept,
                                                       coalesce_writes))
         self._server = _Server(config)

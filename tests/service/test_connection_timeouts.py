@@ -1,5 +1,7 @@
-"""The header deadline of meterd's HTTP server, with a short timeout: it runs per request (not per
-connection), starts at a request's first byte, and never touches a connection between requests."""
+"""The two connection timeouts of meterd's HTTP server, shortened: the header deadline runs per
+request (from its first byte) and never touches a connection between requests; the keep-alive
+timeout closes a connection idle that long after its last response, never one with a request in
+progress. Both come from one timer per connection (service/runtime/http_protocol.py)."""
 
 from __future__ import annotations
 
@@ -13,18 +15,21 @@ import pytest
 from service.runtime.http_server import HttpServer
 
 TIMEOUT = 0.4
+KEEP_ALIVE = 0.6
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(3 * KEEP_ALIVE)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
 
 
 @pytest.fixture
 async def port() -> Any:
-    server = HttpServer(_app, "127.0.0.1", 0, name="t", header_timeout=TIMEOUT)
+    server = HttpServer(_app, "127.0.0.1", 0, name="t", header_timeout=TIMEOUT, keep_alive_timeout=KEEP_ALIVE)
     await server.start()
     yield server.port
     await server.stop()
@@ -80,3 +85,30 @@ async def test_busy_keep_alive_connections_outlive_the_deadline(port: int) -> No
         return served
 
     assert await asyncio.to_thread(client) >= 10
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(port: int) -> None:
+    def client() -> tuple[float, bytes]:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(5)
+            for _ in range(3):  # a few requests first, so the timer has been re-armed in between
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert sock.recv(4096).endswith(b"ok")
+                time.sleep(KEEP_ALIVE / 2)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert sock.recv(4096).endswith(b"ok")
+            return _ended_after(sock, time.perf_counter())
+
+    took, data = await asyncio.to_thread(client)
+    assert data == b""  # closed without a reply: nothing was asked
+    assert KEEP_ALIVE - 0.05 <= took < KEEP_ALIVE + 0.3  # counted from the last response
+
+
+async def test_a_request_longer_than_both_timeouts_is_answered(port: int) -> None:
+    def client() -> bytes:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            return sock.recv(4096)
+
+    assert (await asyncio.to_thread(client)).endswith(b"ok")
