@@ -115,14 +115,22 @@ class GovernanceMiddleware:
         call = Call("http", route, method, self.client_key(scope) if self.client_key else None, start,
                     {"carrier": scope["headers"]})
         sync = plan.sync
-        try:
-            if sync:
-                chain.admit_sync(call, plan)
-            else:
+        if sync:
+            refused = chain.try_admit_sync(call, plan)
+            if refused is not None:  # written out here: a refusal is the common case under overload
+                status = 429 if refused.status == "rate_limited" else 503
+                body, headers = rejection_reply(refused, status)
+                extra = refused.headers
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [*headers, *encode_headers(extra)] if extra else list(headers)})
+                await send({"type": "http.response.body", "body": body})
+                return
+        else:
+            try:
                 await chain.admit(call, plan)
-        except Rejection as rej:
-            await _send_rejection(send, rej, rejection_status("http", rej))
-            return
+            except Rejection as rej:
+                await _send_rejection(send, rej, rejection_status("http", rej))
+                return
 
         status = 0
 

@@ -90,6 +90,10 @@ class Rejection(Exception):  # noqa: N818 - it is a decision, not an error condi
         self.retry_after = retry_after
         self.headers = headers
 
+    def copy(self) -> Rejection:
+        """A fresh instance to raise: raising a shared one would grow its traceback on every raise."""
+        return Rejection(self.plugin, self.reason, self.status, self.retry_after, self.headers)
+
 
 @runtime_checkable
 class Plugin(Protocol):
@@ -136,7 +140,10 @@ class Plan:
     inside uvicorn, each avoided coroutine is worth ~0.5 us per request. A plugin may also offer
     `bind_sync(transport, method, route)`, returning that pair already specialised to the plan's
     route (per-route state looked up once, here, not on every call), or None for the plain pair.
-    The async hooks remain the protocol.
+    A `before_sync` may refuse by returning a `Rejection` instead of raising one: no exception
+    machinery, and a plugin may hand back the same instance for the same decision (never raise a
+    returned instance; the chain raises copies where a raise is needed). Under overload most calls
+    are refused, so that is the path to keep cheap. The async hooks remain the protocol.
     """
 
     __slots__ = ("plugins", "befores", "afters", "sync", "sync_befores", "sync_afters")
@@ -216,7 +223,9 @@ class Chain:
                 if is_async:
                     await fn(call)
                 else:
-                    fn(call)
+                    refused = fn(call)
+                    if refused is not None:
+                        raise refused.copy()
                 done += 1
         except BaseException as exc:
             await self.release(call, plan, self._unwind_outcome(call, exc), done)
@@ -242,14 +251,36 @@ class Chain:
     # -- the same two steps without a coroutine, for plans where `plan.sync` is true -------------
     def admit_sync(self, call: Call, plan: Plan) -> None:
         """`admit` for an all-sync plan; same unwinding on rejection or error."""
+        refused = self.try_admit_sync(call, plan)
+        if refused is not None:
+            raise refused.copy()
+
+    def try_admit_sync(self, call: Call, plan: Plan) -> Rejection | None:
+        """`admit_sync` that hands a refusal back instead of raising it (what adapters use: with
+        plugins that return their refusals, a refused call raises nothing at all). The plugins
+        admitted before the refusal are unwound as in `admit`; other exceptions still propagate."""
         done = 0
         try:
             for fn in plan.sync_befores:
-                fn(call)
+                refused = fn(call)
+                if refused is not None:
+                    self._refused(call, plan, refused, done)
+                    return refused
                 done += 1
+        except Rejection as refused:
+            self._refused(call, plan, refused, done)
+            return refused
         except BaseException as exc:
             self.release_sync(call, plan, self._unwind_outcome(call, exc), done)
             raise
+        return None
+
+    def _refused(self, call: Call, plan: Plan, refused: Rejection, admitted: int) -> None:
+        if self._on_reject is not None:
+            self._on_reject(call, refused)
+        if admitted:
+            self.release_sync(call, plan, Outcome(REJECTED, rejection_status(call.transport, refused),
+                                                  time.perf_counter() - call.start), admitted)
 
     def release_sync(self, call: Call, plan: Plan, outcome: Outcome, admitted: int | None = None) -> None:
         """`release` for an all-sync plan; one failing hook does not skip the others."""

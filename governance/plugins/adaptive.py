@@ -287,6 +287,7 @@ class AdaptivePlugin:
         self._dry_shed = metric(reg, FastCounter, "governance_adaptive_dry_run_sheds",
                                 "Calls a dry-run adaptive limiter would have shed.", labels).labels(label)
         self._dry_run = self.settings.dry_run
+        self._refusals: dict[tuple[str, float], Rejection] = {}
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], ctx: PluginContext) -> AdaptivePlugin:
@@ -341,7 +342,7 @@ class AdaptivePlugin:
     def _mark(self) -> None:
         self.limiter.on_mark(self.limiter._clock())
 
-    def before_sync(self, call: Call) -> None:
+    def before_sync(self, call: Call) -> Rejection | None:
         if self._shared["task"] is None:
             self._ensure_sampler()
         lim = self.limiter
@@ -349,18 +350,29 @@ class AdaptivePlugin:
         if lim.need_mark:  # first call of a batch: learn when the batch ends
             lim.need_mark = False
             asyncio.get_running_loop().call_soon(self._mark)
-        if reason is not None:
-            if self._dry_run:
-                self._dry_shed.inc()
-                self.limiter.inflight += 1  # admitted after all; `after` will release it
-                return
-            raise Rejection("adaptive", reason, "overloaded", self.limiter.retry_after())
+        if reason is None:
+            return None
+        if self._dry_run:
+            self._dry_shed.inc()
+            lim.inflight += 1  # admitted after all; `after` will release it
+            return None
+        # Returned, not raised, and one instance per distinct refusal (see core.Plan): under
+        # overload this runs for most calls.
+        retry = lim.retry_after()
+        refusal = self._refusals.get((reason, retry))
+        if refusal is None:
+            if len(self._refusals) > 64:  # reasons x whole-second retries: a small set
+                self._refusals.clear()
+            refusal = self._refusals[reason, retry] = Rejection("adaptive", reason, "overloaded", retry)
+        return refusal
 
     def after_sync(self, call: Call, outcome: Outcome) -> None:
         self.limiter.release(outcome.duration, outcome.kind == SUCCESS)
 
     async def before(self, call: Call) -> None:
-        self.before_sync(call)
+        refusal = self.before_sync(call)
+        if refusal is not None:
+            raise refusal.copy()
 
     async def after(self, call: Call, outcome: Outcome) -> None:
         self.after_sync(call, outcome)

@@ -232,3 +232,28 @@ async def test_plugin_response_headers_reach_the_reply() -> None:
     assert r.headers["x-app"] == "1"
     assert r.headers["x-governed-by"] == "Stamp"
     assert [k for k, _ in r.headers.raw][-1].lower() == b"x-governed-by"
+
+
+async def test_adaptive_refusals_are_one_shared_decision_rendered_fresh_each_time(
+        registry: CollectorRegistry) -> None:
+    # The adaptive limiter hands back one Rejection per distinct refusal instead of raising a new
+    # one per call; every reply must still be a whole 503 problem, counted once and released.
+    gov = Governance.from_config({"plugins": [{"type": "metrics"}, {"type": "adaptive"}]}, registry=registry)
+    adaptive = gov.plugin("adaptive")
+    adaptive.limiter.acquire = lambda: "queueing"  # type: ignore[method-assign]  # shed everything
+    refusals = {id(adaptive.before_sync(Call("http", "/hello", "GET", None, 0.0))) for _ in range(3)}
+    assert len(refusals) == 1
+    async with client_for(gov.asgi(make_starlette())) as http:
+        replies = [await http.get("/hello") for _ in range(3)]
+    for r in replies:
+        assert r.status_code == 503
+        for name in ("content-type", "content-length", "retry-after"):
+            assert len(r.headers.get_list(name)) == 1, (name, r.headers.get_list(name))
+        doc = json.loads(r.content)
+        retry = int(r.headers["retry-after"])
+        assert (doc["plugin"], doc["reason"], doc["retry_after"]) == ("adaptive", "queueing", retry)
+    assert registry.get_sample_value("governance_rejections_total",
+                                     {"plugin": "adaptive", "reason": "queueing", "transport": "http"}) == 3
+    assert duration_count(registry, "GET", "/hello", "503") == 3  # metrics ran before and was unwound
+    assert registry.get_sample_value("http_server_active_requests", {"method": "GET", "route": "/hello"}) == 0
+    await gov.aclose()

@@ -103,3 +103,57 @@ def test_plans_use_route_bound_hooks_bound_once_per_plan() -> None:
     chain.admit_sync(c, plain)
     chain.release_sync(c, plain, Outcome(SUCCESS, 200, 0.01))
     assert log == ["before a", "before b", f"after b {SUCCESS}", f"after a {SUCCESS}"]
+
+
+class Refuser(Recorder):
+    """Refuses by returning one shared Rejection (what the adaptive limiter does under overload)."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__(name, log)
+        self.refusal = Rejection(name, "full", "overloaded", 2.0, [("x-why", "full")])
+
+    def before_sync(self, call: Call) -> Rejection | None:  # type: ignore[override]
+        self.log.append(f"before {self.name}")
+        return self.refusal
+
+    async def before(self, call: Call) -> None:
+        raise AssertionError("the chain calls before_sync")
+
+
+def test_a_returned_refusal_unwinds_like_a_raised_one_and_raises_nothing() -> None:
+    log: list[str] = []
+    outcomes: list[Outcome] = []
+    rejected: list[Rejection] = []
+
+    class Watch(Recorder):
+        def after_sync(self, call: Call, outcome: Outcome) -> None:
+            outcomes.append(outcome)
+            super().after_sync(call, outcome)
+
+    refuser = Refuser("r", log)
+    chain = Chain([Watch("a", log), refuser, Recorder("c", log)], on_reject=lambda c, rej: rejected.append(rej))
+    plan = chain.plan("http", "GET", "/r")
+    assert chain.try_admit_sync(call(), plan) is refuser.refusal  # handed back, no exception
+    assert log == ["before a", "before r", f"after a {REJECTED}"]
+    assert outcomes[0].status == 503 and rejected == [refuser.refusal]
+    # the raising variant raises a copy: same decision, never the shared instance
+    with pytest.raises(Rejection) as raised:
+        chain.admit_sync(call(), plan)
+    assert raised.value is not refuser.refusal
+    assert (raised.value.plugin, raised.value.reason, raised.value.status, raised.value.retry_after,
+            raised.value.headers) == ("r", "full", "overloaded", 2.0, [("x-why", "full")])
+    assert refuser.refusal.__traceback__ is None  # never raised, so nothing accumulates on it
+
+
+async def test_a_returned_refusal_in_a_mixed_plan_is_raised_as_a_copy() -> None:
+    log: list[str] = []
+    refuser = Refuser("r", log)
+    chain = Chain([Recorder("a", log), AsyncOnly(), refuser])
+    plan = chain.plan("grpc", "unary", "/s.S/M")
+    assert not plan.sync
+    for _ in range(3):
+        with pytest.raises(Rejection) as raised:
+            await chain.admit(call(), plan)
+        assert raised.value is not refuser.refusal and raised.value.reason == "full"
+    assert log.count(f"after a {REJECTED}") == 3
+    assert refuser.refusal.__traceback__ is None
