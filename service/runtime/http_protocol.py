@@ -1,7 +1,8 @@
 """uvicorn's httptools protocol with the two limits it lacks: a deadline for a request's headers
 (slowloris: uvicorn only times out idle keep-alive connections, never a request whose headers
-trickle in) and a cap on the bytes of the request line plus headers (httptools has none); and each
-response's head sent together with its body (service.runtime.coalesced_writes)."""
+trickle in) and a cap on the bytes of the request line plus headers (httptools has none); each
+response's head sent together with its body (service.runtime.coalesced_writes); and the header
+deadline and uvicorn's keep-alive timeout run from one timer per connection, not per request."""
 
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int,
         _in_headers = False
         _too_large = False
         _writer: CoalescingWriter | None = None
-
         _idle_since: float | None = None  # loop time the last response completed, while idle
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
