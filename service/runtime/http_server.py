@@ -25,6 +25,9 @@ class HttpServer:
     def __init__(self, app: ASGIApp, host: str, port: int, *, name: str, header_timeout: float = 10.0,
                  max_header_bytes: int = 65536, eager_accept: bool = True, coalesce_writes: bool = True,
                  keep_alive_timeout: float = 5.0) -> None:
+        if header_timeout <= 0 or keep_alive_timeout <= 0:
+            # both run from one re-arming timer per connection; a zero wait would re-arm it forever
+            raise ValueError("header_timeout and keep_alive_timeout must be positive")
         self.name = name
         # Eager accept: see service.runtime.eager_accept (libuv accepts one connection per loop turn).
         self.eager_accept = EagerAccept() if eager_accept else None

@@ -112,3 +112,9 @@ async def test_a_request_longer_than_both_timeouts_is_answered(port: int) -> Non
             return sock.recv(4096)
 
     assert (await asyncio.to_thread(client)).endswith(b"ok")
+
+
+@pytest.mark.parametrize("timeouts", [{"header_timeout": 0}, {"keep_alive_timeout": 0}])
+def test_timeouts_must_be_positive(timeouts: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        HttpServer(_app, "127.0.0.1", 0, name="t", **timeouts)
