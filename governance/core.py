@@ -224,7 +224,7 @@ class Chain:
                     await fn(call)
                 else:
                     refused = fn(call)
-                    if refused is not None:
+                    if refused is not None and isinstance(refused, Rejection):  # other values: admitted
                         raise refused.copy()
                 done += 1
         except BaseException as exc:
@@ -263,7 +263,7 @@ class Chain:
         try:
             for fn in plan.sync_befores:
                 refused = fn(call)
-                if refused is not None:
+                if refused is not None and isinstance(refused, Rejection):  # other values: admitted
                     self._refused(call, plan, refused, done)
                     return refused
                 done += 1

@@ -157,3 +157,18 @@ async def test_a_returned_refusal_in_a_mixed_plan_is_raised_as_a_copy() -> None:
         assert raised.value is not refuser.refusal and raised.value.reason == "full"
     assert log.count(f"after a {REJECTED}") == 3
     assert refuser.refusal.__traceback__ is None
+
+
+def test_a_before_hook_returning_anything_but_a_rejection_admits() -> None:
+    # Before hooks used to have their return value ignored; only a Rejection means "refused".
+    log: list[str] = []
+
+    class Chatty(Recorder):
+        def before_sync(self, call: Call) -> object:  # type: ignore[override]
+            super().before_sync(call)
+            return True
+
+    chain = Chain([Chatty("a", log), Recorder("b", log)])
+    plan = chain.plan("http", "GET", "/r")
+    assert chain.try_admit_sync(call(), plan) is None
+    assert log == ["before a", "before b"]
