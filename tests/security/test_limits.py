@@ -150,6 +150,11 @@ def _trickle(socks: list[socket.socket], closed: dict[int, bytes]) -> None:
             continue
         try:
             s.send(b"X-Slow: 1\r\n")
+        except OSError:
+            # The server answered and closed while our last line was unread on its side, so its
+            # kernel reset the connection and this send fails; what it answered is still readable.
+            pass
+        try:
             closed[i] = s.recv(4096)[:12]  # the status line (b"HTTP/1.1 408"), or b"" for a bare close
         except BlockingIOError:
             pass  # nothing to read: still open
