@@ -115,22 +115,19 @@ class GovernanceMiddleware:
         call = Call("http", route, method, self.client_key(scope) if self.client_key else None, start,
                     {"carrier": scope["headers"]})
         sync = plan.sync
+        refused: Rejection | None = None
         if sync:
-            refused = chain.try_admit_sync(call, plan)
-            if refused is not None:  # written out here: a refusal is the common case under overload
-                status = 429 if refused.status == "rate_limited" else 503
-                body, headers = rejection_reply(refused, status)
-                extra = refused.headers
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [*headers, *encode_headers(extra)] if extra else list(headers)})
-                await send({"type": "http.response.body", "body": body})
-                return
+            refused = chain.try_admit_sync(call, plan)  # no exception: refusals are common under overload
         else:
             try:
                 await chain.admit(call, plan)
             except Rejection as rej:
-                await _send_rejection(send, rej, rejection_status("http", rej))
-                return
+                refused = rej
+        if refused is not None:
+            code = int(rejection_status("http", refused))
+            body, headers = rejection_reply(refused, code)
+            await _send_reply(send, code, body, headers, refused.headers)
+            return
 
         status = 0
 
@@ -180,11 +177,6 @@ async def _send_reply(send: Any, status: int, body: bytes, headers: tuple[tuple[
     await send({"type": "http.response.start", "status": status,
                 "headers": [*headers, *encode_headers(extra)] if extra else list(headers)})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _send_rejection(send: Any, rej: Rejection, status: int) -> None:
-    body, headers = rejection_reply(rej, status)
-    await _send_reply(send, status, body, headers, rej.headers)
 
 
 async def dependency_unavailable_handler(request: Any, exc: Exception) -> Any:

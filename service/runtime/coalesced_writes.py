@@ -10,9 +10,9 @@ every shed request too.
 sends it together with the body's first write (one writev through `writelines`). A head without a
 Content-Length (a chunked stream: server-sent events, say, which may wait long before their first
 event) is never held past the current loop iteration: a flush is queued with it. A head with one is
-held until its body's first write or the connection's close (a HEAD response has no body write:
-the protocol does not have it held), i.e. only while the app is producing a body the client cannot use without;
-queueing that flush for every response cost more instructions than the whole saving in user time.
+held until its body's first write or the connection's close, i.e. only while the app produces a
+body the client cannot do without (queueing a flush for every response cost more instructions than
+the saving). A HEAD response has no body write, so the protocol never has its head held.
 Order is never changed: while a block is held, any write goes out behind it. Written by hand:
 uvicorn offers no hook for this and uvloop no option.
 """
@@ -70,5 +70,5 @@ class CoalescingWriter:
         self.flush()
         self.transport.close()
 
-    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, ...: the real transport's
+    def __getattr__(self, name: str) -> Any:  # get_extra_info, ...: the real transport's
         return getattr(self.transport, name)
