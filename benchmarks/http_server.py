@@ -35,15 +35,14 @@ from typing import Any
 
 try:  # run as a script: benchmarks/ is on sys.path
     from machine_info import machine
-    from middleware import free_port, pin, run_wrk, stop_server
+    from middleware import cpu_seconds, free_port, pin, run_wrk, stop_server
 except ImportError:  # imported as benchmarks.<module>
     from benchmarks.machine_info import machine
-    from benchmarks.middleware import free_port, pin, run_wrk, stop_server
+    from benchmarks.middleware import cpu_seconds, free_port, pin, run_wrk, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "http-server.md"
 ARMS = ["uvicorn", "meterd", "meterd-two-writes"]
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _app() -> Any:
@@ -78,13 +77,6 @@ async def _serve(arm: str, port: int) -> None:
     await task
 
 
-def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds the process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLOCK_TICK, int(fields[12]) / CLOCK_TICK
-
-
 def _start(arm: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     cmd = [*pin(0), sys.executable, "-m", "benchmarks.http_server", "--serve", arm, str(port)]
@@ -104,9 +96,9 @@ def _start(arm: str) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def _slice(proc: subprocess.Popen[bytes], port: int, seconds: float, connections: int) -> dict[str, float]:
-    user0, sys0 = _cpu_seconds(proc.pid)
+    user0, sys0 = cpu_seconds(proc.pid)
     res = run_wrk(port, seconds, connections)
-    user1, sys1 = _cpu_seconds(proc.pid)
+    user1, sys1 = cpu_seconds(proc.pid)
     n = res["requests"] or 1.0
     return {"rps": res["rps"], "user_us": (user1 - user0) / n * 1e6, "sys_us": (sys1 - sys0) / n * 1e6,
             "cpu_us": (user1 - user0 + sys1 - sys0) / n * 1e6, "p99": res["p99"]}

@@ -191,6 +191,29 @@ def run_wrk(port: int, seconds: float, connections: int) -> dict[str, float]:
             "errors": 1.0 if errors else 0.0}
 
 
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLOCK_TICK, int(fields[12]) / CLOCK_TICK
+
+
+def measured_slice(proc: subprocess.Popen[bytes], port: int, seconds: float, connections: int) -> dict[str, float]:
+    """One wrk slice plus the server's CPU per request in it (user and kernel, microseconds).
+
+    The server is saturated, so its throughput is about 1 / CPU per request while it holds the
+    core; CPU time does not count the moments the VM is descheduled, which wall-clock req/s does.
+    """
+    user0, sys0 = cpu_seconds(proc.pid)
+    res = run_wrk(port, seconds, connections)
+    user1, sys1 = cpu_seconds(proc.pid)
+    n = res["requests"] or 1.0
+    return {**res, "user_us": (user1 - user0) / n * 1e6, "sys_us": (sys1 - sys0) / n * 1e6}
+
+
 
 def instructions_per_request(arm: str, seconds: float, connections: int) -> float:
     """CPU instructions the server executes per request, counted by valgrind's callgrind.
@@ -262,10 +285,11 @@ def main() -> None:
             run_wrk(port, args.warmup, args.connections)
         for rnd in range(args.rounds):
             for arm in arms:
-                res = run_wrk(servers[arm][1], args.duration, args.connections)
+                res = measured_slice(*servers[arm], args.duration, args.connections)
                 runs[arm].append(res)
                 print(f"round {rnd + 1} {arm:16s} {res['rps']:9.0f} req/s  p50 {res['p50']:.2f} ms  "
-                      f"p99 {res['p99']:.2f} ms  non-2xx {res['non2xx']:.0f}", flush=True)
+                      f"p99 {res['p99']:.2f} ms  CPU {res['user_us']:.1f} + {res['sys_us']:.1f} us/request  "
+                      f"non-2xx {res['non2xx']:.0f}", flush=True)
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
@@ -282,7 +306,7 @@ def main() -> None:
 
 def render(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace,
            instructions: dict[str, float] | None = None) -> str:
-    mean = {a: {k: statistics.mean(r[k] for r in rs) for k in ("rps", "p50", "p99", "non2xx")}
+    mean = {a: {k: statistics.mean(r[k] for r in rs) for k in ("rps", "p50", "p99", "non2xx", "user_us", "sys_us")}
             for a, rs in runs.items()}
     bare = mean.get("bare", {}).get("rps")
     lines = [
@@ -299,20 +323,27 @@ def render(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace,
         "- GC: every arm except *-default-gc runs with meterd's serving GC settings (gc.freeze() after start-up, "
         "young threshold 10,000; service/runtime/gc_tuning.py)",
         "",
-        "| arm | req/s (mean) | min / median / max of rounds | p50 ms | p99 ms | vs bare | non-2xx |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| arm | req/s (mean) | min / median / max of rounds | p50 ms | p99 ms | vs bare | server CPU us/request "
+        "(user + kernel, mean) | non-2xx |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for arm, m in mean.items():
         rps = sorted(r["rps"] for r in runs[arm])
         per = f"{rps[0]:.0f} / {statistics.median(rps):.0f} / {rps[-1]:.0f}"
         ratio = f"{m['rps'] / bare:.0%}" if bare else "-"
         lines.append(f"| {arm} | {m['rps']:.0f} | {per} | {m['p50']:.2f} | {m['p99']:.2f} | {ratio} | "
-                     f"{m['non2xx']:.0f} |")
+                     f"{m['user_us']:.1f} + {m['sys_us']:.1f} | {m['non2xx']:.0f} |")
     # Other load on a shared machine moves whole rounds up and down; a ratio of two arms run back to
     # back within one round cancels most of that, so the headline is the median of per-round ratios.
     def ratio(a: str, b: str) -> tuple[float, list[float]]:
         per = [x["rps"] / y["rps"] for x, y in zip(runs[a], runs[b], strict=True)]
         return statistics.median(per), per
+
+    def cpu_ratio(a: str, b: str, key: str = "") -> float:
+        """Median per-round ratio of b's CPU per request to a's (a's throughput relative to b's, by CPU)."""
+        def cost(r: dict[str, float]) -> float:
+            return r[key] if key else r["user_us"] + r["sys_us"]
+        return statistics.median(cost(y) / cost(x) for x, y in zip(runs[a], runs[b], strict=True))
 
     lines.append("")
     if "governance-100%" in runs and "peer-100%" in runs:
@@ -325,6 +356,11 @@ def render(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace,
             target = " (target >= 70%)" if arm == "governance-10%" else ""
             lines.append(f"- {arm} / bare: **{med:.0%}** (median of rounds: "
                          f"{', '.join(f'{r:.0%}' for r in per)}){target}")
+        if "governance-10%" in runs:
+            arm = "governance-10%"
+            lines.append(f"- {arm} / bare by server CPU per request: {cpu_ratio(arm, 'bare'):.0%} (user time alone: "
+                         f"{cpu_ratio(arm, 'bare', 'user_us'):.0%}, kernel time alone: "
+                         f"{cpu_ratio(arm, 'bare', 'sys_us'):.0%}; medians of rounds)")
     if instructions:
         base = instructions.get("bare")
         lines += ["", f"Instructions per request (callgrind; {args.instructions:.0f} s of wrk -t1 -c16 per arm after "
