@@ -35,10 +35,10 @@ from typing import Any
 
 try:  # run as a script: benchmarks/ is on sys.path
     from machine_info import machine
-    from middleware import cpu_seconds, free_port, pin, run_wrk, stop_server
+    from middleware import free_port, measured_slice, pin, run_wrk, stop_server
 except ImportError:  # imported as benchmarks.<module>
     from benchmarks.machine_info import machine
-    from benchmarks.middleware import cpu_seconds, free_port, pin, run_wrk, stop_server
+    from benchmarks.middleware import free_port, measured_slice, pin, run_wrk, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "http-server.md"
@@ -95,15 +95,6 @@ def _start(arm: str) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError(f"{arm} did not come up")
 
 
-def _slice(proc: subprocess.Popen[bytes], port: int, seconds: float, connections: int) -> dict[str, float]:
-    user0, sys0 = cpu_seconds(proc.pid)
-    res = run_wrk(port, seconds, connections)
-    user1, sys1 = cpu_seconds(proc.pid)
-    n = res["requests"] or 1.0
-    return {"rps": res["rps"], "user_us": (user1 - user0) / n * 1e6, "sys_us": (sys1 - sys0) / n * 1e6,
-            "cpu_us": (user1 - user0 + sys1 - sys0) / n * 1e6, "p99": res["p99"]}
-
-
 def render(runs: dict[int, dict[str, list[dict[str, float]]]], args: argparse.Namespace) -> str:
     med = statistics.median
     lines = [
@@ -156,7 +147,7 @@ def main() -> None:
                 run_wrk(port, 2, conns)  # warm-up at this concurrency
             for rnd in range(args.rounds):
                 for arm, (proc, port) in servers.items():
-                    res = _slice(proc, port, args.duration, conns)
+                    res = measured_slice(proc, port, args.duration, conns)
                     runs[conns][arm].append(res)
                     print(f"{conns:3d} conns round {rnd + 1} {arm:18s} {res['rps']:8.0f} req/s  "
                           f"cpu {res['cpu_us']:6.1f} us/req (kernel {res['sys_us']:5.1f})", flush=True)

@@ -211,7 +211,8 @@ def measured_slice(proc: subprocess.Popen[bytes], port: int, seconds: float, con
     res = run_wrk(port, seconds, connections)
     user1, sys1 = cpu_seconds(proc.pid)
     n = res["requests"] or 1.0
-    return {**res, "user_us": (user1 - user0) / n * 1e6, "sys_us": (sys1 - sys0) / n * 1e6}
+    return {**res, "user_us": (user1 - user0) / n * 1e6, "sys_us": (sys1 - sys0) / n * 1e6,
+            "cpu_us": (user1 - user0 + sys1 - sys0) / n * 1e6}
 
 
 
@@ -339,11 +340,9 @@ def render(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace,
         per = [x["rps"] / y["rps"] for x, y in zip(runs[a], runs[b], strict=True)]
         return statistics.median(per), per
 
-    def cpu_ratio(a: str, b: str, key: str = "") -> float:
+    def cpu_ratio(a: str, b: str, key: str = "cpu_us") -> float:
         """Median per-round ratio of b's CPU per request to a's (a's throughput relative to b's, by CPU)."""
-        def cost(r: dict[str, float]) -> float:
-            return r[key] if key else r["user_us"] + r["sys_us"]
-        return statistics.median(cost(y) / cost(x) for x, y in zip(runs[a], runs[b], strict=True))
+        return statistics.median(y[key] / x[key] for x, y in zip(runs[a], runs[b], strict=True))
 
     lines.append("")
     if "governance-100%" in runs and "peer-100%" in runs:
