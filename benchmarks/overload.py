@@ -178,10 +178,11 @@ def create_app() -> Any:
     arm = os.environ.get("OVERLOAD_ARM", "none")
     if arm == "kratos-bbr":
         governed: Any = KratosBBR(app)
-    elif arm == "governance":
+    elif arm in ("governance", "governance-in-app"):
         from governance import Governance
 
         governed = Governance.from_config({"plugins": [{"type": "adaptive"}]}).asgi(app)
+        early = governed.early_reply
     else:
         governed = app
 
@@ -195,6 +196,11 @@ def create_app() -> Any:
             return
         await governed(scope, receive, send)
 
+    if arm == "governance":
+        # meterd's server asks the governed app before starting each request (the limiter's early
+        # refusal); /_served stays outside it here too. The governance-in-app arm (not run by
+        # default) leaves that out: every refusal is made inside the app, for an A/B.
+        outer.early_reply = lambda scope: None if scope["path"] == "/_served" else early(scope)  # type: ignore[attr-defined]
     return outer
 
 

@@ -102,6 +102,27 @@ class GovernanceMiddleware:
             by_path.setdefault(scope["path"], {})[method] = found
         return found
 
+    def early_reply(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """For a server, before it starts handling an HTTP request: (status, headers, body) of a
+        refusal decided now (see core.Plan.early), or None to handle the request as usual. The
+        refused call is accounted for as any refusal (metrics, rejection counters, traces)."""
+        method = scope["method"]
+        by_path = self._by_path
+        found = by_path.get(scope["path"], _NO_METHODS).get(method) if by_path is not None else None
+        route, plan = found if found is not None else self._route_plan(scope, method)
+        early = plan.early
+        if early is None:
+            return None
+        refused = early[1]()
+        if refused is None:
+            return None
+        call = Call("http", route, method, self.client_key(scope) if self.client_key else None, time.perf_counter(),
+                    {"carrier": scope["headers"]})
+        refused = self.chain.refuse_early(call, plan, refused)
+        code = int(rejection_status("http", refused))
+        body, headers = rejection_reply(refused, code)
+        return code, [*headers, *encode_headers(refused.headers)] if refused.headers else list(headers), body
+
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)

@@ -144,9 +144,15 @@ class Plan:
     machinery, and a plugin may hand back the same instance for the same decision (never raise a
     returned instance; the chain raises copies where a raise is needed). Under overload most calls
     are refused, so that is the path to keep cheap. The async hooks remain the protocol.
+
+    A plugin may also offer `refuse_early()` -> Rejection | None: a decision a server can ask for
+    before it has started the request's handling (no task, no ASGI cycle), so that a refusal under
+    overload costs a fraction of one made in `before`. `early` is (index, hook) of the first plugin
+    offering it, when every plugin ahead of it has sync hooks (they are run and unwound for the
+    refused call by `Chain.refuse_early`, as if that plugin's `before` had refused); else None.
     """
 
-    __slots__ = ("plugins", "befores", "afters", "sync", "sync_befores", "sync_afters")
+    __slots__ = ("plugins", "befores", "afters", "sync", "sync_befores", "sync_afters", "early", "early_afters")
 
     def __init__(self, plugins: tuple[Plugin, ...], transport: str = "", method: str = "", route: str = "") -> None:
         self.plugins = plugins
@@ -156,6 +162,17 @@ class Plan:
         self.sync = not any(is_async for _, is_async in self.befores + self.afters)
         self.sync_befores = tuple(fn for fn, _ in self.befores) if self.sync else ()
         self.sync_afters = tuple(fn for fn, _ in self.afters) if self.sync else ()
+        self.early: tuple[int, Any] | None = None
+        self.early_afters: tuple[Any, ...] = ()
+        for i, plugin in enumerate(plugins):
+            hook = getattr(plugin, "refuse_early", None)
+            if hook is None:
+                continue
+            ahead = self.befores[:i] + self.afters[len(self.afters) - i:]
+            if not any(is_async for _, is_async in ahead):
+                self.early = (i, hook)
+                self.early_afters = tuple(fn for fn, _ in self.afters[len(self.afters) - i:])
+            break
 
     def __len__(self) -> int:
         return len(self.plugins)
@@ -282,9 +299,38 @@ class Chain:
             self.release_sync(call, plan, Outcome(REJECTED, rejection_status(call.transport, refused),
                                                   time.perf_counter() - call.start), admitted)
 
-    def release_sync(self, call: Call, plan: Plan, outcome: Outcome, admitted: int | None = None) -> None:
-        """`release` for an all-sync plan; one failing hook does not skip the others."""
-        afters = plan.sync_afters if admitted is None else plan.sync_afters[len(plan.sync_afters) - admitted:]
+    def refuse_early(self, call: Call, plan: Plan, refusal: Rejection) -> Rejection:
+        """Account for `refusal`, which `plan.early`'s plugin gave before the call was started: the
+        plugins ahead of it see the call admitted, then REJECTED, as when that plugin's `before`
+        refuses (one of them refusing first wins, as it would have). Returns the refusal to reply with."""
+        index = plan.early[0] if plan.early is not None else 0
+        befores, done = plan.befores, 0
+        try:
+            while done < index:
+                refused = befores[done][0](call)
+                if refused is not None and isinstance(refused, Rejection):
+                    refusal = refused
+                    break
+                done += 1
+        except Rejection as exc:
+            refusal = exc
+        except BaseException as exc:
+            self.release_sync(call, plan, self._unwind_outcome(call, exc), done, plan.early_afters)
+            raise
+        if self._on_reject is not None:
+            self._on_reject(call, refusal)
+        if done:
+            self.release_sync(call, plan, Outcome(REJECTED, rejection_status(call.transport, refusal),
+                                                  time.perf_counter() - call.start), done, plan.early_afters)
+        return refusal
+
+    def release_sync(self, call: Call, plan: Plan, outcome: Outcome, admitted: int | None = None,
+                     hooks: tuple[Any, ...] | None = None) -> None:
+        """`release` for an all-sync plan (or, given `hooks`, for those sync after hooks: a plan's
+        early_afters); one failing hook does not skip the others."""
+        afters = hooks or plan.sync_afters
+        if admitted is not None:
+            afters = afters[len(afters) - admitted:]
         error: BaseException | None = None
         for fn in afters:
             try:  # free in CPython >= 3.11 unless something raises

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from service.runtime.coalesced_writes import CoalescingWriter
 
@@ -24,11 +25,37 @@ def _reply(transport: asyncio.Transport, status: int, title: str, detail: str) -
     transport.close()
 
 
+EarlyReply = Callable[[dict[str, Any]], "tuple[int, list[tuple[bytes, bytes]], bytes] | None"]
+
+
+def _answer_early(cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """Complete `cycle` with this reply without running the app: one write, then what uvicorn's
+    send does at the end of a response (close unless keep-alive, then the protocol's bookkeeping:
+    the next pipelined request, keep-alive idle time). A body still arriving is dropped by the
+    parser hooks, as for an app that answers without reading it."""
+    parts = [STATUS_LINE[status]]
+    for name, value in (*cycle.default_headers, *headers):
+        parts += (name, b": ", value, b"\r\n")
+    if not cycle.keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if cycle.scope["method"] != "HEAD":
+        parts.append(body)
+    cycle.response_started = cycle.response_complete = True
+    cycle.transport.write(b"".join(parts))
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
+
+
 def guarded_protocol(header_timeout: float, max_header_bytes: int,
                      on_connection: Callable[[], None] | None = None,
-                     coalesce_writes: bool = True) -> type[HttpToolsProtocol]:
+                     coalesce_writes: bool = True, early_reply: EarlyReply | None = None) -> type[HttpToolsProtocol]:
     """on_connection runs after each new connection is set up (service.runtime.eager_accept);
-    coalesce_writes=False keeps uvicorn's two writes per response (for A/B measurements)."""
+    coalesce_writes=False keeps uvicorn's two writes per response (for A/B measurements);
+    early_reply(scope) is asked before each request's ASGI task is started and may answer it instead
+    (governance.asgi.GovernanceMiddleware.early_reply: refusals under overload without a task)."""
 
     base = HttpToolsProtocol  # hooks below call it directly: no super() object per parser callback
 
@@ -130,12 +157,21 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int,
                 return
             super().send_400_response(msg)
 
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+            # `app` is uvicorn's own 503 app when its concurrency limit is hit: left to it.
+            if early_reply is not None and app is self.app:
+                reply = early_reply(cycle.scope)
+                if reply is not None:
+                    _answer_early(cycle, *reply)
+                    return
+            base._start_asgi_task(self, cycle, app)
+
         def on_headers_complete(self) -> None:
             self._in_headers = False
             previous = self.cycle
             base.on_headers_complete(self)
             cycle, writer = self.cycle, self._writer
-            if cycle is not previous and cycle is not None and writer is not None:
+            if cycle is not previous and cycle is not None and writer is not None and not cycle.response_complete:
                 cycle.transport = writer  # type: ignore[assignment]
                 # Not for a cycle queued behind a pipelined one (its head is not the next write), nor
                 # for HEAD (uvicorn writes no body for it, so nothing would release the head).

@@ -11,7 +11,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from service.runtime.eager_accept import EagerAccept
-from service.runtime.http_protocol import guarded_protocol
+from service.runtime.http_protocol import EarlyReply, guarded_protocol
 
 
 class _Server(uvicorn.Server):
@@ -24,7 +24,10 @@ class _Server(uvicorn.Server):
 class HttpServer:
     def __init__(self, app: ASGIApp, host: str, port: int, *, name: str, header_timeout: float = 10.0,
                  max_header_bytes: int = 65536, eager_accept: bool = True, coalesce_writes: bool = True,
-                 keep_alive_timeout: float = 5.0) -> None:
+                 keep_alive_timeout: float = 5.0, early_reply: EarlyReply | None = None) -> None:
+        """early_reply: see service.runtime.http_protocol.guarded_protocol; by default the app's own
+        `early_reply` when it has one (governance.asgi.GovernanceMiddleware), so a governed app sheds
+        under overload before a task exists."""
         if header_timeout <= 0 or keep_alive_timeout <= 0:
             # both run from one re-arming timer per connection; a zero wait would re-arm it forever
             raise ValueError("header_timeout and keep_alive_timeout must be positive")
@@ -35,7 +38,8 @@ class HttpServer:
                                 server_header=False, timeout_graceful_shutdown=10,
                                 timeout_keep_alive=keep_alive_timeout,
                                 http=guarded_protocol(header_timeout, max_header_bytes, self.eager_accept,
-                                                      coalesce_writes))
+                                                      coalesce_writes,
+                                                      early_reply or getattr(app, "early_reply", None)))
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 

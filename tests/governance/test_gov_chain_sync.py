@@ -172,3 +172,52 @@ def test_a_before_hook_returning_anything_but_a_rejection_admits() -> None:
     plan = chain.plan("http", "GET", "/r")
     assert chain.try_admit_sync(call(), plan) is None
     assert log == ["before a", "before b"]
+
+
+class EarlyRefuser(Recorder):
+    """A plugin with the early hook (the adaptive limiter's kind): refuses before the call starts."""
+
+    def __init__(self, name: str, log: list[str], refuse: bool = True) -> None:
+        super().__init__(name, log)
+        self.refuse = refuse
+
+    def refuse_early(self) -> Rejection | None:
+        self.log.append(f"early {self.name}")
+        return Rejection(self.name, "queueing", "overloaded", 2.0) if self.refuse else None
+
+
+def test_an_early_refusal_is_accounted_like_one_in_before() -> None:
+    log: list[str] = []
+    rejected: list[str] = []
+    chain = Chain([Recorder("a", log), EarlyRefuser("e", log), Recorder("c", log)],
+                  on_reject=lambda c, rej: rejected.append(rej.plugin))
+    plan = chain.plan("http", "GET", "/r")
+    assert plan.early is not None and plan.early[0] == 1
+    refusal = plan.early[1]()
+    assert refusal is not None
+    got = chain.refuse_early(call(), plan, refusal)
+    assert got is refusal
+    # the plugin ahead sees the call admitted and then REJECTED; the refuser and the ones after it
+    # see nothing (as when a before refuses); the refusal is counted once
+    assert log == ["early e", "before a", f"after a {REJECTED}"]
+    assert rejected == ["e"]
+
+
+def test_a_plugin_ahead_of_the_early_one_refusing_first_wins() -> None:
+    log: list[str] = []
+    rejected: list[str] = []
+    chain = Chain([Recorder("a", log, reject=True), EarlyRefuser("e", log)],
+                  on_reject=lambda c, rej: rejected.append(rej.plugin))
+    plan = chain.plan("http", "GET", "/r")
+    got = chain.refuse_early(call(), plan, plan.early[1]())  # type: ignore[index]
+    assert got.plugin == "a" and rejected == ["a"]
+    assert log == ["early e", "before a"]  # a refused in its own before: its after is not run
+
+
+def test_no_early_hook_behind_an_async_plugin() -> None:
+    # the plugins ahead are run and unwound synchronously for an early refusal, so they must be sync
+    log: list[str] = []
+    assert Chain([AsyncOnly(), EarlyRefuser("e", log)]).plan("http", "GET", "/r").early is None
+    plan = Chain([EarlyRefuser("e", log), AsyncOnly()]).plan("http", "GET", "/r")
+    assert plan.early is not None and not plan.sync  # what follows it does not matter
+    assert Chain([Recorder("a", log)]).plan("http", "GET", "/r").early is None
