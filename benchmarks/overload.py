@@ -153,7 +153,9 @@ def create_app() -> Any:
     io_s = float(os.environ.get("OVERLOAD_IO_MS", "20")) / 1000
     downstream = asyncio.Semaphore(io_cap)
 
-    served = {"calls": 0, "busy": 0.0}  # /cpu service time, read by the generator via /_served
+    # /cpu service time, and refusals the server made before a task existed (early_reply), read by the
+    # generator via /_served
+    served = {"calls": 0, "busy": 0.0, "early": 0}
 
     async def cpu(request: Any) -> PlainTextResponse:
         start = time.perf_counter()
@@ -189,7 +191,7 @@ def create_app() -> Any:
     async def outer(scope: Any, receive: Any, send: Any) -> None:
         # /_served answers outside any limiter (it must not be shed while the run is overloaded).
         if scope["type"] == "http" and scope["path"] == "/_served":
-            body = f"{served['calls']} {served['busy']:.6f}".encode()
+            body = f"{served['calls']} {served['busy']:.6f} {served['early']}".encode()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
@@ -200,7 +202,13 @@ def create_app() -> Any:
         # meterd's server asks the governed app before starting each request (the limiter's early
         # refusal); /_served stays outside it here too. The governance-in-app arm (not run by
         # default) leaves that out: every refusal is made inside the app, for an A/B.
-        outer.early_reply = lambda scope: None if scope["path"] == "/_served" else early(scope)  # type: ignore[attr-defined]
+        def early_reply(scope: Any) -> Any:
+            reply = None if scope["path"] == "/_served" else early(scope)
+            if reply is not None:
+                served["early"] += 1
+            return reply
+
+        outer.early_reply = early_reply  # type: ignore[attr-defined]
     return outer
 
 
@@ -264,16 +272,17 @@ class Client:
             if conn is not None:
                 conn[1].close()
 
-    async def served(self) -> tuple[int, float] | None:
-        """(calls, busy seconds) the server's /cpu handler has done so far; None if the server is
-        too far behind to answer within 3 s (a no-limiter arm still working off its backlog)."""
+    async def served(self) -> tuple[int, float, int] | None:
+        """(calls, busy seconds) the server's /cpu handler has done so far, and the refusals made
+        before a task existed; None if the server is too far behind to answer within 3 s (a
+        no-limiter arm still working off its backlog)."""
         try:
             async with asyncio.timeout(3.0):
                 reader, writer = await asyncio.open_connection(self.host, self.port)
                 try:
                     writer.write(b"GET /_served HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-                    calls, busy = (await reader.read()).split(b"\r\n\r\n", 1)[1].split()
-                    return int(calls), float(busy)
+                    calls, busy, early = (await reader.read()).split(b"\r\n\r\n", 1)[1].split()
+                    return int(calls), float(busy), int(early)
                 finally:
                     writer.close()
         except (TimeoutError, OSError):
@@ -374,6 +383,7 @@ class Run:
     # runs ~15 % slower under an open loop than under the closed-loop probe (the generator's own
     # CPU work shares the machine), so this is what the server could really do during the run.
     service_capacity: float | None = None
+    early_shed: int | None = None  # of the sheds, those refused before a task existed (meterd's server)
 
     def share(self) -> float:
         return self.goodput() / self.capacity
@@ -391,6 +401,9 @@ class Run:
 
     def goodput(self) -> float:
         return len(self.ok) / self.seconds
+
+    def early_note(self) -> str:
+        return f" ({self.early_shed} before a task)" if self.early_shed else ""
 
     def shed(self) -> int:
         return sum(1 for r in self.results if r.status in (429, 503))
@@ -449,7 +462,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
               f"{out['unloaded_p99'][route] * 1e3:.1f} ms", flush=True)
     for route in routes:
         for arm in args.arms.split(","):
-            for level in LEVELS:
+            for level in args.levels:
                 # The generator keeps every finished run's results, and late in a session the
                 # collector's full passes over them held its loop up (generator lag p99 62 ms at the
                 # last level, inflating that level's latencies): keep finished work out of its way.
@@ -473,7 +486,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 service = None
                 if before and after and after[1] > before[1]:
                     service = (after[0] - before[0]) / (after[1] - before[1])
-                run = Run(arm, route, level, level * cap, res, step_at, args.level_seconds, cap, p99u, service)
+                early_shed = after[2] - before[2] if before and after else None
+                run = Run(arm, route, level, level * cap, res, step_at, args.level_seconds, cap, p99u, service,
+                          early_shed)
                 out["runs"].append(run)
                 svc = run.service_share()
                 print(f"  (probe: capacity {cap:.0f} req/s, unloaded p99 {p99u * 1e3:.1f} ms)", flush=True)
@@ -482,7 +497,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                       f"{'' if svc is None else f' ({svc:6.1%} of service capacity; offered {lvl:.2f}x of it)'}  "
                       f"admitted p99 {run.admitted_p99() * 1e3:8.1f} ms (after 2 s "
                       f"{run.admitted_p99(after=2.0) * 1e3:6.1f} ms; generator lag p99 "
-                      f"{run.generator_lag_p99() * 1e3:5.1f} ms)  shed {run.shed():5d}  "
+                      f"{run.generator_lag_p99() * 1e3:5.1f} ms)  shed {run.shed():5d}{run.early_note()}  "
                       f"timeouts/errors {run.failed():5d}", flush=True)
     return out
 
@@ -537,7 +552,7 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{_opt(run.service_level(), '.2f')}{'' if run.service_level() is None else 'x'} | "
                 f"{_opt(run.service_share(), '.0%')} | {run.unloaded_p99 * 1e3:.1f} ms | {p99 * 1e3:.1f} ms | "
                 f"{steady * 1e3:.1f} ms | {steady / run.unloaded_p99:.1f}x | {run.generator_lag_p99() * 1e3:.1f} ms | "
-                f"{run.shed()} | {run.failed()} | "
+                f"{run.shed()}{run.early_note()} | {run.failed()} | "
                 f"{fmt_s(first)} | {fmt_s(settled)} |")
         lines.append("")
     lines += ["## Targets (issue 3)", "",
@@ -588,6 +603,8 @@ def main() -> None:
     ap.add_argument("--server", choices=("meterd", "uvicorn"), default="meterd")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--routes", default="cpu,io")
+    ap.add_argument("--levels", type=lambda v: [float(x) for x in v.split(",")], default=LEVELS,
+                    help="load levels, multiples of the probed capacity (default: %(default)s)")
     ap.add_argument("--level-seconds", type=float, default=6.0)
     ap.add_argument("--warm-seconds", type=float, default=3.0)
     ap.add_argument("--timeout", type=float, default=2.0)

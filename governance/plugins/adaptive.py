@@ -417,9 +417,10 @@ class AdaptivePlugin:
     def refuse_early(self) -> Rejection | None:
         """A server's question before it starts a request's handling (see core.Plan.early and
         AdaptiveLimiter.refuse_early). A dry run never refuses here: its `before_sync` counts."""
-        if self._dry_run:
+        lim = self.limiter
+        if not lim.queue_armed or self._dry_run:  # the server asks for every request: the usual answer first
             return None
-        reason = self.limiter.refuse_early()
+        reason = lim.refuse_early()
         return None if reason is None else self._refusal(reason)
 
     def after_sync(self, call: Call, outcome: Outcome) -> None:
