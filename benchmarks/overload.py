@@ -532,7 +532,9 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         "admitted p99 = p99 latency of 2xx "
         "replies measured from the scheduled send time; reaction = time after the step until the first shed / "
         "until every 250 ms window's admitted p99 stays <= 2x unloaded p99 with no timeouts; generator lag = how "
-        "late the generator itself started requests (a generator falling behind adds that much to every latency)",
+        "late the generator itself started requests (a generator falling behind adds that much to every latency); "
+        "shed (N before a task) = of the refusals, those meterd's server made before starting the request's ASGI "
+        "task (the adaptive limiter's early refusal, governance.asgi early_reply)",
         "",
     ]
     for route in data["capacity"]:

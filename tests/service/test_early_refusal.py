@@ -219,3 +219,24 @@ async def test_an_early_refusal_of_head_sends_no_body(refusing: Any) -> None:
     head, next_reply = await asyncio.to_thread(client)
     assert head.startswith(b"HTTP/1.1 503 ") and int(_head(head)[b"content-length"]) > 0
     assert next_reply.startswith(b"HTTP/1.1 503 ")
+
+
+async def test_pipelined_requests_are_refused_in_order(refusing: Any, started: Counter[str]) -> None:
+    port, lim = refusing
+
+    def client() -> list[bytes]:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(5)
+            # three requests in one segment: the second and third wait behind the first in uvicorn's
+            # pipeline and are asked about when the one ahead of them completes
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n" * 2 + b"HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+            replies = [_read_reply(s), _read_reply(s)]
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += s.recv(1)
+            return [*replies, head]
+
+    replies = await asyncio.to_thread(client)
+    assert [r[:13] for r in replies] == [b"HTTP/1.1 503 "] * 3
+    assert all(json.loads(r.partition(b"\r\n\r\n")[2])["status"] == 503 for r in replies[:2])
+    assert started["/hello"] == 0
