@@ -62,7 +62,7 @@ async def served() -> Any:
 
 
 def _read_reply(sock: socket.socket) -> bytes:
-    """One whole response (Content-Length framed) from a keep-alive connection."""
+    """One whole response (Content-Length framed) from a keep-alive connection with one reply in flight."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -72,7 +72,9 @@ def _read_reply(sock: socket.socket) -> bytes:
     head, _, body = data.partition(b"\r\n\r\n")
     length = int(_head(head + b"\r\n\r\n")[b"content-length"])
     while len(body) < length:
-        body += sock.recv(65536)
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside a reply"
+        body += chunk
     return head + b"\r\n\r\n" + body
 
 
@@ -224,19 +226,29 @@ async def test_an_early_refusal_of_head_sends_no_body(refusing: Any) -> None:
 async def test_pipelined_requests_are_refused_in_order(refusing: Any, started: Counter[str]) -> None:
     port, lim = refusing
 
+    def read_one(stream: Any, with_body: bool) -> bytes:
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            line = stream.readline()
+            assert line, f"connection closed after {head!r}"
+            head += line
+        return head + (stream.read(int(_head(head)[b"content-length"])) if with_body else b"")
+
     def client() -> list[bytes]:
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.settimeout(5)
             # three requests in one segment: the second and third wait behind the first in uvicorn's
-            # pipeline and are asked about when the one ahead of them completes
+            # pipeline and are asked about when the one ahead of them completes; the replies may
+            # arrive in one segment too, so they are read from one buffered stream
             s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n" * 2 + b"HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\n")
-            replies = [_read_reply(s), _read_reply(s)]
-            head = b""
-            while not head.endswith(b"\r\n\r\n"):
-                head += s.recv(1)
-            return [*replies, head]
+            stream = s.makefile("rb")
+            replies = [read_one(stream, True), read_one(stream, True), read_one(stream, False)]
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")  # nothing stray after the HEAD reply
+            return [*replies, read_one(stream, True)]
 
     replies = await asyncio.to_thread(client)
-    assert [r[:13] for r in replies] == [b"HTTP/1.1 503 "] * 3
-    assert all(json.loads(r.partition(b"\r\n\r\n")[2])["status"] == 503 for r in replies[:2])
+    assert [r[:13] for r in replies] == [b"HTTP/1.1 503 "] * 4
+    bodies = [r.partition(b"\r\n\r\n")[2] for r in (replies[0], replies[1], replies[3])]
+    assert [json.loads(body)["status"] for body in bodies] == [503] * 3
+    assert replies[2].endswith(b"\r\n\r\n")  # HEAD: no body
     assert started["/hello"] == 0
