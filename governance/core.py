@@ -328,7 +328,7 @@ class Chain:
                      hooks: tuple[Any, ...] | None = None) -> None:
         """`release` for an all-sync plan (or, given `hooks`, for those sync after hooks: a plan's
         early_afters); one failing hook does not skip the others."""
-        afters = hooks or plan.sync_afters
+        afters = plan.sync_afters if hooks is None else hooks
         if admitted is not None:
             afters = afters[len(afters) - admitted:]
         error: BaseException | None = None
