@@ -332,6 +332,9 @@ class AdaptivePlugin:
         # Lock-free: in a dry run under overload this counts on nearly every call.
         self._dry_shed = metric(reg, FastCounter, "governance_adaptive_dry_run_sheds",
                                 "Calls a dry-run adaptive limiter would have shed.", labels).labels(label)
+        self._early = metric(reg, FastCounter, "governance_adaptive_early_refusals",
+                             "Refusals made before the request's task existed (a server asked the limiter "
+                             "first); also counted in governance_rejections_total.", labels).labels(label)
         self._dry_run = self.settings.dry_run
         self._refusals: dict[tuple[str, float], Rejection] = {}
 
@@ -422,7 +425,10 @@ class AdaptivePlugin:
         if not lim.queue_armed or self._dry_run:  # the server asks for every request: the usual answer first
             return None
         reason = lim.refuse_early()
-        return None if reason is None else self._refusal(reason)
+        if reason is None:
+            return None
+        self._early.value += 1
+        return self._refusal(reason)
 
     def after_sync(self, call: Call, outcome: Outcome) -> None:
         self.limiter.release(outcome.duration, outcome.kind == SUCCESS)

@@ -121,6 +121,7 @@ async def test_requests_read_behind_a_long_batch_are_refused_before_any_task(
         assert registry.get_sample_value("http_server_request_duration_seconds_count",
                                          {**labels, "status_code": "503"}) == 6
         assert registry.get_sample_value("http_server_active_requests", labels) == 0
+        assert registry.get_sample_value("governance_adaptive_early_refusals_total", {"limiter": "default"}) == 6
 
         lim.queue_armed = False  # overload over: the same keep-alive connections are served
 
