@@ -37,6 +37,18 @@ def _role(tmp: Path, role: str, env: dict[str, str]) -> MeterdProc:
     return MeterdProc([role], env, tmp)
 
 
+async def _write(stub, req, md):
+    """Write as a real client does: UNAVAILABLE (the writer shedding load, or the broker away) is
+    retried with the same batch_id, whether it is the first attempt or a retry of a lost ack."""
+    while True:
+        try:
+            return await stub.Write(req, metadata=md, timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def _client(stub, n: int, accounts: list[str], sent: dict, retries: list, t0_ms: int,
                   progress: list[int]) -> None:
     rng = random.Random(n)
@@ -48,19 +60,12 @@ async def _client(stub, n: int, accounts: list[str], sent: dict, retries: list, 
                             timestamp_ms=t0_ms - rng.randrange(0, 3_600_000),
                             bytes_in=rng.randrange(0, 10_000), bytes_out=rng.randrange(0, 50_000),
                             requests=rng.randrange(1, 20))
-        while True:  # a real client retries UNAVAILABLE with the same batch_id
-            try:
-                resp = await stub.Write(req, metadata=md, timeout=30)
-                break
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise
-                await asyncio.sleep(0.2)
+        resp = await _write(stub, req, md)
         assert resp.accepted == RECORDS_PER_BATCH
         if not resp.duplicate:
             add_records(sent, req.records)
         if rng.random() < 0.15:  # the ack was "lost": retry the very same batch
-            again = await stub.Write(req, metadata=md, timeout=30)
+            again = await _write(stub, req, md)
             retries.append((req.batch_id, again.duplicate, again.accepted))
         progress[0] += 1
         await asyncio.sleep(0)
