@@ -118,10 +118,7 @@ class GovernanceMiddleware:
             return None
         call = Call("http", route, method, self.client_key(scope) if self.client_key else None, time.perf_counter(),
                     {"carrier": scope["headers"]})
-        refused = self.chain.refuse_early(call, plan, refused)
-        code = int(rejection_status("http", refused))
-        body, headers = rejection_reply(refused, code)
-        return code, [*headers, *encode_headers(refused.headers)] if refused.headers else list(headers), body
+        return refusal_response(self.chain.refuse_early(call, plan, refused))
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -145,9 +142,7 @@ class GovernanceMiddleware:
             except Rejection as rej:
                 refused = rej
         if refused is not None:
-            code = int(rejection_status("http", refused))
-            body, headers = rejection_reply(refused, code)
-            await _send_reply(send, code, body, headers, refused.headers)
+            await _send_reply(send, *refusal_response(refused))
             return
 
         status = 0
@@ -171,7 +166,7 @@ class GovernanceMiddleware:
         except DependencyUnavailable as exc:
             if status == 0:  # nothing sent yet: answer 503 like any other "unavailable"
                 body = problem_body(503, None, str(exc), dependency=exc.name)
-                await _send_reply(send, 503, body, problem_headers(body, retry_after_seconds(exc.retry_after)), None)
+                await _send_reply(send, 503, list(problem_headers(body, retry_after_seconds(exc.retry_after))), body)
                 await chain.release(call, plan, Outcome(FAILURE, 503, time.perf_counter() - start))
                 return
             await chain.release(call, plan, Outcome(FAILURE, status, time.perf_counter() - start))
@@ -193,10 +188,17 @@ def encode_headers(pairs: list[tuple[Any, Any]]) -> list[tuple[bytes, bytes]]:
     return [(k, v) if type(k) is bytes else (k.lower().encode(), v.encode()) for k, v in pairs]
 
 
-async def _send_reply(send: Any, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...],
-                      extra: list[tuple[Any, Any]] | None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, *encode_headers(extra)] if extra else list(headers)})
+def refusal_response(refused: Rejection) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """(status, headers, body) of a rejection's HTTP reply, the plugin's own headers included: what
+    the adapter sends, and what `early_reply` hands a server."""
+    code = int(rejection_status("http", refused))
+    body, headers = rejection_reply(refused, code)
+    extra = refused.headers
+    return code, [*headers, *encode_headers(extra)] if extra else list(headers), body
+
+
+async def _send_reply(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
