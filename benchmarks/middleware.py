@@ -20,6 +20,11 @@ ratios are medians of per-round ratios (neighbouring slices see the same machine
   requests traced into the same discarding exporter.
 - governance-10%-default-gc: governance-10% without the GC settings below.
 
+`--breakdown` adds arms that split governance-10%'s cost: governance-none (the ASGI adapter with an
+empty chain), governance-only-<plugin> (the adapter with that one plugin, as configured above) and
+bare-ratelimit-headers (bare Starlette sending the two RateLimit fields the quota plugin adds, with
+the same bytes: what those fields cost the server and the kernel, without governance).
+
 Every other arm (bare and peer included) runs with the garbage-collector settings meterd applies
 after start-up (service/runtime/gc_tuning.py: gc.freeze() + young threshold 10,000).
 
@@ -52,6 +57,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "governance-middleware.md"
 ARMS = ["bare", "governance-10%", "governance-100%", "peer-100%", "governance-10%-default-gc"]
 HIGH_LIMIT = "100000000/minute"
+PLUGINS = ("metrics", "tracing", "adaptive", "quota", "breaker")
+BREAKDOWN = ["governance-none", *(f"governance-only-{p}" for p in PLUGINS), "bare-ratelimit-headers"]
 
 
 # -- the apps (built inside each uvicorn subprocess from BENCH_ARM) ---------------------------------
@@ -67,29 +74,30 @@ def _discarding_provider(ratio: float) -> Any:
     return setup_tracing({"ratio": ratio, "set_global": False}, service_name="bench", exporter=Discard())
 
 
-def _starlette() -> Any:
+def _starlette(headers: dict[str, str] | None = None) -> Any:
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     async def hello(request: Any) -> JSONResponse:
-        return JSONResponse({"hello": "world"})
+        return JSONResponse({"hello": "world"}, headers=headers)
 
     return Starlette(routes=[Route("/hello", hello)])
 
 
-def _governed(ratio: float) -> Any:
+def _governed(ratio: float, only: tuple[str, ...] = PLUGINS) -> Any:
     from governance import Governance
 
-    cfg = {"plugins": [
-        {"type": "metrics"},
-        {"type": "tracing"},
+    plugins = {
+        "metrics": {"type": "metrics"},
+        "tracing": {"type": "tracing"},
         # dry_run: every decision is computed (same cost) but nothing is shed; a saturating closed
         # loop would otherwise be (rightly) shed and cheap 503s would flatter the throughput.
-        {"type": "adaptive", "dry_run": True},
-        {"type": "quota", "limit": HIGH_LIMIT},
-        {"type": "breaker"},
-    ]}
+        "adaptive": {"type": "adaptive", "dry_run": True},
+        "quota": {"type": "quota", "limit": HIGH_LIMIT},
+        "breaker": {"type": "breaker"},
+    }
+    cfg = {"plugins": [plugins[name] for name in only]}
     gov = Governance.from_config(cfg, tracer_provider=_discarding_provider(ratio))
     return gov.asgi(_starlette(), client_key=lambda scope: None)
 
@@ -112,7 +120,13 @@ def create_app() -> Any:
     arm = os.environ["BENCH_ARM"]
     builders = {"bare": _starlette, "governance-10%": lambda: _governed(0.1),
                 "governance-100%": lambda: _governed(1.0), "peer-100%": _peer,
-                "governance-10%-default-gc": lambda: _governed(0.1)}
+                "governance-10%-default-gc": lambda: _governed(0.1),
+                "governance-none": lambda: _governed(0.1, ()),
+                # The fields as the quota plugin sends them for HIGH_LIMIT (same names, same length).
+                "bare-ratelimit-headers": lambda: _starlette({
+                    "RateLimit-Policy": '"100000000-per-1-minute";q=100000000;w=60',
+                    "RateLimit": '"100000000-per-1-minute";r=99999999;t=42'})}
+    builders.update({f"governance-only-{p}": (lambda p=p: _governed(0.1, (p,))) for p in PLUGINS})
     if arm not in builders:
         raise SystemExit(f"unknown arm {arm}")
     app = builders[arm]()
@@ -265,6 +279,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also run the arms that split governance-10%%'s cost by plugin (see above)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--instructions", type=float, default=15.0, metavar="SECONDS",
                     help="also count instructions per request under callgrind for this long per arm (0: skip)")
@@ -273,7 +289,7 @@ def main() -> None:
         raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian package 'wrk'), then re-run.")
     if args.instructions and not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         raise SystemExit("valgrind is not installed: `apt-get install valgrind`, or pass --instructions 0.")
-    arms = args.arms.split(",")
+    arms = args.arms.split(",") + (BREAKDOWN if args.breakdown else [])
     runs: dict[str, list[dict[str, float]]] = {a: [] for a in arms}
     # All arms serve at once (idle ones cost nothing) and the load moves between them in short
     # slices, so neighbouring slices of two arms see the same machine: on a shared VM whose speed
@@ -360,6 +376,16 @@ def render(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace,
             lines.append(f"- {arm} / bare by server CPU per request: {cpu_ratio(arm, 'bare'):.0%} (user time alone: "
                          f"{cpu_ratio(arm, 'bare', 'user_us'):.0%}, kernel time alone: "
                          f"{cpu_ratio(arm, 'bare', 'sys_us'):.0%}; medians of rounds)")
+    if "bare" in runs and len(runs) > 2:
+        # Differences, not ratios: what each arm adds to a request, comparable across arms and
+        # additive (governance-none plus each plugin's share over it is about governance-10%).
+        lines += ["", "Server CPU each arm adds per request over bare (median of per-round differences, us):", "",
+                  "| arm | user + kernel | kernel |", "|---|---:|---:|"]
+        for arm in (a for a in runs if a != "bare"):
+            pairs = list(zip(runs[arm], runs["bare"], strict=True))
+            total = statistics.median(x["cpu_us"] - y["cpu_us"] for x, y in pairs)
+            kernel = statistics.median(x["sys_us"] - y["sys_us"] for x, y in pairs)
+            lines.append(f"| {arm} | {total:+.1f} | {kernel:+.1f} |")
     if instructions:
         base = instructions.get("bare")
         lines += ["", f"Instructions per request (callgrind; {args.instructions:.0f} s of wrk -t1 -c16 per arm after "
