@@ -21,9 +21,10 @@ ratios are medians of per-round ratios (neighbouring slices see the same machine
 - governance-10%-default-gc: governance-10% without the GC settings below.
 
 `--breakdown` adds arms that split governance-10%'s cost: governance-none (the ASGI adapter with an
-empty chain), governance-only-<plugin> (the adapter with that one plugin, as configured above) and
+empty chain), governance-only-<plugin> (the adapter with that one plugin, as configured above),
 bare-ratelimit-headers (bare Starlette sending the two RateLimit fields the quota plugin adds, with
-the same bytes: what those fields cost the server and the kernel, without governance).
+the same bytes: what those fields cost the server and the kernel, without governance) and
+governance-10%-no-ratelimit-fields (governance-10% with quota's `headers: false`).
 
 Every other arm (bare and peer included) runs with the garbage-collector settings meterd applies
 after start-up (service/runtime/gc_tuning.py: gc.freeze() + young threshold 10,000).
@@ -58,7 +59,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "governance-middleware.md"
 ARMS = ["bare", "governance-10%", "governance-100%", "peer-100%", "governance-10%-default-gc"]
 HIGH_LIMIT = "100000000/minute"
 PLUGINS = ("metrics", "tracing", "adaptive", "quota", "breaker")
-BREAKDOWN = ["governance-none", *(f"governance-only-{p}" for p in PLUGINS), "bare-ratelimit-headers"]
+BREAKDOWN = ["governance-none", *(f"governance-only-{p}" for p in PLUGINS), "bare-ratelimit-headers",
+             "governance-10%-no-ratelimit-fields"]
 
 
 # -- the apps (built inside each uvicorn subprocess from BENCH_ARM) ---------------------------------
@@ -85,7 +87,7 @@ def _starlette(headers: dict[str, str] | None = None) -> Any:
     return Starlette(routes=[Route("/hello", hello)])
 
 
-def _governed(ratio: float, only: tuple[str, ...] = PLUGINS) -> Any:
+def _governed(ratio: float, only: tuple[str, ...] = PLUGINS, ratelimit_fields: bool = True) -> Any:
     from governance import Governance
 
     plugins = {
@@ -94,7 +96,7 @@ def _governed(ratio: float, only: tuple[str, ...] = PLUGINS) -> Any:
         # dry_run: every decision is computed (same cost) but nothing is shed; a saturating closed
         # loop would otherwise be (rightly) shed and cheap 503s would flatter the throughput.
         "adaptive": {"type": "adaptive", "dry_run": True},
-        "quota": {"type": "quota", "limit": HIGH_LIMIT},
+        "quota": {"type": "quota", "limit": HIGH_LIMIT, "headers": ratelimit_fields},
         "breaker": {"type": "breaker"},
     }
     cfg = {"plugins": [plugins[name] for name in only]}
@@ -122,6 +124,7 @@ def create_app() -> Any:
                 "governance-100%": lambda: _governed(1.0), "peer-100%": _peer,
                 "governance-10%-default-gc": lambda: _governed(0.1),
                 "governance-none": lambda: _governed(0.1, ()),
+                "governance-10%-no-ratelimit-fields": lambda: _governed(0.1, ratelimit_fields=False),
                 # The fields as the quota plugin sends them for HIGH_LIMIT (same names, same length).
                 "bare-ratelimit-headers": lambda: _starlette({
                     "RateLimit-Policy": '"100000000-per-1-minute";q=100000000;w=60',
