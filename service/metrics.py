@@ -48,6 +48,8 @@ class PipelineMetrics:
         self.stale_offsets = Counter(
             "meterd_consumer_stale_offsets", "Stored partition offsets found past the end of their log "
             "(topic recreated or broker reset), by the policy applied", ["policy"], registry=registry)
+        for policy in ("earliest", "halt"):  # zero series from the start, so alerts see an increase
+            self.stale_offsets.labels(policy)
         self.usage_saturated = Counter(
             "meterd_usage_saturated", "Usage sums that reached 2^63-1 and stopped there instead of overflowing",
             registry=registry)

@@ -5,7 +5,7 @@
 - METERD_ADMIN_TOKEN is set, so no token is generated and printed: the admin token must then never
   appear in the output at all.
 - It records the HTTP routes and gRPC methods it really serves (tests/support/served_routes.py).
-- A separate `meterd writer` role (same database, the embedded broker of the `up` process) covers
+- A separate `meterd writer` role (same database, so the same database log as the `up` process) covers
   the admin HTTP server that roles without the user API serve.
 Limits (body, message, batch, header deadline) are small so the limit tests stay cheap.
 """
@@ -109,11 +109,10 @@ def sec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurityMeterd]:
 
 @pytest.fixture(scope="session")
 def sec_writer(sec: SecurityMeterd) -> Iterator[MeterdProc]:
-    """`meterd writer` on the same database and broker: its admin HTTP server is part of the surface."""
-    assert sec.m.proc.kafka, sec.m.proc.output()
+    """`meterd writer` on the same database (and so the same database log): its admin HTTP server is
+    part of the surface."""
     surface = sec.tmp / "surface-writer.json"
-    env = introspection_env({**sec.env, "METERD_KAFKA__BOOTSTRAP_SERVERS": sec.m.proc.kafka,
-                             "METERD_GRPC__PORT": str(free_port()), "METERD_ADMIN__PORT": str(free_port()),
+    env = introspection_env({**sec.env, "METERD_GRPC__PORT": str(free_port()), "METERD_ADMIN__PORT": str(free_port()),
                              "METERD_HTTP__PORT": str(free_port())}, surface)
     with running_meterd(sec.tmp, "writer", env=env) as proc:
         assert proc.admin, proc.output()
