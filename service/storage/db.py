@@ -82,6 +82,9 @@ def _sqlite_pragmas(synchronous: str) -> Callable[..., None]:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA busy_timeout=10000")
+        # The WAL file is truncated back to this after a checkpoint, so a burst does not leave a
+        # large file behind for good (the log table's rows are deleted as they are counted).
+        cur.execute("PRAGMA journal_size_limit=67108864")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
