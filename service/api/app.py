@@ -18,6 +18,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from governance import DependencyUnavailable
+from service.api.batches import batch_lookup
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.openapi import DOCS_HTML, openapi_document
 from service.api.problems import Problem, forbidden, not_found, problem_response, unauthorized
@@ -27,6 +28,7 @@ from service.auth import Authenticator, Principal
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
 from service.storage import Repository
+from service.storage.ledger import Ledger
 
 log = logging.getLogger("meterd.api")
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # returns a problem description or None
@@ -66,6 +68,7 @@ class ApiContext:
     body_timeout: float = 10.0
     readiness: list[ReadinessCheck] = field(default_factory=list)
     extra_routes: Sequence[BaseRoute] = ()
+    ledger: Ledger | None = None  # batch lookup
 
 
 class Api:
@@ -227,6 +230,8 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/usage", api.usage, methods=["GET"]),
         Route("/v1/accounts/{account_id}/balance", api.balance, methods=["GET"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
+        *([Route("/v1/batches/{batch_id}", batch_lookup(api.ctx.ledger, api.principal, json_response), methods=["GET"])]
+          if api.ctx.ledger is not None else []),
         *ops_routes(api.ctx.registry, api.ctx.readiness),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/docs", api.docs, methods=["GET"]),

@@ -141,7 +141,7 @@ class MeterdProcess:
 
             servers_stop.append(("grpc", stop_grpc))
         if "api" in self.roles:
-            app = build_api(ApiContext(repo=repo, auth=auth, ingest=ingest, registry=self.registry,
+            app = build_api(ApiContext(repo=repo, auth=auth, ingest=ingest, registry=self.registry, ledger=ledger,
                                        max_body_bytes=s.http.max_body_bytes,
                                        body_timeout=s.http.body_timeout_seconds, readiness=readiness,
                                        extra_routes=extra_routes))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.meterd import MeterdProc, free_port, meterd_env, running_meterd
-from tests.support.meterd_client import Meterd, shared_meterd
+from tests.support.meterd_client import Meterd, record, shared_meterd, unique
 from tests.support.served_routes import ServedSurface, introspection_env
 
 MAX_BODY_BYTES = 64 * 1024
@@ -79,6 +79,7 @@ class Principals:
     revoked_key: str  # a key of `account`, revoked
     admin_token: str
     wrong_token: str  # shaped like a key, never issued
+    own_batch: str  # a batch_id written with own_key
 
     def authorization(self, credential: str) -> str | None:
         """The Authorization header value for a credential column; None sends no header."""
@@ -128,9 +129,12 @@ def principals(sec: SecurityMeterd) -> Principals:
     revoked = sec.new_key(account)
     resp = sec.m.admin.delete(f"/v1/accounts/{account}/keys/{revoked['id']}")
     assert resp.status_code == 204, resp.text
+    own_batch = unique("matrix-own")
+    resp = sec.m.proc.client(own_key).post("/v1/traffic", json={"batch_id": own_batch, "records": [record(account)]})
+    assert resp.status_code == 202, resp.text
     return Principals(account=account, own_key=own_key, other_account=other_account, other_key=other_key,
                       revoked_key=revoked["key"], admin_token=sec.m.admin_token,
-                      wrong_token="mk_" + secrets.token_urlsafe(32))
+                      wrong_token="mk_" + secrets.token_urlsafe(32), own_batch=own_batch)
 
 
 @pytest.fixture(scope="session")

@@ -84,6 +84,9 @@ API_ROWS = [
     Row("GET", "/v1/accounts/{account_id}/balance", own_or_admin(200)),
     Row("POST", "/v1/traffic", {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 403, "own": 202, "admin": 202},
         body=_traffic),
+    # Batch ids are scoped by the principal that wrote them: only that principal finds the batch.
+    Row("GET", "/v1/batches/{batch_id}", {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 404, "own": 200,
+                                           "admin": 404}, note="a batch the target account's own key wrote"),
     Row("GET", "/healthz", public()),
     Row("GET", "/readyz", public()),
     Row("GET", "/metrics", public()),
@@ -191,6 +194,8 @@ def _path(row: Row, ctx: Ctx) -> str:
         params["key_id"] = ctx.sec.new_key(ctx.who.account)["id"]
     if "{name}" in row.path:
         params["name"] = "no-such-capture.svg"
+    if "{batch_id}" in row.path:
+        params["batch_id"] = ctx.who.own_batch
     return row.path.format(**params)
 
 
