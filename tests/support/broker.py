@@ -169,6 +169,7 @@ def running_tansu(workdir: Path | None = None, storage_engine: str = "memory://t
                   env: dict[str, str] | None = None) -> Iterator[TansuBroker]:
     own = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="meterd-tansu-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     broker = TansuBroker(workdir, storage_engine=storage_engine, env=dict(env or {}))
     try:
         broker.start()
