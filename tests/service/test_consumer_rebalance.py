@@ -177,3 +177,26 @@ async def test_stale_offsets_follow_the_policy_loudly(ledger: Ledger, policy: st
     await c._handle(tp(0), [Msg(TOPIC, 0, i, batch(f"new-{i}", 10)) for i in range(2)])
     await c.flush()
     assert await counted(ledger) == 5 + 20
+
+
+class RecordingDlq:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, dict[str, bytes]]] = []
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]) -> None:
+        self.sent.append((topic, value, dict(headers)))
+
+
+async def test_a_conflicting_batch_goes_to_the_dead_letter_topic(ledger: Ledger) -> None:
+    """A batch_id already counted with other records (two writers that did not share the database)
+    is dead-lettered with its reason, never counted and never dropped in silence."""
+    c, _ = await consumer(ledger, {0})
+    dlq = RecordingDlq()
+    c._dlq = dlq  # type: ignore[assignment]
+    await c._handle(tp(0), [Msg(TOPIC, 0, 0, batch("x", 1))])
+    await c.flush()
+    await c._handle(tp(0), [Msg(TOPIC, 0, 1, batch("x", 999)), Msg(TOPIC, 0, 2, batch("x", 1))])
+    await c.flush()
+    assert await counted(ledger) == 1
+    assert [(t, h["meterd-error"]) for t, _, h in dlq.sent] == [
+        ("meterd.traffic.v1.dlq", b"batch_id conflict: the id was already used for different records")]
