@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.relay import RelaySettings, build_relay_app
+from service.relay.store import NotificationStore
 from tests.relay.fake_dingtalk import FakeDingTalk
 from tests.relay.helpers import alert, notification, relay_client, relay_settings
 
@@ -185,8 +186,32 @@ async def test_full_queue_answers_503_overloaded(fake_robot: FakeDingTalk) -> No
         r = await client.post("/alerts/oncall", json=notification(alert("D", fingerprint="d")))
         assert r.status_code == 503 and r.json()["type"].endswith("overloaded")
         assert _value(registry, "meterd_relay_pending_notifications", robot="oncall") == 2
-    # Shutting down with queued, relay-owned notifications and no budget: counted as dropped.
-    assert _value(registry, "meterd_relay_notifications_total", robot="oncall", result="dropped") == 2
+    # Shutting down with queued, relay-owned notifications and no budget: they stay stored, not dropped.
+    assert _value(registry, "meterd_relay_notifications_total", robot="oncall", result="dropped") == 0
+    assert settings.data_dir is not None
+    assert [r.robot for r in NotificationStore(settings.data_dir).load()] == ["oncall", "oncall"]
+    # The next start (same data_dir, fresh budget) sends them, and the store empties.
+    restarted = relay_settings(fake_robot, max_messages_per_minute=20)
+    async with relay_client(restarted, fake_robot) as (_client, app, registry):
+        for _ in range(50):
+            if len(fake_robot.messages) == 2 and app.state.relay.dispatchers["oncall"].pending == 0:
+                break
+            await asyncio.sleep(0.1)
+    assert "B" in fake_robot.messages[1].text and "C" in fake_robot.messages[1].text
+    assert NotificationStore(settings.data_dir).load() == []
+    assert _value(registry, "meterd_relay_notifications_total", robot="oncall", result="delivered") == 2
+
+
+async def test_without_data_dir_the_relay_answers_503_instead_of_202(fake_robot: FakeDingTalk) -> None:
+    # No store: the relay cannot keep a promise across a restart, so Alertmanager keeps the notification.
+    settings = relay_settings(fake_robot, max_messages_per_minute=1, ack_timeout_s=0.05, data_dir=None)
+    async with relay_client(settings, fake_robot) as (client, app, registry):
+        assert (await client.post("/alerts/oncall", json=notification(alert("A", fingerprint="a")))).status_code == 200
+        r = await client.post("/alerts/oncall", json=notification(alert("B", fingerprint="b")))
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert app.state.relay.dispatchers["oncall"].pending == 0  # not sent behind Alertmanager's back
+    assert _value(registry, "meterd_relay_notifications_queued_total", robot="oncall") == 0
+    assert [("A" in m.text) for m in fake_robot.messages] == [True]
 
 
 async def test_default_path_routes_by_receiver_then_severity_then_default() -> None:
