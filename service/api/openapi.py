@@ -129,7 +129,9 @@ def _paths() -> dict[str, Any]:
                           **_errors(400, 401, 403, 409, 413, 415, 503)}}},
         "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz",
                              "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Readiness (database and Kafka)", "operationId": "readyz",
+        "/readyz": {"get": {"summary": "Readiness (database and Kafka): one status per dependency (ok, failing, "
+                                       "timeout), checked at most once a second; details only in the log",
+                            "operationId": "readyz",
                             "responses": {"200": {"description": "ready"}, "503": _PROBLEM}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
                              "responses": {"200": {"description": "text exposition format",
