@@ -150,8 +150,11 @@ class RobotDispatcher:
             self._update_pending()
 
     def restore(self, rows: list[StoredNotification]) -> None:
-        """Queue the stored notifications of this robot again (start-up after a restart)."""
+        """Queue the stored notifications of this robot again and take back the budget spent
+        before the restart (start-up)."""
         loop, now, wall = asyncio.get_running_loop(), self._clock(), time.time()
+        if self._store is not None:
+            self.limiter.preload([wall - at for at in self._store.recent_sends(self.name, self.limiter.window_s)])
         bad: list[int] = []
         for row in rows:
             try:
@@ -257,6 +260,11 @@ class RobotDispatcher:
             result = await self._client.send(self._robot, rendered.encoded)
         finally:
             self.limiter.record()
+            if self._store is not None:
+                try:
+                    self._store.record_send(robot, keep_s=self.limiter.window_s)
+                except Exception:  # the send happened; losing its record only risks the budget
+                    log.exception("relay: could not record a send robot=%s", robot)
         m.send_seconds.labels(robot).observe(max(0.0, self._clock() - started))
 
         if result.delivery is Delivery.OK:

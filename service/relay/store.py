@@ -38,6 +38,9 @@ class NotificationStore:
             " id INTEGER PRIMARY KEY AUTOINCREMENT, robot TEXT NOT NULL,"
             " received_at REAL NOT NULL, payload TEXT NOT NULL)"
         )
+        # Sends of the last minutes, so a restarted relay still knows how much of DingTalk's
+        # 20/minute budget is spent (a robot over it is throttled by DingTalk for minutes).
+        self._db.execute("CREATE TABLE IF NOT EXISTS sends (robot TEXT NOT NULL, at REAL NOT NULL)")
 
     def add(self, robot: str, payload: str, received_at: float | None = None) -> int:
         cursor = self._db.execute(
@@ -56,6 +59,24 @@ class NotificationStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def record_send(self, robot: str, keep_s: float, at: float | None = None) -> None:
+        """One send attempt of `robot`, now (wall clock); forgets sends older than keep_s."""
+        now = time.time() if at is None else at
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute("DELETE FROM sends WHERE at < ?", (now - keep_s,))
+            self._db.execute("INSERT INTO sends (robot, at) VALUES (?, ?)", (robot, now))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def recent_sends(self, robot: str, within_s: float) -> list[float]:
+        """Wall-clock times of `robot`'s sends in the last within_s seconds, oldest first."""
+        rows = self._db.execute("SELECT at FROM sends WHERE robot = ? AND at >= ? ORDER BY at",
+                                (robot, time.time() - within_s)).fetchall()
+        return [at for (at,) in rows]
 
     def load(self) -> list[StoredNotification]:
         rows = self._db.execute("SELECT id, robot, received_at, payload FROM notifications ORDER BY id").fetchall()

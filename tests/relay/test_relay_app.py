@@ -202,6 +202,30 @@ async def test_full_queue_answers_503_overloaded(fake_robot: FakeDingTalk) -> No
     assert _value(registry, "meterd_relay_notifications_total", robot="oncall", result="delivered") == 2
 
 
+async def test_a_restarted_relay_keeps_the_send_budget_spent_before(fake_robot: FakeDingTalk) -> None:
+    # Budget 1 per 2 s: A spends it, B is stored; the relay restarts at once. B must wait for A's
+    # send to leave the window, as it would have without the restart (DingTalk throttles a robot
+    # that goes over its budget).
+    fake_robot.window_s = 2.0
+    fake_robot.max_per_minute = 1
+    settings = relay_settings(fake_robot, max_messages_per_minute=1, ack_timeout_s=0.05)
+    async with relay_client(settings, fake_robot, window_s=2.0) as (client, _app, _registry):
+        assert (await client.post("/alerts/oncall", json=notification(alert("A", fingerprint="a")))).status_code == 200
+        r = await client.post("/alerts/oncall", json=notification(alert("B", fingerprint="b")))
+        assert r.status_code == 202
+    async with relay_client(settings, fake_robot, window_s=2.0) as (_client, app, _registry):
+        dispatcher = app.state.relay.dispatchers["oncall"]
+        assert dispatcher.limiter.remaining() == 0  # A's send, from the store
+        for _ in range(60):
+            if len(fake_robot.messages) == 2:
+                break
+            await asyncio.sleep(0.1)
+    first, second = fake_robot.messages
+    assert "A" in first.text and "B" in second.text
+    assert second.at - first.at >= 2.0
+    assert fake_robot.violations == []
+
+
 async def test_without_data_dir_the_relay_answers_503_instead_of_202(fake_robot: FakeDingTalk) -> None:
     # No store: the relay cannot keep a promise across a restart, so Alertmanager keeps the notification.
     settings = relay_settings(fake_robot, max_messages_per_minute=1, ack_timeout_s=0.05, data_dir=None)
