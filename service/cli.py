@@ -143,12 +143,17 @@ def relay(config: ConfigOpt = None) -> None:
     """Run the Alertmanager -> DingTalk relay."""
     settings = _settings(config)
     from service.relay import RelaySettings, serve
+    from service.relay.auth import WebhookAuth
 
     try:
         relay_settings = RelaySettings.model_validate(settings.relay)
     except Exception as exc:  # pydantic.ValidationError, phrased by pydantic
         _fail(f"invalid relay configuration: {exc}")
         raise AssertionError from exc
+    try:
+        WebhookAuth(relay_settings.auth)  # reads the token/password files: a missing one fails here
+    except (OSError, ValueError) as exc:
+        _fail(f"relay auth: {exc}")
     _run(serve(relay_settings))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +22,7 @@ from service.api.batches import batch_lookup
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.openapi import DOCS_HTML, openapi_document
 from service.api.problems import Problem, forbidden, not_found, problem_response, unauthorized
+from service.api.readiness import Readiness, ReadinessCheck
 from service.api.timeparams import format_rfc3339, usage_window
 from service.api.traffic_json import parse_traffic
 from service.auth import Authenticator, Principal
@@ -31,7 +32,6 @@ from service.storage import Repository
 from service.storage.ledger import Ledger
 
 log = logging.getLogger("meterd.api")
-ReadinessCheck = Callable[[], Awaitable[str | None]]  # returns a problem description or None
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -179,20 +179,14 @@ class Api:
         return HTMLResponse(DOCS_HTML)
 
 
-async def readiness_response(checks: Sequence[ReadinessCheck]) -> Response:
-    failures = []
-    for check in checks:
-        try:
-            problem = await check()
-        except Exception as exc:  # a readiness probe must answer, never raise
-            problem = f"{type(exc).__name__}: {exc}"
-        if problem:
-            failures.append(problem)
-    if failures:
+async def readiness_response(readiness: Readiness) -> Response:
+    checks = await readiness.status()
+    failing = [name for name, state in checks.items() if state != "ok"]
+    if failing:
         return Response(orjson.dumps({"type": "about:blank", "title": "Not Ready", "status": 503,
-                                      "detail": "; ".join(failures)}),
+                                      "detail": f"not ready: {', '.join(failing)}", "checks": checks}),
                         status_code=503, media_type="application/problem+json")
-    return json_response({"status": "ready"})
+    return json_response({"status": "ready", "checks": checks})
 
 
 async def _problem_handler(request: Request, exc: Exception) -> Response:
@@ -256,8 +250,10 @@ def ops_routes(registry: CollectorRegistry, readiness: Sequence[ReadinessCheck])
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
+    checked = Readiness(readiness)  # cached for a second: probes cannot turn into a load on the database
+
     async def readyz(request: Request) -> Response:
-        return await readiness_response(readiness)
+        return await readiness_response(checked)
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

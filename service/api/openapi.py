@@ -140,7 +140,10 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": _json(_ref("BatchStatus"), "applied or pending"), **_errors(401, 404)}}},
         "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz",
                              "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Readiness (database, Kafka when configured, consumer)", "operationId": "readyz",
+        "/readyz": {"get": {"summary": "Readiness (database, Kafka when configured, consumer): one status per "
+                                       "dependency (ok, failing, timeout), checked at most once a second; details "
+                                       "only in the log",
+                            "operationId": "readyz",
                             "responses": {"200": {"description": "ready"}, "503": _PROBLEM}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
                              "responses": {"200": {"description": "text exposition format",
