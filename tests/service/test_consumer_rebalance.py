@@ -7,10 +7,8 @@ or a failed flush). The whole path with real brokers and rebalances is tests/cha
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +18,9 @@ from prometheus_client import CollectorRegistry
 from service.config import Settings
 from service.kafka.consumer import AggregatingConsumer
 from service.metrics import PipelineMetrics
-from service.pb.meterd.v1 import pipeline_pb2
-from service.storage import Repository, create_database
+from service.storage import Repository
 from service.storage.ledger import Ledger
+from tests.support.pipeline import writer_batch
 
 TOPIC = "meterd.traffic.v1"
 MINUTE = int(time.time()) // 60 * 60
@@ -70,19 +68,12 @@ class StandInKafka:
 
 
 def batch(key: str, bytes_in: int) -> bytes:
-    b = pipeline_pb2.TrafficBatch(dedupe_key=f"admin/{key}", batch_id=key, principal="admin")
-    b.records.add(account_id="acc", node_id="n", timestamp_ms=MINUTE * 1000, bytes_in=bytes_in, bytes_out=0,
-                  requests=1)
-    b.digest = hashlib.blake2b(b.SerializeToString(deterministic=True), digest_size=16).digest()
-    return b.SerializeToString()
+    return writer_batch(key, bytes_in, MINUTE).SerializeToString()
 
 
 @pytest.fixture
-async def ledger(tmp_path: Path):  # type: ignore[no-untyped-def]
-    db = create_database(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
-    await db.migrate()
-    yield Ledger(db)
-    await db.close()
+def ledger(sqlite_ledger: Ledger) -> Ledger:
+    return sqlite_ledger
 
 
 async def consumer(ledger: Ledger, partitions: set[int]) -> tuple[AggregatingConsumer, StandInKafka]:

@@ -4,9 +4,7 @@ counted twice."""
 
 from __future__ import annotations
 
-import hashlib
 import time
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,27 +12,22 @@ from sqlalchemy import select
 
 from service.config import ConsumerSettings
 from service.metrics import PipelineMetrics
-from service.pb.meterd.v1 import pipeline_pb2
 from service.pipeline.db_consumer import DatabaseLogConsumer
-from service.storage import Repository, create_database, schema
+from service.storage import Repository, schema
 from service.storage.ledger import Claim, Ledger
+from tests.support.pipeline import writer_batch
 
 MINUTE = int(time.time()) // 60 * 60
 
 
 def batch(key: str, bytes_in: int) -> tuple[bytes, bytes]:
-    b = pipeline_pb2.TrafficBatch(dedupe_key=f"admin/{key}", batch_id=key, principal="admin")
-    b.records.add(account_id="acc", node_id="n", timestamp_ms=MINUTE * 1000, bytes_in=bytes_in, requests=1)
-    b.digest = hashlib.blake2b(b.SerializeToString(deterministic=True), digest_size=16).digest()
+    b = writer_batch(key, bytes_in, MINUTE)
     return b.SerializeToString(), b.digest
 
 
 @pytest.fixture
-async def ledger(tmp_path: Path):  # type: ignore[no-untyped-def]
-    db = create_database(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
-    await db.migrate()
-    yield Ledger(db)
-    await db.close()
+def ledger(sqlite_ledger: Ledger) -> Ledger:
+    return sqlite_ledger
 
 
 async def test_undecodable_and_conflicting_rows_are_dead_lettered(ledger: Ledger) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 
 from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc
+from tests.support.grpc_write import write_retrying
 from tests.support.meterd import ADMIN_TOKEN, MeterdProc, free_port, meterd_env, wait_until
 from tests.support.usage import Totals, add_records, iso, stored_usage, totals_table
 
@@ -47,14 +48,7 @@ async def _send(grpc_addr: str, accounts: list[str], tag: str, batches: int, exp
                     bytes_out=rng.randrange(1, 100_000), requests=rng.randrange(1, 20))
                     for _ in range(RECORDS_PER_BATCH)]
                 req = traffic_pb2.WriteRequest(batch_id=f"{tag}-{i}", records=records)
-                while True:
-                    try:
-                        resp = await stub.Write(req, metadata=MD, timeout=30)
-                        break
-                    except grpc.aio.AioRpcError as exc:
-                        if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                            raise
-                        await asyncio.sleep(0.2)
+                resp = await write_retrying(stub, req, MD)
                 assert resp.accepted == RECORDS_PER_BATCH and not resp.duplicate
                 add_records(expected, records)
 
