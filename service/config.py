@@ -52,7 +52,7 @@ class DatabaseSettings(_Section):
 
 
 class KafkaSettings(_Section):
-    # Empty: start the embedded Tansu broker (development / `meterd up`).
+    # Empty: the log is the database table ingest_log (every role); set for Kafka.
     bootstrap_servers: str = ""
     topic: str = "meterd.traffic.v1"
     dlq_topic: str = "meterd.traffic.v1.dlq"
@@ -65,7 +65,6 @@ class KafkaSettings(_Section):
     linger_ms: int = Field(2, ge=0)
     request_timeout_ms: int = Field(10_000, gt=0)
     group_id: str = "meterd-aggregator"
-    embedded_port: int = Field(0, ge=0, le=65535)  # 0: a free port
 
 
 class IngestSettings(_Section):

@@ -61,6 +61,7 @@ def ingest_problem(exc: IngestError) -> Problem:
 @dataclass
 class ApiContext:
     repo: Repository
+    ledger: Ledger  # batch claims and the log: batch lookup
     auth: Authenticator
     ingest: IngestService | None
     registry: CollectorRegistry
@@ -68,7 +69,6 @@ class ApiContext:
     body_timeout: float = 10.0
     readiness: list[ReadinessCheck] = field(default_factory=list)
     extra_routes: Sequence[BaseRoute] = ()
-    ledger: Ledger | None = None  # batch lookup
 
 
 class Api:
@@ -224,8 +224,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/usage", api.usage, methods=["GET"]),
         Route("/v1/accounts/{account_id}/balance", api.balance, methods=["GET"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
-        *([Route("/v1/batches/{batch_id}", batch_lookup(api.ctx.ledger, api.principal, json_response), methods=["GET"])]
-          if api.ctx.ledger is not None else []),
+        Route("/v1/batches/{batch_id}", batch_lookup(api.ctx.ledger, api.principal, json_response), methods=["GET"]),
         *ops_routes(api.ctx.registry, api.ctx.readiness),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/docs", api.docs, methods=["GET"]),

@@ -1,1 +1,1 @@
-"""Kafka plumbing: the embedded Tansu broker, topic setup, the batch producer."""
+"""Kafka plumbing: topic setup, the batch producer, the aggregating consumer."""

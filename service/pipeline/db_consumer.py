@@ -23,7 +23,9 @@ from service.pipeline.counting import Aggregate, Verdict, decode, merged_usage
 from service.storage.ledger import AlreadyApplied, DeadLetter, Flush, Ledger, LogRow, LogRowsTaken
 
 log = logging.getLogger("meterd.consumer")
-READ_ROWS = 256  # log rows (batches) per cycle: up to 2.56 M records at the largest batch size
+READ_ROWS = 256  # log rows (batches) per cycle
+# Counting runs on the event loop that also answers writes: hand it back this often (records).
+YIELD_EVERY = 10_000
 
 
 class DatabaseLogConsumer:
@@ -97,13 +99,20 @@ class DatabaseLogConsumer:
         agg = Aggregate()
         dead: list[DeadLetter] = []
         decoded = []
-        for row in rows:
+        for i, row in enumerate(rows):
+            if i and i % 16 == 0:
+                await asyncio.sleep(0)  # decoding a 10,000-record batch takes milliseconds
             try:
                 decoded.append((row, decode(row.payload)))
             except DecodeError as exc:
                 dead.append(DeadLetter(row.key, row.payload, f"undecodable TrafficBatch: {exc}"))
         states = await self._ledger.batch_states(b.dedupe_key for _, b in decoded)
+        since_yield = 0
         for row, batch in decoded:
+            since_yield += len(batch.records)
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
             verdict = agg.verdict(batch, states.get(batch.dedupe_key))
             self._metrics.consumer_batches.labels(verdict.value).inc()
             if verdict is Verdict.COUNT:

@@ -221,7 +221,8 @@ def test_balance_month_to_date(meterd: Meterd) -> None:
 # -- docs and operations -------------------------------------------------------------------------
 
 def _app_routes() -> set[tuple[str, str]]:
-    ctx = ApiContext(repo=None, auth=None, ingest=None, registry=CollectorRegistry(),  # type: ignore[arg-type]
+    ctx = ApiContext(repo=None, ledger=None, auth=None, ingest=None,  # type: ignore[arg-type]
+                     registry=CollectorRegistry(),
                      max_body_bytes=1)
     out = set()
     for route in build_api(ctx).routes:
@@ -264,7 +265,7 @@ def test_health_ready_metrics_need_no_token(meterd: Meterd) -> None:
         assert c.get("/healthz").json() == {"status": "ok"}
         wait_until(lambda: c.get("/readyz").status_code == 200, message="/readyz 200")
         ready = c.get("/readyz").json()
-        assert ready["status"] == "ready" and {"db", "kafka"} <= set(ready["checks"])
+        assert ready["status"] == "ready" and {"db", "consumer"} <= set(ready["checks"])
         assert set(ready["checks"].values()) == {"ok"}
         metrics = c.get("/metrics")
     assert metrics.status_code == 200
