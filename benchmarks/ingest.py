@@ -193,6 +193,8 @@ class ArmResult:
     waits: list[float] = field(default_factory=list)
     gen_lag_p99: float | None = None
     rate: float | None = None
+    threads: dict[str, float] = field(default_factory=dict)  # meterd CPU seconds by thread name
+    server: dict[str, str] = field(default_factory=dict)  # from meterd's own /metrics
 
     @property
     def ack_rps(self) -> float:
@@ -216,7 +218,61 @@ def _tansu_procs() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if "tansu" in p.name()]
 
 
-def run_meterd_arm(name: str, tmp: Path, spec: dict, env_extra: dict[str, str], settle_s: float) -> ArmResult:
+def _thread_cpu(proc: psutil.Process) -> dict[str, float]:
+    """CPU seconds by thread name (several threads may share one: summed). Python threads (aiosqlite's
+    connection threads, executors) keep the process's name, so the main thread is named apart."""
+    out: dict[str, float] = {}
+    for t in proc.threads():
+        try:
+            name = Path(f"/proc/{proc.pid}/task/{t.id}/comm").read_text().strip()
+        except OSError:
+            continue
+        if t.id == proc.pid:
+            name = "main thread (event loop)"
+        elif name == proc.name():
+            name = "Python threads (aiosqlite, executors)"
+        out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+    return out
+
+
+def _histogram(text: str, name: str, label: str = "") -> dict[str, str]:
+    """Count, mean and the bucket bounds holding p50/p99 of one Prometheus histogram."""
+    buckets: list[tuple[float, float]] = []
+    total = count = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or (label and label not in line):
+            continue
+        value = float(line.rsplit(" ", 1)[1])
+        if line.startswith(name + "_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(le), value))
+        elif line.startswith(name + "_sum"):
+            total = value
+        elif line.startswith(name + "_count"):
+            count = value
+    if not count:
+        return {}
+
+    def bound(q: float) -> str:
+        le = next(le for le, c in sorted(buckets) if c >= q * count)
+        return "> largest bucket" if le == float("inf") else f"<= {le * 1000:g} ms"
+
+    return {"count": f"{count:.0f}", "mean": f"{total / count * 1000:.1f} ms", "p50": bound(0.5), "p99": bound(0.99)}
+
+
+def _server_metrics(http: str) -> dict[str, str]:
+    text = httpx.get(f"{http}/metrics", timeout=10).text
+    out: dict[str, str] = {}
+    for key, name, label in (("log append", "meterd_log_append_seconds", ""),
+                             ("flush", "meterd_consumer_flush_seconds", "")):
+        h = _histogram(text, name, label)
+        if h:
+            out[key] = f"{h['count']} calls, mean {h['mean']}, p50 {h['p50']}, p99 {h['p99']}"
+    return out
+
+
+def run_meterd_arm(name: str, tmp: Path, spec: dict, env_extra: dict[str, str], settle_s: float,
+                   profile: Path | None = None) -> ArmResult:
     env = meterd_env(tmp, **env_extra)
     proc = MeterdProc(["up"], env, tmp).start()
     try:
@@ -234,7 +290,14 @@ def run_meterd_arm(name: str, tmp: Path, spec: dict, env_extra: dict[str, str], 
             meterd = psutil.Process(proc.pid)
             brokers = _tansu_procs()
             cpu0 = _cpu_s(meterd)
+            threads0 = _thread_cpu(meterd)
             broker0 = sum(_cpu_s(p) for p in brokers)
+            spy = None
+            if profile is not None:  # diagnostic only: sampling costs meterd some CPU
+                spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(proc.pid),
+                                        "-f", "raw", "-r", "200", "--gil", "-o", str(profile)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
             out.with_suffix(".go").write_text("1")
             if child.wait() != 0:
                 raise RuntimeError(f"{name}: client process failed")
@@ -251,7 +314,12 @@ def run_meterd_arm(name: str, tmp: Path, spec: dict, env_extra: dict[str, str], 
                 time.sleep(0.05)
             t_queryable = time.time()
             cpu1 = _cpu_s(meterd)
+            threads1 = _thread_cpu(meterd)
             broker1 = sum(_cpu_s(p) for p in brokers)
+            if spy is not None:
+                spy.send_signal(2)  # SIGINT: py-spy writes its profile and exits
+                spy.wait(30)
+            server = _server_metrics(proc.http)
             if stored() != result["sent"]:
                 raise RuntimeError(f"{name}: stored {stored()} records, sent {result['sent']}")
     finally:
@@ -260,7 +328,8 @@ def run_meterd_arm(name: str, tmp: Path, spec: dict, env_extra: dict[str, str], 
                      result["sheds"], cpu1 - cpu0, (broker1 - broker0) if brokers else None,
                      waits=result.get("waits", []),
                      gen_lag_p99=pct(result["gen_lag"], 0.99) if "gen_lag" in result else None,
-                     rate=spec.get("rate"))
+                     rate=spec.get("rate"),
+                     threads={k: v - threads0.get(k, 0.0) for k, v in threads1.items()}, server=server)
 
 
 # -- raw ceilings -------------------------------------------------------------------------------
@@ -514,6 +583,24 @@ def render(args: argparse.Namespace, db: ArmResult, kafka: ArmResult, ceilings: 
         f"{_ms(pct(open_arm.lat, .99))} | {_ms(pct(open_arm.waits, .99))} | {open_arm.sheds} | "
         f"{open_arm.cpu_us:.1f} us | {'yes' if pct(open_arm.lat, .99) <= target_p99 else 'NO'} |", "",
     ]
+    if (open_arm.gen_lag_p99 or 0) > 0.010:
+        lines += [f"**Disturbed:** the load generator itself started batches up to {open_arm.gen_lag_p99 * 1000:.0f} ms "
+                  f"late (p99), so the machine was short of CPU for client and server alike; re-run.", ""]
+    lines += ["## Inside meterd during each arm", "",
+              "meterd's CPU per record by thread (user + system, from /proc; the threads named alike are summed), "
+              "and its own histograms from `/metrics` (bucket bounds, not exact percentiles): the log append is "
+              "the writer's claim + append (database log) or claim + produce (Kafka), the flush the consumer's "
+              "transaction. meterd runs api, writer and consumer on one event loop; near 100 % busy, that loop is "
+              "the bottleneck.", "",
+              "| arm | CPU per record by thread | event loop busy (main thread CPU / wall) | log append | "
+              "consumer flush |", "|---|---|---:|---|---|"]
+    for arm in (db, kafka, open_arm):
+        busy = sorted(arm.threads.items(), key=lambda kv: kv[1], reverse=True)
+        per = ", ".join(f"{k} {v / arm.records * 1e6:.2f} us" for k, v in busy if v / arm.records * 1e6 >= 0.05)
+        loop_busy = arm.threads.get("main thread (event loop)", 0.0) / arm.e2e_s
+        lines.append(f"| {arm.name} | {per} | {loop_busy:.0%} | {arm.server.get('log append', '-')} | "
+                     f"{arm.server.get('flush', '-')} |")
+    lines.append("")
     stage_sum = sum(st.us_per_record for st in stages)
     rest = db.cpu_us - stage_sum
     lines += [
@@ -560,6 +647,8 @@ def main() -> None:
     ap.add_argument("--stage-claim-group", type=int, default=16, help="batches per group commit")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ingest.md")
     ap.add_argument("--append", action="store_true", help="append to --out (a second run) instead of replacing it")
+    ap.add_argument("--profile", type=Path, help="diagnostic: py-spy raw profile of meterd during the database-log "
+                    "arm, written here (sampling slows that arm)")
     args = ap.parse_args()
     loads: dict[str, str] = {}
     spec = {"mode": "closed", "records": args.records, "per_batch": args.batch, "concurrency": args.concurrency}
@@ -569,11 +658,12 @@ def main() -> None:
             (tmp / d).mkdir()
         loads["database log"] = _load()
         print("arm 1: meterd up, database log", file=sys.stderr)
-        db = run_meterd_arm("database log", tmp / "db", {**spec, "tag": "db"}, {}, settle_s=1.0)
+        db = run_meterd_arm("database log", tmp / "db", {**spec, "tag": "db"}, {}, settle_s=1.0,
+                            profile=args.profile)
         loads["Kafka"] = _load()
         print("arm 2: meterd up, Kafka", file=sys.stderr)
         with running_tansu() as broker:
-            kafka = run_meterd_arm("kafka", tmp / "kafka", {**spec, "tag": "kafka"},
+            kafka = run_meterd_arm("Kafka", tmp / "kafka", {**spec, "tag": "kafka"},
                                    {"METERD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap}, settle_s=8.0)
         loads["ceilings"] = _load()
         print("arm 3: ceilings", file=sys.stderr)
