@@ -90,9 +90,19 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def _retry_after(metadata: object) -> float:
+    for key, value in metadata or ():  # type: ignore[attr-defined]
+        if key == "retry-after":
+            with contextlib.suppress(ValueError):
+                return min(float(value), 5.0)
+    return 0.5
+
+
 async def _write_with_retry(write: Callable[..., Awaitable[traffic_pb2.WriteResponse]], body: bytes,
-                            sheds: list[str]) -> tuple[traffic_pb2.WriteResponse, float]:
-    """Returns the answer and the service latency of the acknowledged attempt."""
+                            sheds: list[str], *, honour_retry_after: bool) -> tuple[traffic_pb2.WriteResponse, float]:
+    """Returns the answer and the service latency of the acknowledged attempt. A shed write is retried
+    with the same batch_id: after the server's retry-after (at most 5 s, as tests/soak does), or after
+    SHED_RETRY_S in the closed loop (a client that keeps its writers busy)."""
     import grpc
 
     md = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
@@ -105,7 +115,7 @@ async def _write_with_retry(write: Callable[..., Awaitable[traffic_pb2.WriteResp
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
             sheds.append(exc.details() or "?")
-            await asyncio.sleep(SHED_RETRY_S)
+            await asyncio.sleep(_retry_after(exc.trailing_metadata()) if honour_retry_after else SHED_RETRY_S)
 
 
 async def closed_loop(target: str, bodies: list[bytes], per_batch: int, concurrency: int) -> dict:
@@ -122,7 +132,7 @@ async def closed_loop(target: str, bodies: list[bytes], per_batch: int, concurre
             while queue:
                 body = queue.pop()
                 t = time.perf_counter()  # from the first attempt: shed retries included
-                resp, _ = await _write_with_retry(write, body, sheds)
+                resp, _ = await _write_with_retry(write, body, sheds, honour_retry_after=False)
                 latencies.append(time.perf_counter() - t)
                 assert resp.accepted == per_batch and not resp.duplicate, resp
 
@@ -149,7 +159,8 @@ async def open_loop(target: str, tag: str, templates: list[bytes], per_batch: in
 
         async def one(i: int, due: float) -> None:
             lag.append(time.perf_counter() - due)
-            resp, took = await _write_with_retry(write, request_bytes(tag, i, templates), sheds)
+            resp, took = await _write_with_retry(write, request_bytes(tag, i, templates), sheds,
+                                                 honour_retry_after=True)
             service.append(took)
             waits.append(time.perf_counter() - due)
             assert resp.accepted == per_batch and not resp.duplicate, resp
@@ -599,7 +610,8 @@ def render(args: argparse.Namespace, db: ArmResult, dry: ArmResult, kafka: ArmRe
         f"whatever the answers ({open_arm.rate:,.0f} records/s: "
         f"{'set by --open-rate' if args.open_rate else f'half of the {db.e2e_rps:,.0f} measured end to end'}, "
         f"{open_arm.rate / db.e2e_rps:.2f} of it), on a fresh `meterd up`. "
-        f"Service latency is that of the acknowledged attempt; due -> ack includes shed retries. The generator "
+        f"Shed writes are retried after the server's retry-after (at most 5 s), as tests/soak does. Service latency "
+        f"(ack p50/p99) is that of the acknowledged attempt; due -> ack includes shed retries. The generator "
         f"started its batches at most {(open_arm.gen_lag_p99 or 0) * 1000:.1f} ms late (p99).", "",
         "| offered records/s | acknowledged records/s | ack p50 | ack p99 | due -> ack p99 | shed | meterd CPU per "
         "record | p99 <= 50 ms |",
