@@ -83,6 +83,9 @@ class ConsumerSettings(_Section):
     fetch_max_records: int = Field(2_000, gt=0)
     # How long batch ids are remembered for dedupe; retries older than this count again.
     dedupe_retention_seconds: int = Field(7 * 24 * 3600, gt=0)
+    # How long per-minute usage rows are kept (step=1m queries); the 5-minute, hourly and daily
+    # rollups are kept for ever.
+    minute_retention_seconds: int = Field(90 * 24 * 3600, gt=0)
 
 
 class LogSettings(_Section):

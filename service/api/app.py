@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -20,9 +20,11 @@ from starlette.routing import BaseRoute, Route
 from governance import DependencyUnavailable
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.openapi import DOCS_HTML, openapi_document
-from service.api.problems import Problem, forbidden, not_found, problem_response, unauthorized
-from service.api.timeparams import format_rfc3339, usage_window
+from service.api.problems import Problem, forbidden, invalid, not_found, problem_response, unauthorized
+from service.api.timeparams import format_local, format_rfc3339, month_bounds, parse_zone, usage_window
 from service.api.traffic_json import parse_traffic
+from service.api.usage_body import UsageQuery, usage_body
+from service.api.usage_query import bucketed_usage, bytes_used_between
 from service.auth import Authenticator, Principal
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
@@ -38,6 +40,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def account_json(row: dict) -> dict:
     return {"id": row["id"], "name": row["name"], "status": row["status"], "quota_bytes": row["quota_bytes"],
+            "billing_timezone": row["billing_timezone"],
             "created_at": format_rfc3339(row["created_at_ms"] / 1000),
             "updated_at": format_rfc3339(row["updated_at_ms"] / 1000)}
 
@@ -98,7 +101,8 @@ class Api:
     async def create_account(self, request: Request) -> Response:
         await self.admin(request)
         body = parse_model(AccountCreate, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
-        row = await self.ctx.repo.create_account(body.name, body.quota_bytes, body.status)
+        row = await self.ctx.repo.create_account(body.name, body.quota_bytes, body.status,
+                                                 billing_timezone=body.billing_timezone)
         return json_response(account_json(row), 201, {"Location": f"/v1/accounts/{row['id']}"})
 
     async def get_account(self, request: Request) -> Response:
@@ -108,8 +112,9 @@ class Api:
         await self.admin(request)
         body = parse_model(AccountPatch, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
         changes = body.model_dump(exclude_unset=True)
-        if "name" in changes and changes["name"] is None or "status" in changes and changes["status"] is None:
-            raise Problem(400, "Invalid Request", "name and status cannot be null", slug="invalid-request")
+        for name in ("name", "status", "billing_timezone"):
+            if name in changes and changes[name] is None:
+                raise invalid([{"field": name, "detail": "cannot be null"}])
         account_id = request.path_params["account_id"]
         row = (await self.ctx.repo.update_account(account_id, changes) if changes
                else await self.ctx.repo.get_account(account_id))
@@ -137,24 +142,22 @@ class Api:
 
     async def usage(self, request: Request) -> Response:
         row = await self.readable_account(request)
-        start, end, step_name, step = usage_window(dict(request.query_params), int(time.time()))
-        rows = await self.ctx.repo.usage(row["id"], start, end, step)
-        points = [{"ts": format_rfc3339(r.ts), "bytes_in": r.bytes_in, "bytes_out": r.bytes_out,
-                   "requests": r.requests} for r in rows]
-        totals = {"bytes_in": sum(r.bytes_in for r in rows), "bytes_out": sum(r.bytes_out for r in rows),
-                  "requests": sum(r.requests for r in rows)}
-        return json_response({"account_id": row["id"], "step": step_name, "start": format_rfc3339(start),
-                              "end": format_rfc3339(end), "points": points, "totals": totals})
+        query = UsageQuery.parse(request.query_params)
+        bounds, step_name, step = usage_window(dict(request.query_params), int(time.time()), query.zone)
+        sums = await bucketed_usage(self.ctx.repo, row["id"], bounds, step, by_node=query.by_node,
+                                    node_ids=query.node_ids)
+        return json_response(usage_body(row["id"], step_name, bounds, sums, query))
 
     async def balance(self, request: Request) -> Response:
         row = await self.readable_account(request)
-        now = datetime.now(UTC)
-        month_start = datetime(now.year, now.month, 1, tzinfo=UTC)
-        used = await self.ctx.repo.bytes_used_since(row["id"], int(month_start.timestamp()))
+        zone = parse_zone(row["billing_timezone"], "billing_timezone")
+        today = datetime.now(zone).date()
+        start, end = month_bounds(today.year, today.month, zone)
+        used = await bytes_used_between(self.ctx.repo, row["id"], start, end)
         quota = row["quota_bytes"]
         return json_response({
-            "account_id": row["id"], "period_start": format_rfc3339(month_start.timestamp()),
-            "quota_bytes": quota, "used_bytes": used,
+            "account_id": row["id"], "timezone": zone.key, "period_start": format_local(start, zone),
+            "period_end": format_local(end, zone), "quota_bytes": quota, "used_bytes": used,
             "remaining_bytes": None if quota is None else max(0, quota - used),
             "over_quota": quota is not None and used > quota})
 

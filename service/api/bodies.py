@@ -6,10 +6,11 @@ import asyncio
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.requests import Request
 
 from service.api.problems import Problem, invalid
+from service.api.timeparams import is_zone
 
 MAX_QUOTA = 1 << 62
 M = TypeVar("M", bound=BaseModel)
@@ -53,11 +54,21 @@ def parse_model(model: type[M], data: Any) -> M:
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
+def _zone(value: str) -> str:
+    if not is_zone(value):
+        raise ValueError("must be an IANA time zone name such as Asia/Shanghai or UTC")
+    return value
+
+
+Zone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_zone)]
+
+
 class AccountCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
     quota_bytes: Annotated[int, Field(ge=0, le=MAX_QUOTA, strict=True)] | None = None
     status: Literal["active", "suspended"] = "active"
+    billing_timezone: Zone = "UTC"
 
 
 class AccountPatch(BaseModel):
@@ -65,3 +76,4 @@ class AccountPatch(BaseModel):
     name: Name | None = None
     quota_bytes: Annotated[int, Field(ge=0, le=MAX_QUOTA, strict=True)] | None = None
     status: Literal["active", "suspended"] | None = None
+    billing_timezone: Zone | None = None

@@ -1,8 +1,11 @@
-"""Query parameters of the usage endpoint: RFC 3339 start/end and a 1m/1h/1d step."""
+"""Query parameters of the usage and billing endpoints: RFC 3339 start/end, a 1m/1h/1d step, an
+IANA time zone, and the local bucket boundaries they define."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from functools import cache
+from zoneinfo import ZoneInfo, available_timezones
 
 from service.api.problems import invalid
 
@@ -24,22 +27,88 @@ def format_rfc3339(epoch_s: int | float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
 
 
-def usage_window(params: dict[str, str], now_s: int) -> tuple[int, int, str, int]:
+@cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def is_zone(value: str) -> bool:
+    return value == "UTC" or value in _zone_names()
+
+
+def parse_zone(value: str | None, field: str = "tz") -> ZoneInfo:
+    """An IANA zone from the system database; anything else (paths, "localtime", typos) is a 400."""
+    if value is None or value == "UTC":
+        return ZoneInfo("UTC")
+    if not is_zone(value):
+        raise invalid([{"field": field, "detail": f"unknown time zone {value[:64]!r}; use an IANA name "
+                                                  "such as Asia/Shanghai or UTC"}])
+    return ZoneInfo(value)
+
+
+def format_local(epoch_s: int, zone: ZoneInfo) -> str:
+    """RFC 3339 with the zone's offset at that instant ('Z' for UTC itself)."""
+    if zone.key == "UTC":
+        return format_rfc3339(epoch_s)
+    return datetime.fromtimestamp(epoch_s, zone).isoformat()
+
+
+def local_floor(epoch_s: int, step: int, zone: ZoneInfo) -> int:
+    """Start of the local minute, hour or day (step 60/3600/86400) holding the instant."""
+    if step == 60:
+        return epoch_s - epoch_s % 60
+    dt = datetime.fromtimestamp(epoch_s, zone)
+    if step == 3600:
+        return int(dt.replace(minute=0, second=0, microsecond=0).timestamp())
+    return local_midnight(dt.date(), zone)
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> int:
+    # A midnight skipped by a DST jump maps to the jump's instant (fold=0 uses the earlier offset).
+    return int(datetime(day.year, day.month, day.day, tzinfo=zone).timestamp())
+
+
+def next_boundary(b: int, step: int, zone: ZoneInfo) -> int:
+    if step == 60:
+        return b + 60
+    if step == 3600:
+        n = local_floor(b + 3600, 3600, zone)
+        return n if n > b else b + 3600
+    return local_midnight(datetime.fromtimestamp(b, zone).date() + timedelta(days=1), zone)
+
+
+def boundaries(start: int, end: int, step: int, zone: ZoneInfo) -> list[int]:
+    """Bucket starts from the local boundary at or before ``start`` up to the first at or after
+    ``end`` (the last element closes the last bucket). Local days are 23 or 25 hours on DST days."""
+    b = local_floor(start, step, zone)
+    out = [b]
+    while b < end:
+        b = next_boundary(b, step, zone)
+        out.append(b)
+    return out
+
+
+def month_bounds(year: int, month: int, zone: ZoneInfo) -> tuple[int, int]:
+    nxt = date(year + 1, 1, 1) if month == 12 else date(year, month + 1, 1)
+    return local_midnight(date(year, month, 1), zone), local_midnight(nxt, zone)
+
+
+def usage_window(params: dict[str, str], now_s: int, zone: ZoneInfo) -> tuple[list[int], str, int]:
+    """The local bucket boundaries of [start, end) at the step (see ``boundaries``)."""
     step_name = params.get("step", "1m")
     step = STEPS.get(step_name)
     if step is None:
         raise invalid([{"field": "step", "detail": "must be one of 1m, 1h, 1d"}])
     end = parse_rfc3339(params["end"], "end") if "end" in params else now_s
     start = parse_rfc3339(params["start"], "start") if "start" in params else end - 3600
-    if start >= end:  # checked before rounding too: both may round into the same step
-        raise invalid([{"field": "start", "detail": "must be before end"}])
-    # Align to the step so buckets are whole minutes/hours/days (UTC).
-    start -= start % step
-    if end % step:
-        end += step - end % step
     if start >= end:
         raise invalid([{"field": "start", "detail": "must be before end"}])
+    # Checked on the nominal step first so a huge window never builds a huge list; a DST day's
+    # extra hour can add a few points, which the limit's "about" absorbs.
     if (end - start) // step > MAX_POINTS:
         detail = f"the window holds more than {MAX_POINTS} steps; use a larger step"
         raise invalid([{"field": "step", "detail": detail}])
-    return start, end, step_name, step
+    try:
+        return boundaries(start, end, step, zone), step_name, step
+    except (OverflowError, ValueError):  # beyond what datetime can represent (years 1..9999)
+        raise invalid([{"field": "start", "detail": "out of range"}]) from None

@@ -1,4 +1,4 @@
-"""The in-memory half of the consumer: per-(account, minute) sums, seen batch ids and the next
+"""The in-memory half of the consumer: per-(account, node, minute) sums, seen batch ids and the next
 offset of every partition, all flushed together in one transaction."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from service.pb.meterd.v1 import pipeline_pb2
 
 @dataclass
 class Aggregate:
-    usage: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    # (account, node, minute): per-node sums feed the per-node hourly and daily rollups.
+    usage: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
     seen: dict[str, bytes] = field(default_factory=dict)
     next_offsets: dict[int, int] = field(default_factory=dict)
     records: int = 0
@@ -18,7 +19,7 @@ class Aggregate:
     def add(self, batch: pipeline_pb2.TrafficBatch) -> None:
         usage = self.usage
         for r in batch.records:
-            k = (r.account_id, (r.timestamp_ms // 60_000) * 60)
+            k = (r.account_id, r.node_id, (r.timestamp_ms // 60_000) * 60)
             row = usage.get(k)
             if row is None:
                 usage[k] = [r.bytes_in, r.bytes_out, r.requests]

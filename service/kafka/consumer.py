@@ -253,3 +253,6 @@ class AggregatingConsumer:
         removed = await self._repo.purge_seen(int(time.time()) - self._cfg.dedupe_retention_seconds)
         if removed:
             log.info("purged expired batch ids", extra={"removed": removed})
+        minutes = await self._repo.purge_minutes(int(time.time()) - self._cfg.minute_retention_seconds)
+        if minutes:
+            log.info("purged per-minute usage past retention", extra={"removed": minutes})

@@ -6,15 +6,15 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Table, and_, case, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage import schema
 from service.storage.db import Database
+from service.storage.rollup import BIGINT_MAX, UsageDelta, rollup_rows
 
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -35,24 +35,17 @@ class OffsetConflict(Exception):
     """Another consumer moved a partition's stored offset: this one lost the partition."""
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    ts: int  # bucket start, Unix seconds
-    bytes_in: int
-    bytes_out: int
-    requests: int
-
-
 class Repository:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
 
     # -- accounts ---------------------------------------------------------------------------
-    async def create_account(self, name: str, quota_bytes: int | None, status: str = "active") -> dict:
+    async def create_account(self, name: str, quota_bytes: int | None, status: str = "active", *,
+                             billing_timezone: str = "UTC") -> dict:
         ts = now_ms()
         row = {"id": new_id("acc_"), "name": name, "status": status, "quota_bytes": quota_bytes,
-               "created_at_ms": ts, "updated_at_ms": ts}
+               "billing_timezone": billing_timezone, "created_at_ms": ts, "updated_at_ms": ts}
         async with self.db.engine.begin() as conn:
             await conn.execute(schema.accounts.insert().values(**row))
         return row
@@ -120,21 +113,35 @@ class Repository:
         return row[0]
 
     # -- usage ------------------------------------------------------------------------------
-    async def usage(self, account_id: str, start_s: int, end_s: int, step_s: int) -> list[UsageRow]:
-        u = schema.usage_minute
-        bucket = ((u.c.minute // step_s) * step_s).label("bucket")
-        q = (select(bucket, func.sum(u.c.bytes_in), func.sum(u.c.bytes_out), func.sum(u.c.requests))
-             .where(and_(u.c.account_id == account_id, u.c.minute >= start_s, u.c.minute < end_s))
-             .group_by(bucket).order_by(bucket))
-        async with self.db.engine.connect() as conn:
-            return [UsageRow(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in await conn.execute(q)]
+    async def usage_rows(self, account_id: str, width: int, start_s: int, end_s: int, *,
+                         by_node: bool = False, node_ids: list[str] | None = None,
+                         limit: int | None = None) -> list[tuple[int, str, int, int, int]]:
+        """Raw rows ``(bucket, node_id, bytes_in, bytes_out, requests)`` of the table ``width`` seconds
+        wide (node_id is "" for account tables), ``start_s <= bucket < end_s``, by bucket.
 
-    async def bytes_used_since(self, account_id: str, start_s: int) -> int:
-        u = schema.usage_minute
-        q = select(func.coalesce(func.sum(u.c.bytes_in + u.c.bytes_out), 0)).where(
-            and_(u.c.account_id == account_id, u.c.minute >= start_s))
+        Sums happen in Python, never in SQL: SQLite's SUM raises on integer overflow and rows may
+        hold saturated values. ``limit`` caps the rows read (the caller asks for one more than it
+        allows, to tell "exactly at the limit" from "over it")."""
+        tables = dict(schema.NODE_ROLLUPS if by_node or node_ids else schema.ACCOUNT_ROLLUPS)
+        t = tables[width]
+        time_col = t.c.minute if t is schema.usage_minute else t.c.bucket
+        node_col = t.c.node_id if "node_id" in t.c else literal("")
+        q = (select(time_col, node_col, t.c.bytes_in, t.c.bytes_out, t.c.requests)
+             .where(and_(t.c.account_id == account_id, time_col >= start_s, time_col < end_s))
+             .order_by(time_col, node_col))
+        if node_ids:
+            q = q.where(t.c.node_id.in_(node_ids))
+        if limit is not None:
+            q = q.limit(limit)
         async with self.db.engine.connect() as conn:
-            return int((await conn.execute(q)).scalar_one())
+            return [(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in await conn.execute(q)]
+
+    async def purge_minutes(self, before_s: int) -> int:
+        """Drops minute rows older than the retention; the rollups keep their sums."""
+        u = schema.usage_minute
+        async with self.db.engine.begin() as conn:
+            res = await conn.execute(u.delete().where(u.c.minute < before_s))
+            return res.rowcount or 0
 
     # -- ingestion bookkeeping --------------------------------------------------------------
     async def seen_digests(self, keys: list[str]) -> dict[str, bytes]:
@@ -158,7 +165,7 @@ class Repository:
         group_id: str,
         topic: str,
         offsets: dict[int, tuple[int | None, int]],
-        usage: dict[tuple[str, int], list[int]],
+        usage: UsageDelta,
         seen: dict[str, bytes],
     ) -> None:
         """Writes aggregates, seen batch ids and the partitions' next offsets atomically.
@@ -192,18 +199,20 @@ class Repository:
             if res.rowcount != 1:
                 raise OffsetConflict(f"{topic}[{partition}] offset moved by another consumer")
 
-    async def _add_usage(self, conn: AsyncConnection, usage: dict[tuple[str, int], list[int]]) -> None:
-        u = schema.usage_minute
-        stmt = self._insert(u)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["account_id", "minute"],
-            set_={"bytes_in": u.c.bytes_in + stmt.excluded.bytes_in,
-                  "bytes_out": u.c.bytes_out + stmt.excluded.bytes_out,
-                  "requests": u.c.requests + stmt.excluded.requests})
-        # Sorted so concurrent consumers on PostgreSQL take row locks in the same order (no deadlock).
-        rows = [{"account_id": a, "minute": m, "bytes_in": v[0], "bytes_out": v[1], "requests": v[2]}
-                for (a, m), v in sorted(usage.items())]
-        await conn.execute(stmt, rows)
+    async def _add_usage(self, conn: AsyncConnection, usage: UsageDelta) -> None:
+        # Minute rows and every rollup in one transaction: a query never sees one without the other.
+        for table, rows in rollup_rows(usage):
+            await conn.execute(self._saturating_upsert(table), rows)
+
+    def _saturating_upsert(self, table: Table) -> Any:
+        stmt = self._insert(table)
+        keys = [c.name for c in table.primary_key.columns]
+        # Clamped at the BIGINT maximum instead of overflowing (PostgreSQL raises, SQLite turns the
+        # sum into a float); the comparison is written so it cannot overflow itself.
+        set_ = {c: case((table.c[c] > BIGINT_MAX - stmt.excluded[c], BIGINT_MAX),
+                        else_=table.c[c] + stmt.excluded[c])
+                for c in ("bytes_in", "bytes_out", "requests")}
+        return stmt.on_conflict_do_update(index_elements=keys, set_=set_)
 
     async def purge_seen(self, before_s: int) -> int:
         s = schema.seen_batches

@@ -24,6 +24,8 @@ accounts = Table(
     Column("name", String(200), nullable=False),
     Column("status", String(16), nullable=False),
     Column("quota_bytes", BigInteger, nullable=True),  # NULL: unlimited
+    # IANA zone whose calendar months are the balance and billing periods (migration 3).
+    Column("billing_timezone", String(64), nullable=False, server_default="UTC"),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("updated_at_ms", BigInteger, nullable=False),
 )
@@ -51,6 +53,37 @@ usage_minute = Table(
     Column("bytes_out", BigInteger, nullable=False),
     Column("requests", BigInteger, nullable=False),
 )
+
+
+
+def _rollup(name: str, *, by_node: bool) -> Table:
+    """A usage rollup: sums of the minute rows whose start falls in ``bucket`` (Unix seconds, UTC
+    aligned to the table's width). Written in the transaction that writes the minute rows."""
+    node = [Column("node_id", String(128), primary_key=True)] if by_node else []
+    return Table(
+        name,
+        metadata,
+        Column("account_id", String(40), primary_key=True),
+        *node,
+        Column("bucket", BigInteger, primary_key=True),
+        Column("bytes_in", BigInteger, nullable=False),
+        Column("bytes_out", BigInteger, nullable=False),
+        Column("requests", BigInteger, nullable=False),
+    )
+
+
+# Account totals at 5 minutes (billing intervals; also local hours/days in zones whose offset is not
+# whole hours), 1 hour and 1 UTC day; per-node totals at 1 hour and 1 UTC day.
+usage_5m = _rollup("usage_5m", by_node=False)
+usage_hour = _rollup("usage_hour", by_node=False)
+usage_day = _rollup("usage_day", by_node=False)
+usage_node_hour = _rollup("usage_node_hour", by_node=True)
+usage_node_day = _rollup("usage_node_day", by_node=True)
+# Bucket width in seconds of each account-level table, finest first (the query planner's choice).
+ACCOUNT_ROLLUPS: tuple[tuple[int, Table], ...] = (
+    (60, usage_minute), (300, usage_5m), (3600, usage_hour), (86400, usage_day))
+NODE_ROLLUPS: tuple[tuple[int, Table], ...] = ((3600, usage_node_hour), (86400, usage_node_day))
+USAGE_TABLES = (usage_minute, usage_5m, usage_hour, usage_day, usage_node_hour, usage_node_day)
 
 seen_batches = Table(
     "seen_batches",
