@@ -15,8 +15,8 @@ from service.api.timeparams import boundaries
 from service.api.usage_query import bucketed_usage, bytes_used_between
 from service.storage import Database, Repository, create_database, schema
 from service.storage.db import MIGRATIONS
-from service.storage.rollup import BIGINT_MAX
 from service.storage.repository import OffsetConflict, now_ms
+from service.storage.rollup import BIGINT_MAX
 
 GROUP, TOPIC = "g", "t"
 VERSIONS = [v for v, _, _ in MIGRATIONS]
@@ -131,9 +131,11 @@ async def test_revoked_key(repo: Repository) -> None:
 
 async def test_usage_upsert_adds_up(repo: Repository) -> None:
     await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (None, 3)},
-                           usage={("a", "n1", T0): [1, 2, 3], ("a", "n1", T0 + 60): [10, 20, 30]}, seen={"a/b1": b"1" * 16})
+                           usage={("a", "n1", T0): [1, 2, 3], ("a", "n1", T0 + 60): [10, 20, 30]},
+                           seen={"a/b1": b"1" * 16})
     await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (3, 7), 1: (None, 2)},
-                           usage={("a", "n1", T0): [100, 200, 300], ("b", "n1", T0): [5, 5, 5]}, seen={"a/b2": b"2" * 16})
+                           usage={("a", "n1", T0): [100, 200, 300], ("b", "n1", T0): [5, 5, 5]},
+                           seen={"a/b2": b"2" * 16})
     rows = await usage(repo, "a", T0, T0 + 120, 60)
     assert [(r.ts, r.bytes_in, r.bytes_out, r.requests) for r in rows] == [(T0, 101, 202, 303),
                                                                           (T0 + 60, 10, 20, 30)]
