@@ -29,7 +29,11 @@ def format_rfc3339(epoch_s: int | float) -> str:
 
 @cache
 def _zone_names() -> frozenset[str]:
-    return frozenset(available_timezones())
+    # The system database also lists files that are not zone names ("localtime", "posixrules",
+    # posix/ and right/ copies): a zone must not depend on how the host is set up.
+    skip = {"localtime", "posixrules", "Factory"}
+    return frozenset(n for n in available_timezones()
+                     if n not in skip and not n.startswith(("posix/", "right/")))
 
 
 def is_zone(value: str) -> bool:
