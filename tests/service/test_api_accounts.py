@@ -198,6 +198,7 @@ def test_balance_month_to_date(meterd: Meterd) -> None:
     assert meterd.write(key, unique(), [record(acc, ts, bytes_in=60, bytes_out=50)]).accepted == 1
     assert meterd.write(free_key, unique(), [record(free, ts, bytes_in=7, bytes_out=0)]).accepted == 1
     month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    month_end = (month_start + timedelta(days=32)).replace(day=1)
 
     def balance(account_id: str, token: str) -> dict:
         with meterd.client(token) as c:
@@ -206,8 +207,9 @@ def test_balance_month_to_date(meterd: Meterd) -> None:
         return resp.json()
 
     body = wait_until(lambda: (b := balance(acc, key))["used_bytes"] == 110 and b, message="balance 110")
-    assert body == {"account_id": acc, "period_start": month_start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "quota_bytes": 1000, "used_bytes": 110, "remaining_bytes": 890, "over_quota": False}
+    assert body == {"account_id": acc, "timezone": "UTC",
+                    "period_start": month_start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "period_end": month_end.strftime("%Y-%m-%dT%H:%M:%SZ"), "quota_bytes": 1000, "used_bytes": 110, "remaining_bytes": 890, "over_quota": False}
     meterd.admin.patch(f"/v1/accounts/{acc}", json={"quota_bytes": 110})
     assert balance(acc, meterd.admin_token) == body | {"quota_bytes": 110, "remaining_bytes": 0}
     meterd.admin.patch(f"/v1/accounts/{acc}", json={"quota_bytes": 100})
