@@ -21,11 +21,20 @@ from governance import DependencyUnavailable
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.openapi import DOCS_HTML, openapi_document
 from service.api.problems import Problem, forbidden, invalid, not_found, problem_response, unauthorized
-from service.api.timeparams import format_local, format_rfc3339, month_bounds, parse_zone, usage_window
+from service.api.timeparams import (
+    boundaries,
+    format_local,
+    format_rfc3339,
+    month_bounds,
+    parse_month,
+    parse_zone,
+    usage_window,
+)
 from service.api.traffic_json import parse_traffic
 from service.api.usage_body import UsageQuery, usage_body
 from service.api.usage_query import bucketed_usage, bytes_used_between
 from service.auth import Authenticator, Principal
+from service.billing import INTERVAL, bandwidth
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
 from service.storage import Repository
@@ -161,6 +170,33 @@ class Api:
             "remaining_bytes": None if quota is None else max(0, quota - used),
             "over_quota": quota is not None and used > quota})
 
+    async def billing(self, request: Request) -> Response:
+        row = await self.readable_account(request)
+        params = request.query_params
+        zone = (parse_zone(params["tz"]) if "tz" in params
+                else parse_zone(row["billing_timezone"], "billing_timezone"))
+        now = int(time.time())
+        year, month = parse_month(params.get("month"), datetime.fromtimestamp(now, zone).date())
+        start, end = month_bounds(year, month, zone)
+        if start % INTERVAL or end % INTERVAL:
+            raise invalid([{"field": "tz", "detail": "the zone's offset is not a multiple of 5 minutes"}])
+        if start > now:
+            raise invalid([{"field": "month", "detail": "the month has not started"}])
+        last_complete = now - now % INTERVAL
+        cutoff = min(end, last_complete)
+        rows = await self.ctx.repo.usage_rows(row["id"], INTERVAL, start, end)
+        bw = bandwidth(start, cutoff, boundaries(start, cutoff, 86400, zone) if cutoff > start else [start],
+                       {r[0]: (r[2], r[3]) for r in rows if r[0] < cutoff})
+        b_in, b_out = sum(r[2] for r in rows), sum(r[3] for r in rows)
+        quota = row["quota_bytes"]
+        return json_response({
+            "account_id": row["id"], "month": f"{year:04d}-{month:02d}", "timezone": zone.key,
+            "period_start": format_local(start, zone), "period_end": format_local(end, zone),
+            "complete": end <= last_complete, "intervals": max(0, (cutoff - start) // INTERVAL),
+            "bytes_in": b_in, "bytes_out": b_out, "requests": sum(r[4] for r in rows),
+            "bandwidth_bps": {"p95": bw.p95, "peak": bw.peak, "daily_peak_avg": bw.daily_peak_avg},
+            "quota_bytes": quota, "over_quota": quota is not None and b_in + b_out > quota})
+
     # -- ingestion ----------------------------------------------------------------------------
     async def post_traffic(self, request: Request) -> Response:
         principal = await self.principal(request)
@@ -229,6 +265,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/keys/{key_id}", api.delete_key, methods=["DELETE"]),
         Route("/v1/accounts/{account_id}/usage", api.usage, methods=["GET"]),
         Route("/v1/accounts/{account_id}/balance", api.balance, methods=["GET"]),
+        Route("/v1/accounts/{account_id}/billing", api.billing, methods=["GET"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
         *ops_routes(api.ctx.registry, api.ctx.readiness),
         Route("/openapi.json", api.openapi, methods=["GET"]),

@@ -3,6 +3,7 @@ IANA time zone, and the local bucket boundaries they define."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo, available_timezones
@@ -90,6 +91,16 @@ def boundaries(start: int, end: int, step: int, zone: ZoneInfo) -> list[int]:
         b = next_boundary(b, step, zone)
         out.append(b)
     return out
+
+
+def parse_month(value: str | None, today: date) -> tuple[int, int]:
+    """YYYY-MM (default: the month holding ``today``)."""
+    if value is None:
+        return today.year, today.month
+    m = re.fullmatch(r"([0-9]{4})-([0-9]{2})", value)
+    if m is None or not 1 <= int(m[2]) <= 12 or not 1970 <= int(m[1]) <= 9998:
+        raise invalid([{"field": "month", "detail": "must be YYYY-MM, e.g. 2026-11"}])
+    return int(m[1]), int(m[2])
 
 
 def month_bounds(year: int, month: int, zone: ZoneInfo) -> tuple[int, int]:

@@ -209,7 +209,8 @@ def test_balance_month_to_date(meterd: Meterd) -> None:
     body = wait_until(lambda: (b := balance(acc, key))["used_bytes"] == 110 and b, message="balance 110")
     assert body == {"account_id": acc, "timezone": "UTC",
                     "period_start": month_start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "period_end": month_end.strftime("%Y-%m-%dT%H:%M:%SZ"), "quota_bytes": 1000, "used_bytes": 110, "remaining_bytes": 890, "over_quota": False}
+                    "period_end": month_end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "quota_bytes": 1000, "used_bytes": 110, "remaining_bytes": 890, "over_quota": False}
     meterd.admin.patch(f"/v1/accounts/{acc}", json={"quota_bytes": 110})
     assert balance(acc, meterd.admin_token) == body | {"quota_bytes": 110, "remaining_bytes": 0}
     meterd.admin.patch(f"/v1/accounts/{acc}", json={"quota_bytes": 100})
