@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from governance import DependencyUnavailable
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
+from service.api.export import JSON, export_response, negotiate
 from service.api.openapi import DOCS_HTML, openapi_document
 from service.api.problems import Problem, forbidden, invalid, not_found, problem_response, unauthorized
 from service.api.timeparams import (
@@ -31,7 +32,7 @@ from service.api.timeparams import (
     usage_window,
 )
 from service.api.traffic_json import parse_traffic
-from service.api.usage_body import UsageQuery, usage_body
+from service.api.usage_body import UsageQuery, point_rows, usage_body
 from service.api.usage_query import bucketed_usage, bytes_used_between
 from service.auth import Authenticator, Principal
 from service.billing import INTERVAL, bandwidth
@@ -151,10 +152,16 @@ class Api:
 
     async def usage(self, request: Request) -> Response:
         row = await self.readable_account(request)
+        media = negotiate(request.headers.get("accept"))
         query = UsageQuery.parse(request.query_params)
         bounds, step_name, step = usage_window(dict(request.query_params), int(time.time()), query.zone)
         sums = await bucketed_usage(self.ctx.repo, row["id"], bounds, step, by_node=query.by_node,
                                     node_ids=query.node_ids)
+        if media != JSON:
+            # By node, rows come out node by node (each node's buckets in time order).
+            rows = sorted(point_rows(bounds, sums, query.zone), key=lambda r: r[0]) if query.by_node \
+                else point_rows(bounds, sums, query.zone)
+            return export_response(media, rows, query.by_node)
         return json_response(usage_body(row["id"], step_name, bounds, sums, query))
 
     async def balance(self, request: Request) -> Response:

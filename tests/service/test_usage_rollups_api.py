@@ -3,6 +3,9 @@ and on PostgreSQL: every answer is compared with sums computed here from the rec
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import random
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -202,3 +205,30 @@ def test_billing_timezone_on_account_and_balance(stack: Meterd) -> None:
     assert patched.json()["billing_timezone"] == "UTC"
     bad = stack.admin.post("/v1/accounts", json={"name": "x", "billing_timezone": "Asia/Nowhere"})
     assert "billing_timezone" in problem_fields(assert_problem(bad, 400))
+
+
+def test_csv_and_ndjson_export(stack: Meterd, three_days: tuple[str, list[dict]]) -> None:
+    acc, _ = three_days
+    params = {"start": iso(DAY0), "end": iso(DAY0 + timedelta(days=3)), "step": "1h", "tz": "Asia/Shanghai"}
+    body = stack.usage(acc, **params)
+    url = f"/v1/accounts/{acc}/usage"
+    resp = stack.admin.get(url, params=params, headers={"accept": "text/csv"})
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")
+    parsed = list(csv.DictReader(io.StringIO(resp.text)))
+    assert resp.text.startswith("ts,bytes_in,bytes_out,requests\r\n")
+    assert [{k: (v if k == "ts" else int(v)) for k, v in r.items()} for r in parsed] == body["points"]
+    assert body["points"][0]["ts"].endswith("+08:00")
+
+    resp = stack.admin.get(url, params=params, headers={"accept": "application/x-ndjson"})
+    assert resp.headers["content-type"].startswith("application/x-ndjson")
+    assert [json.loads(line) for line in resp.text.splitlines()] == body["points"]
+
+    by_node = stack.usage(acc, **params, group_by="node_id")
+    resp = stack.admin.get(url, params={**params, "group_by": "node_id"},
+                           headers={"accept": "application/json;q=0.5, text/csv"})
+    rows = list(csv.DictReader(io.StringIO(resp.text)))
+    assert [(r["node_id"], r["ts"], int(r["bytes_in"])) for r in rows] == [
+        (s["node_id"], p["ts"], p["bytes_in"]) for s in by_node["series"] for p in s["points"]]
+    assert stack.admin.get(url, params=params, headers={"accept": "text/csv;q=0.1, application/json"}
+                           ).headers["content-type"].startswith("application/json")
+    assert_problem(stack.admin.get(url, params=params, headers={"accept": "image/png"}), 406)
