@@ -88,6 +88,15 @@ class ConsumerSettings(_Section):
     minute_retention_seconds: int = Field(90 * 24 * 3600, gt=0)
 
 
+class WebhookSettings(_Section):
+    """Quota-alert webhook deliveries (run by the consumer role, from the durable outbox)."""
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+    retry_base_seconds: float = Field(5.0, gt=0)  # doubled per attempt, with jitter
+    retry_max_seconds: float = Field(3600.0, gt=0)
+    max_attempts: int = Field(15, gt=0)  # about a day of retries at the defaults, then given up
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
@@ -108,6 +117,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     ingest: IngestSettings = IngestSettings()
     consumer: ConsumerSettings = ConsumerSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     log: LogSettings = LogSettings()
     # Validated by the governance, profiling and relay libraries' own models.
     governance: dict[str, Any] = Field(default_factory=dict)

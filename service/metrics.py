@@ -5,6 +5,9 @@ Names and labels are part of the contract with dashboards/ and alerts/: change t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -38,3 +41,13 @@ class PipelineMetrics:
         self.buffer_records = Gauge(
             "meterd_consumer_buffer_records", "Records aggregated in memory and not yet flushed",
             registry=registry)
+        self.quota_crossings = Counter(
+            "meterd_quota_threshold_crossings", "Quota thresholds crossed (one per account, period and "
+            "threshold), by threshold as a fraction of the quota", ["threshold"], registry=registry)
+        self.webhook_deliveries = Counter(
+            "meterd_webhook_deliveries", "Quota-alert webhook delivery attempts, by result "
+            "(delivered, retry, failed: given up after the last attempt)", ["result"], registry=registry)
+
+    def count_crossings(self, crossings: Sequence[Any]) -> None:
+        for c in crossings:
+            self.quota_crossings.labels(f"{c.threshold:g}").inc()

@@ -33,12 +33,14 @@ from service.api.timeparams import (
 )
 from service.api.traffic_json import parse_traffic
 from service.api.usage_body import UsageQuery, point_rows, usage_body
-from service.api.usage_query import bucketed_usage, bytes_used_between
+from service.api.usage_query import bucketed_usage
 from service.auth import Authenticator, Principal
 from service.billing import INTERVAL, bandwidth
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
 from service.storage import Repository
+from service.storage.quota_alerts import PPM, thresholds_ppm
+from service.webhooks import event_body
 
 log = logging.getLogger("meterd.api")
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # returns a problem description or None
@@ -51,6 +53,8 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 def account_json(row: dict) -> dict:
     return {"id": row["id"], "name": row["name"], "status": row["status"], "quota_bytes": row["quota_bytes"],
             "billing_timezone": row["billing_timezone"],
+            "alert_thresholds": [t / PPM for t in thresholds_ppm(row["alert_thresholds"])],
+            "webhook_url": row["webhook_url"],
             "created_at": format_rfc3339(row["created_at_ms"] / 1000),
             "updated_at": format_rfc3339(row["updated_at_ms"] / 1000)}
 
@@ -111,9 +115,14 @@ class Api:
     async def create_account(self, request: Request) -> Response:
         await self.admin(request)
         body = parse_model(AccountCreate, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
-        row = await self.ctx.repo.create_account(body.name, body.quota_bytes, body.status,
-                                                 billing_timezone=body.billing_timezone)
-        return json_response(account_json(row), 201, {"Location": f"/v1/accounts/{row['id']}"})
+        row = await self.ctx.repo.create_account(
+            body.name, body.quota_bytes, body.status, billing_timezone=body.billing_timezone,
+            alert_thresholds=None if body.alert_thresholds is None else orjson.dumps(body.alert_thresholds).decode(),
+            webhook_url=body.webhook_url)
+        out = account_json(row)
+        if row["webhook_secret"]:
+            out["webhook_secret"] = row["webhook_secret"]  # shown once; rotate to get a new one
+        return json_response(out, 201, {"Location": f"/v1/accounts/{row['id']}"})
 
     async def get_account(self, request: Request) -> Response:
         return json_response(account_json(await self.readable_account(request)))
@@ -122,17 +131,38 @@ class Api:
         await self.admin(request)
         body = parse_model(AccountPatch, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
         changes = body.model_dump(exclude_unset=True)
-        for name in ("name", "status", "billing_timezone"):
+        for name in ("name", "status", "billing_timezone"):  # the others take null to mean "reset"
             if name in changes and changes[name] is None:
                 raise invalid([{"field": name, "detail": "cannot be null"}])
         account_id = request.path_params["account_id"]
+        if "alert_thresholds" in changes and changes["alert_thresholds"] is not None:
+            changes["alert_thresholds"] = orjson.dumps(changes["alert_thresholds"]).decode()
         row = (await self.ctx.repo.update_account(account_id, changes) if changes
                else await self.ctx.repo.get_account(account_id))
         if row is None:
             raise not_found("account")
         if self.ctx.ingest is not None:
             self.ctx.ingest.accounts.invalidate(account_id)
-        return json_response(account_json(row))
+        out = account_json(row)
+        if row["webhook_url"] and not row["webhook_secret"]:
+            # The first webhook URL gets a signing secret, shown in this response only.
+            out["webhook_secret"] = await self.ctx.repo.rotate_webhook_secret(account_id)
+        return json_response(out)
+
+    async def rotate_webhook_secret(self, request: Request) -> Response:
+        await self.admin(request)
+        secret = await self.ctx.repo.rotate_webhook_secret(request.path_params["account_id"])
+        if secret is None:
+            raise not_found("account")
+        return json_response({"webhook_secret": secret})
+
+    async def events(self, request: Request) -> Response:
+        row = await self.readable_account(request)
+        raw = request.query_params.get("limit", "100")
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 500:
+            raise invalid([{"field": "limit", "detail": "must be an integer from 1 to 500"}])
+        rows = await self.ctx.repo.list_events(row["id"], int(raw))
+        return json_response({"account_id": row["id"], "events": [event_body(r) for r in rows]})
 
     async def create_key(self, request: Request) -> Response:
         await self.admin(request)
@@ -169,7 +199,7 @@ class Api:
         zone = parse_zone(row["billing_timezone"], "billing_timezone")
         today = datetime.now(zone).date()
         start, end = month_bounds(today.year, today.month, zone)
-        used = await bytes_used_between(self.ctx.repo, row["id"], start, end)
+        used = await self.ctx.repo.bytes_used(row["id"], start, end)
         quota = row["quota_bytes"]
         return json_response({
             "account_id": row["id"], "timezone": zone.key, "period_start": format_local(start, zone),
@@ -273,6 +303,8 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/usage", api.usage, methods=["GET"]),
         Route("/v1/accounts/{account_id}/balance", api.balance, methods=["GET"]),
         Route("/v1/accounts/{account_id}/billing", api.billing, methods=["GET"]),
+        Route("/v1/accounts/{account_id}/events", api.events, methods=["GET"]),
+        Route("/v1/accounts/{account_id}/webhook-secret", api.rotate_webhook_secret, methods=["POST"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
         *ops_routes(api.ctx.registry, api.ctx.readiness),
         Route("/openapi.json", api.openapi, methods=["GET"]),

@@ -61,6 +61,9 @@ def _zone(value: str) -> str:
 
 
 Zone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_zone)]
+# Fractions of quota_bytes (1.0 = the quota); above 1 alerts on overage too.
+Thresholds = Annotated[list[Annotated[float, Field(gt=0, le=10)]], Field(min_length=1, max_length=10)]
+WebhookUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s]+$")]
 
 
 class AccountCreate(BaseModel):
@@ -69,6 +72,8 @@ class AccountCreate(BaseModel):
     quota_bytes: Annotated[int, Field(ge=0, le=MAX_QUOTA, strict=True)] | None = None
     status: Literal["active", "suspended"] = "active"
     billing_timezone: Zone = "UTC"
+    alert_thresholds: Thresholds | None = None
+    webhook_url: WebhookUrl | None = None
 
 
 class AccountPatch(BaseModel):
@@ -77,3 +82,5 @@ class AccountPatch(BaseModel):
     quota_bytes: Annotated[int, Field(ge=0, le=MAX_QUOTA, strict=True)] | None = None
     status: Literal["active", "suspended"] | None = None
     billing_timezone: Zone | None = None
+    alert_thresholds: Thresholds | None = None  # null: back to the default [0.8, 1.0]
+    webhook_url: WebhookUrl | None = None  # null: no webhook

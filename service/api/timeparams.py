@@ -4,11 +4,14 @@ IANA time zone, and the local bucket boundaries they define."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from functools import cache
 from zoneinfo import ZoneInfo, available_timezones
 
 from service.api.problems import invalid
+from service.timezones import boundaries, format_local_at, month_bounds
+
+__all__ = ["boundaries", "month_bounds"]  # re-exported: the API modules import time helpers from here
 
 STEPS = {"1m": 60, "1h": 3600, "1d": 86400}
 MAX_POINTS = 10_000
@@ -53,44 +56,7 @@ def parse_zone(value: str | None, field: str = "tz") -> ZoneInfo:
 
 def format_local(epoch_s: int, zone: ZoneInfo) -> str:
     """RFC 3339 with the zone's offset at that instant ('Z' for UTC itself)."""
-    if zone.key == "UTC":
-        return format_rfc3339(epoch_s)
-    return datetime.fromtimestamp(epoch_s, zone).isoformat()
-
-
-def local_floor(epoch_s: int, step: int, zone: ZoneInfo) -> int:
-    """Start of the local minute, hour or day (step 60/3600/86400) holding the instant."""
-    if step == 60:
-        return epoch_s - epoch_s % 60
-    dt = datetime.fromtimestamp(epoch_s, zone)
-    if step == 3600:
-        return int(dt.replace(minute=0, second=0, microsecond=0).timestamp())
-    return local_midnight(dt.date(), zone)
-
-
-def local_midnight(day: date, zone: ZoneInfo) -> int:
-    # A midnight skipped by a DST jump maps to the jump's instant (fold=0 uses the earlier offset).
-    return int(datetime(day.year, day.month, day.day, tzinfo=zone).timestamp())
-
-
-def next_boundary(b: int, step: int, zone: ZoneInfo) -> int:
-    if step == 60:
-        return b + 60
-    if step == 3600:
-        n = local_floor(b + 3600, 3600, zone)
-        return n if n > b else b + 3600
-    return local_midnight(datetime.fromtimestamp(b, zone).date() + timedelta(days=1), zone)
-
-
-def boundaries(start: int, end: int, step: int, zone: ZoneInfo) -> list[int]:
-    """Bucket starts from the local boundary at or before ``start`` up to the first at or after
-    ``end`` (the last element closes the last bucket). Local days are 23 or 25 hours on DST days."""
-    b = local_floor(start, step, zone)
-    out = [b]
-    while b < end:
-        b = next_boundary(b, step, zone)
-        out.append(b)
-    return out
+    return format_local_at(epoch_s, zone.key)
 
 
 def parse_month(value: str | None, today: date) -> tuple[int, int]:
@@ -101,11 +67,6 @@ def parse_month(value: str | None, today: date) -> tuple[int, int]:
     if m is None or not 1 <= int(m[2]) <= 12 or not 1970 <= int(m[1]) <= 9998:
         raise invalid([{"field": "month", "detail": "must be YYYY-MM, e.g. 2026-11"}])
     return int(m[1]), int(m[2])
-
-
-def month_bounds(year: int, month: int, zone: ZoneInfo) -> tuple[int, int]:
-    nxt = date(year + 1, 1, 1) if month == 12 else date(year, month + 1, 1)
-    return local_midnight(date(year, month, 1), zone), local_midnight(nxt, zone)
 
 
 def usage_window(params: dict[str, str], now_s: int, zone: ZoneInfo) -> tuple[list[int], str, int]:

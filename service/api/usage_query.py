@@ -67,10 +67,3 @@ async def bucketed_usage(repo: Repository, account_id: str, bounds: list[int], s
             row[1] += b_out
             row[2] += reqs
     return dict(sorted(sums.items()))
-
-
-async def bytes_used_between(repo: Repository, account_id: str, start: int, end: int) -> int:
-    """bytes_in + bytes_out over [start, end); start and end must be 5-minute aligned."""
-    width = pick_width([start, end], ACCOUNT_WIDTHS) or 60
-    rows = await repo.usage_rows(account_id, width, start, end)
-    return sum(r[2] + r[3] for r in rows)

@@ -43,6 +43,7 @@ from service.runtime.gc_tuning import tune_gc_for_serving
 from service.runtime.http_server import HttpServer
 from service.storage import Repository, create_database
 from service.storage.repository import OffsetConflict
+from service.webhooks import WebhookDispatcher
 
 log = logging.getLogger("meterd")
 ROLES = ("api", "writer", "consumer")
@@ -89,7 +90,9 @@ class MeterdProcess:
         await db.migrate()
         db_breaker = outbound(gov, "database", s.governance, fail_max=5, reset_timeout=5.0,
                               exclude=(OffsetConflict,))
-        repo: Repository = GuardedRepository(Repository(db), db_breaker)  # type: ignore[assignment]
+        store = Repository(db)
+        store.on_crossings = self.metrics.count_crossings
+        repo: Repository = GuardedRepository(store, db_breaker)  # type: ignore[assignment]
         auth = Authenticator(repo, self.admin_token)
 
         async def db_ready() -> str | None:
@@ -135,6 +138,10 @@ class MeterdProcess:
                 return None if consumer.healthy else "consumer has not completed a healthy poll"
 
             readiness.append(consumer_ready)
+            # Quota-alert webhooks go out from the consumer role, which records the events.
+            webhooks = WebhookDispatcher(repo, s.webhooks, self.metrics)
+            await webhooks.start()
+            self._stops.append(("webhooks", webhooks.stop))
 
         admin_only = self._admin_check()
         # The guard answers 401/403 like every other endpoint; the profiler re-checks admin itself.

@@ -46,10 +46,16 @@ def _rollups(conn: Connection) -> None:
             f"ON CONFLICT DO NOTHING"))
 
 
+def _quota_alerts(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.quota_events, schema.webhook_outbox], checkfirst=True)
+    _add_missing_columns(conn, "accounts", ["alert_thresholds", "webhook_url", "webhook_secret"])
+
+
 # Append-only: (version, description, step). A step runs inside the migration transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
     (3, "usage rollups (5 min, hour, day; per node hour, day), accounts.billing_timezone", _rollups),
+    (4, "quota threshold events, webhook outbox, accounts' alert and webhook settings", _quota_alerts),
 ]
 
 

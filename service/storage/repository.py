@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Table, and_, case, literal, select, update
@@ -14,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage import schema
 from service.storage.db import Database
+from service.storage.period_usage import bytes_used
+from service.storage.quota_alerts import Crossing, record_crossings
 from service.storage.rollup import BIGINT_MAX, UsageDelta, rollup_rows
 
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -21,6 +24,10 @@ _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 def new_id(prefix: str, length: int = 20) -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
 
 
 def hash_key(key: str) -> str:
@@ -39,13 +46,18 @@ class Repository:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        # Told about the quota threshold crossings each committed apply_batch recorded (metrics).
+        self.on_crossings: Callable[[list[Crossing]], None] | None = None
 
     # -- accounts ---------------------------------------------------------------------------
     async def create_account(self, name: str, quota_bytes: int | None, status: str = "active", *,
-                             billing_timezone: str = "UTC") -> dict:
+                             billing_timezone: str = "UTC", alert_thresholds: str | None = None,
+                             webhook_url: str | None = None) -> dict:
         ts = now_ms()
         row = {"id": new_id("acc_"), "name": name, "status": status, "quota_bytes": quota_bytes,
-               "billing_timezone": billing_timezone, "created_at_ms": ts, "updated_at_ms": ts}
+               "billing_timezone": billing_timezone, "alert_thresholds": alert_thresholds,
+               "webhook_url": webhook_url, "webhook_secret": new_webhook_secret() if webhook_url else None,
+               "created_at_ms": ts, "updated_at_ms": ts}
         async with self.db.engine.begin() as conn:
             await conn.execute(schema.accounts.insert().values(**row))
         return row
@@ -136,6 +148,11 @@ class Repository:
         async with self.db.engine.connect() as conn:
             return [(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in await conn.execute(q)]
 
+    async def bytes_used(self, account_id: str, start_s: int, end_s: int) -> int:
+        """bytes_in + bytes_out over [start_s, end_s) (balance, billing periods)."""
+        async with self.db.engine.connect() as conn:
+            return (await bytes_used(conn, [account_id], start_s, end_s))[account_id]
+
     async def purge_minutes(self, before_s: int) -> int:
         """Drops minute rows older than the retention; the rollups keep their sums."""
         u = schema.usage_minute
@@ -174,6 +191,7 @@ class Repository:
         The offset update is a compare-and-set: if another consumer moved it meanwhile, nothing is
         written and OffsetConflict tells the caller it no longer owns the partition.
         """
+        crossings: list[Crossing] = []
         async with self.db.engine.begin() as conn:
             await self._cas_offsets(conn, group_id, topic, offsets)
             if seen:
@@ -182,6 +200,9 @@ class Repository:
                 await conn.execute(stmt, [{"dedupe_key": k, "digest": d, "seen_at": ts} for k, d in seen.items()])
             if usage:
                 await self._add_usage(conn, usage)
+                crossings = await record_crossings(conn, self._insert, usage)
+        if crossings and self.on_crossings is not None:
+            self.on_crossings(crossings)  # after commit: counts only crossings that were stored
 
     async def _cas_offsets(self, conn: AsyncConnection, group_id: str, topic: str,
                            offsets: dict[int, tuple[int | None, int]]) -> None:
@@ -213,6 +234,58 @@ class Repository:
                         else_=table.c[c] + stmt.excluded[c])
                 for c in ("bytes_in", "bytes_out", "requests")}
         return stmt.on_conflict_do_update(index_elements=keys, set_=set_)
+
+    # -- quota events and webhook deliveries ------------------------------------------------
+    async def list_events(self, account_id: str, limit: int) -> list[dict]:
+        e = schema.quota_events
+        q = (select(e).where(e.c.account_id == account_id)
+             .order_by(e.c.created_at_ms.desc(), e.c.threshold_ppm.desc()).limit(limit))
+        async with self.db.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def rotate_webhook_secret(self, account_id: str) -> str | None:
+        secret = new_webhook_secret()
+        return secret if await self.update_account(account_id, {"webhook_secret": secret}) else None
+
+    async def claim_deliveries(self, now: int, lease_ms: int, limit: int = 20) -> list[dict]:
+        """Due outbox rows, each claimed with a compare-and-set on next_attempt_ms so two
+        dispatchers never send the same delivery at the same time."""
+        o, e, a = schema.webhook_outbox, schema.quota_events, schema.accounts
+        q = (select(o.c.event_id, o.c.attempts, o.c.next_attempt_ms, a.c.webhook_url, a.c.webhook_secret,
+                    *[c for c in e.c if c.name != "id"])
+             .join(e, e.c.id == o.c.event_id).join(a, a.c.id == o.c.account_id)
+             .where(and_(o.c.delivered_at_ms.is_(None), o.c.failed_at_ms.is_(None), o.c.next_attempt_ms <= now))
+             .order_by(o.c.next_attempt_ms).limit(limit))
+        claimed = []
+        async with self.db.engine.begin() as conn:
+            for r in (await conn.execute(q)).mappings():
+                res = await conn.execute(update(o).where(and_(o.c.event_id == r["event_id"],
+                                                              o.c.next_attempt_ms == r["next_attempt_ms"]))
+                                         .values(next_attempt_ms=now + lease_ms))
+                if res.rowcount == 1:
+                    claimed.append(dict(r))
+        return claimed
+
+    async def delivery_done(self, event_id: str, *, attempts: int, delivered: bool, next_attempt_ms: int | None,
+                            error: str | None = None) -> None:
+        """Records one attempt: delivered, retry at next_attempt_ms, or (None) given up."""
+        o = schema.webhook_outbox
+        values: dict[str, Any] = {"attempts": attempts, "last_error": error[:300] if error else None}
+        ts = now_ms()
+        if delivered:
+            values["delivered_at_ms"] = ts
+        elif next_attempt_ms is None:
+            values["failed_at_ms"] = ts
+        else:
+            values["next_attempt_ms"] = next_attempt_ms
+        async with self.db.engine.begin() as conn:
+            await conn.execute(update(o).where(o.c.event_id == event_id).values(**values))
+
+    async def delivery_state(self, event_id: str) -> dict | None:
+        o = schema.webhook_outbox
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(select(o).where(o.c.event_id == event_id))).mappings().first()
+        return dict(row) if row else None
 
     async def purge_seen(self, before_s: int) -> int:
         s = schema.seen_batches

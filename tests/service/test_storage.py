@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, text
 
 from service.api.timeparams import boundaries
-from service.api.usage_query import bucketed_usage, bytes_used_between
+from service.api.usage_query import bucketed_usage
 from service.storage import Database, Repository, create_database, schema
 from service.storage.db import MIGRATIONS
 from service.storage.repository import OffsetConflict, now_ms
@@ -52,7 +52,7 @@ async def usage(repo: Repository, account: str, start: int, end: int, step: int)
 
 
 async def bytes_used_since(repo: Repository, account: str, start: int) -> int:
-    return await bytes_used_between(repo, account, start, start + 400 * 86400)
+    return await repo.bytes_used(account, start, start + 400 * 86400)
 
 
 async def dump(db: Database) -> dict[str, list[tuple]]:
