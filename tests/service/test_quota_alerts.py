@@ -1,0 +1,98 @@
+"""Quota threshold events, recorded in the apply transaction: SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from service.storage import Repository
+from service.storage.repository import OffsetConflict
+from tests.service.test_storage import GROUP, TOPIC, db, repo  # noqa: F401  (fixtures)
+
+NOV = int(datetime(2026, 11, 10, tzinfo=ZoneInfo("UTC")).timestamp())
+
+
+class Flusher:
+    """Calls apply_batch with advancing offsets, as the consumer does."""
+
+    def __init__(self, store: Repository) -> None:
+        self.repo, self.offset = store, None
+
+    async def __call__(self, usage: dict) -> None:
+        new = (self.offset or 0) + 1
+        await self.repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (self.offset, new)}, usage=usage, seen={})
+        self.offset = new
+
+
+async def test_each_threshold_once_per_period(repo: Repository) -> None:  # noqa: F811
+    seen: list = []
+    repo.on_crossings = seen.extend
+    acc = (await repo.create_account("q", 1000, alert_thresholds="[0.5, 1.0, 1.5]",
+                                     webhook_url="http://127.0.0.1:9/hook"))["id"]
+    free = (await repo.create_account("free", None))["id"]
+    flush = Flusher(repo)
+    await flush({(acc, "n1", NOV): [300, 100, 1], (free, "n1", NOV): [10**9, 0, 1]})
+    assert await repo.list_events(acc, 10) == [] and seen == []
+    await flush({(acc, "n2", NOV + 60): [100, 0, 1]})  # 500 of 1000: 0.5 reached exactly
+    await flush({(acc, "n2", NOV + 120): [1, 0, 1]})  # still past 0.5: no second event
+    events = await repo.list_events(acc, 10)
+    assert [(e["threshold_ppm"], e["used_bytes"], e["quota_bytes"]) for e in events] == [(500_000, 500, 1000)]
+    assert [c.threshold for c in seen] == [0.5]
+    await flush({(acc, "n1", NOV + 180): [2000, 0, 1]})  # jumps past 1.0 and 1.5 in one flush
+    events = await repo.list_events(acc, 10)
+    assert sorted(e["threshold_ppm"] for e in events) == [500_000, 1_000_000, 1_500_000]
+    assert sorted(c.threshold for c in seen) == [0.5, 1.0, 1.5]
+    assert await repo.list_events(free, 10) == []
+    for e in events:
+        assert (await repo.delivery_state(e["id"]))["attempts"] == 0  # type: ignore[index]
+    # Next month is a new period: the thresholds fire again there.
+    dec = int(datetime(2026, 12, 1, tzinfo=ZoneInfo("UTC")).timestamp())
+    await flush({(acc, "n1", dec): [600, 0, 1]})
+    assert len(await repo.list_events(acc, 10)) == 4
+
+
+async def test_period_follows_billing_timezone(repo: Repository) -> None:  # noqa: F811
+    """Usage at 2026-11-30T20:00Z is December in Shanghai: it counts towards December there."""
+    acc = (await repo.create_account("sh", 100, billing_timezone="Asia/Shanghai"))["id"]
+    flush = Flusher(repo)
+    nov30 = int(datetime(2026, 11, 30, 12, tzinfo=ZoneInfo("UTC")).timestamp())
+    await flush({(acc, "n", nov30): [60, 0, 1]})  # 20:00 in Shanghai, still November
+    await flush({(acc, "n", nov30 + 8 * 3600): [60, 0, 1]})  # 04:00 on 1 December in Shanghai
+    events = await repo.list_events(acc, 10)
+    assert events == []  # 60 bytes in each month: neither reaches 80
+    await flush({(acc, "n", nov30 + 9 * 3600): [30, 0, 1]})
+    (event,) = await repo.list_events(acc, 10)
+    start = int(datetime(2026, 12, 1, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp())
+    assert (event["period_start"], event["timezone"], event["used_bytes"]) == (start, "Asia/Shanghai", 90)
+    assert await repo.delivery_state(event["id"]) is None  # no webhook_url: no outbox row
+
+
+async def test_lost_partition_records_no_event(repo: Repository) -> None:  # noqa: F811
+    acc = (await repo.create_account("c", 10))["id"]
+    flush = Flusher(repo)
+    await flush({(acc, "n", NOV): [1, 0, 1]})
+    with pytest.raises(OffsetConflict):
+        await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (0, 5)}, usage={(acc, "n", NOV): [50, 0, 1]},
+                               seen={})
+    assert await repo.list_events(acc, 10) == []
+
+
+async def test_outbox_claim_and_backoff_bookkeeping(repo: Repository) -> None:  # noqa: F811
+    acc = (await repo.create_account("w", 10, webhook_url="http://127.0.0.1:9/x"))["id"]
+    await Flusher(repo)({(acc, "n", NOV): [10, 0, 1]})
+    (ev,) = [e for e in await repo.list_events(acc, 10) if e["threshold_ppm"] == 1_000_000]
+    now = 2 * 10**12
+    claimed = await repo.claim_deliveries(now, lease_ms=60_000)
+    assert sorted(r["event_id"] for r in claimed) == sorted(e["id"] for e in await repo.list_events(acc, 10))
+    assert claimed[0]["webhook_secret"].startswith("whsec_")
+    assert await repo.claim_deliveries(now, lease_ms=60_000) == []  # leased: nobody else sends it
+    await repo.delivery_done(ev["id"], attempts=1, delivered=False, next_attempt_ms=now + 5000, error="HTTP 500")
+    assert [r["event_id"] for r in await repo.claim_deliveries(now + 5000, 1000)] == [ev["id"]]
+    await repo.delivery_done(ev["id"], attempts=2, delivered=True, next_attempt_ms=None)
+    state = await repo.delivery_state(ev["id"])
+    assert state is not None and state["delivered_at_ms"] and state["attempts"] == 2
+    # Delivered rows are never claimed again; the 0.8 event's row is due again once its lease ran out.
+    (other,) = [e["id"] for e in await repo.list_events(acc, 10) if e["id"] != ev["id"]]
+    assert [r["event_id"] for r in await repo.claim_deliveries(now + 10**9, 1000)] == [other]
