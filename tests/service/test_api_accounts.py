@@ -15,7 +15,8 @@ from service.api.app import ApiContext, build_api
 from tests.service.conftest import Meterd, assert_problem, now_ms, problem_fields, record, unique
 from tests.support.meterd import wait_until
 
-ACCOUNT_FIELDS = {"id", "name", "status", "quota_bytes", "billing_timezone", "created_at", "updated_at"}
+ACCOUNT_FIELDS = {"id", "name", "status", "quota_bytes", "billing_timezone", "alert_thresholds", "webhook_url",
+                  "created_at", "updated_at"}
 
 
 def parse_time(value: str) -> datetime:
