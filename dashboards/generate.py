@@ -173,6 +173,15 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
                                                                   qs=(0.5, 0.95, 0.99)), "s"),
             panel("Records buffered, not yet flushed", [
                 q(f"sum by (instance) (meterd_consumer_buffer_records{{{J}}})", "{{instance}}")]),
+            row("Quota alerts"),
+            panel("Quota thresholds crossed by threshold", [
+                q(f"sum by (threshold) (increase(meterd_quota_threshold_crossings_total{{{J}}}[{RI}]))",
+                  "{{threshold}} of quota")],
+                description="Accounts whose month-to-date usage reached an alert threshold (once per period)."),
+            panel("Webhook deliveries/s by result", [
+                q(f"sum by (result) (rate(meterd_webhook_deliveries_total{{{J}}}[{RI}]))", "{{result}}")],
+                "ops", stack=True,
+                description="retry: the receiver failed and the outbox will try again; failed: given up."),
         ],
     },
     "runtime": {

@@ -49,6 +49,8 @@ EMITTED: dict[str, tuple[str, tuple[str, ...], str]] = {
     "meterd_consumer_flush_seconds": (HISTOGRAM, (), "consumer"),
     "meterd_consumer_dlq_total": (COUNTER, (), "consumer"),
     "meterd_consumer_buffer_records": (GAUGE, (), "consumer"),
+    "meterd_quota_threshold_crossings_total": (COUNTER, ("threshold",), "consumer"),
+    "meterd_webhook_deliveries_total": (COUNTER, ("result",), "consumer"),
     # service/relay
     "meterd_relay_notifications_total": (COUNTER, ("robot", "result"), "relay"),
     "meterd_relay_notifications_queued_total": (COUNTER, ("robot",), "relay"),
