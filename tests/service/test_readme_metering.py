@@ -6,8 +6,10 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+from service.webhooks import sign
 from tests.support.meterd import running_meterd
 from tests.support.require import require_binary
 
@@ -49,3 +51,22 @@ def test_readme_metering_block_works_as_printed(tmp_path: Path) -> None:
     assert set(bill["bandwidth_bps"]) == {"p95", "peak", "daily_peak_avg"}
     problem = json.loads(lines[6])
     assert problem["status"] == 400 and problem["errors"][0]["field"] == "tz"
+    (event,) = json.loads(lines[7])["events"]
+    assert (event["threshold"], event["used_bytes"], event["quota_bytes"]) == (0.25, 385200, 1000000)
+    hook = json.loads(lines[8])
+    assert hook["webhook_url"] == "https://hooks.example.com/meterd" and hook["webhook_secret"].startswith("whsec_")
+
+
+def test_readme_signature_check_accepts_meterds_signature() -> None:
+    """The README's receiver snippet, executed, against what meterd's dispatcher signs."""
+    section = README.read_text().split("## Metering", 1)[1].split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102
+    body, ts = b'{"id":"evt_1"}', int(time.time())
+    headers = {"Meterd-Timestamp": str(ts), "Meterd-Signature": sign("whsec_k", ts, body)}
+    assert scope["verify"]("whsec_k", headers, body)
+    assert not scope["verify"]("whsec_other", headers, body)
+    assert not scope["verify"]("whsec_k", headers, body + b" ")
+    old = {"Meterd-Timestamp": str(ts - 900), "Meterd-Signature": sign("whsec_k", ts - 900, body)}
+    assert not scope["verify"]("whsec_k", old, body)
