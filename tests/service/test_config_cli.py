@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from service.config import ConfigError, load_settings
+from service.storage.db import MIGRATIONS
 from tests.support.meterd import MeterdBin, MeterdProc, meterd_env
 
 
@@ -142,7 +143,7 @@ def test_overrides_are_validated() -> None:
 def test_migrate_and_create_account(tmp_path: Path) -> None:
     first = run(tmp_path, "migrate")
     assert first.returncode == 0, first.stderr
-    assert "applied migrations: [1]" in first.stdout
+    assert f"applied migrations: {[v for v, _, _ in MIGRATIONS]}" in first.stdout
     second = run(tmp_path, "migrate")
     assert second.returncode == 0 and "database is up to date" in second.stdout, second.stdout
 
