@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from governance import DependencyUnavailable
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.export import JSON, export_response, negotiate
-from service.api.openapi import DOCS_HTML, openapi_document
+from service.api.openapi import DOCS_ASSETS, DOCS_CSP, DOCS_HTML, docs_asset, openapi_document
 from service.api.problems import Problem, forbidden, invalid, not_found, problem_response, unauthorized
 from service.api.timeparams import (
     boundaries,
@@ -131,9 +131,6 @@ class Api:
         await self.admin(request)
         body = parse_model(AccountPatch, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
         changes = body.model_dump(exclude_unset=True)
-        for name in ("name", "status", "billing_timezone"):  # the others take null to mean "reset"
-            if name in changes and changes[name] is None:
-                raise invalid([{"field": name, "detail": "cannot be null"}])
         account_id = request.path_params["account_id"]
         if "alert_thresholds" in changes and changes["alert_thresholds"] is not None:
             changes["alert_thresholds"] = orjson.dumps(changes["alert_thresholds"]).decode()
@@ -249,7 +246,15 @@ class Api:
         return json_response(openapi_document())
 
     async def docs(self, request: Request) -> Response:
-        return HTMLResponse(DOCS_HTML)
+        return HTMLResponse(DOCS_HTML, headers={"Content-Security-Policy": DOCS_CSP})
+
+    async def docs_asset(self, request: Request) -> Response:
+        name = request.path_params["asset"]
+        body = docs_asset(name)
+        if body is None:
+            raise not_found("file")
+        media = "text/javascript; charset=utf-8" if name == "init.js" else DOCS_ASSETS[name]
+        return Response(body, media_type=media, headers={"Cache-Control": "public, max-age=86400"})
 
 
 async def readiness_response(checks: Sequence[ReadinessCheck]) -> Response:
@@ -309,6 +314,7 @@ def routes(api: Api) -> list[BaseRoute]:
         *ops_routes(api.ctx.registry, api.ctx.readiness),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/docs", api.docs, methods=["GET"]),
+        Route("/docs/{asset}", api.docs_asset, methods=["GET"]),
     ]
 
 

@@ -77,10 +77,12 @@ class AccountCreate(BaseModel):
 
 
 class AccountPatch(BaseModel):
+    """Only the fields sent change. name, status and billing_timezone cannot be null (the default
+    None only means "not sent"); alert_thresholds and webhook_url take null to reset."""
     model_config = ConfigDict(extra="forbid")
-    name: Name | None = None
+    name: Name = None  # type: ignore[assignment]
     quota_bytes: Annotated[int, Field(ge=0, le=MAX_QUOTA, strict=True)] | None = None
-    status: Literal["active", "suspended"] | None = None
-    billing_timezone: Zone | None = None
+    status: Literal["active", "suspended"] = None  # type: ignore[assignment]
+    billing_timezone: Zone = None  # type: ignore[assignment]
     alert_thresholds: Thresholds | None = None  # null: back to the default [0.8, 1.0]
     webhook_url: WebhookUrl | None = None  # null: no webhook

@@ -1,9 +1,18 @@
-"""The OpenAPI 3.1 description of the HTTP API, served at /openapi.json, and the /docs page."""
+"""The OpenAPI 3.1 description of the HTTP API, served at /openapi.json, and the /docs page.
+
+Schemas come from the pydantic models (service.api.bodies for requests, service.api.schemas for
+responses); paths and query parameters, which are parsed by hand, are written out below."""
 
 from __future__ import annotations
 
 from functools import cache
 from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from service.api.bodies import AccountCreate, AccountPatch
+from service.api.schemas import RESPONSE_MODELS
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 
@@ -24,93 +33,11 @@ _ACCOUNT_ID = {"name": "account_id", "in": "path", "required": True, "schema": {
 _KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _COUNT = {"type": "integer", "minimum": 0}
 _ZONE = {"type": "string", "maxLength": 64, "description": "IANA time zone, e.g. Asia/Shanghai"}
-_TOTALS = {"type": "object", "required": ["bytes_in", "bytes_out", "requests"],
-           "properties": {"bytes_in": _COUNT, "bytes_out": _COUNT, "requests": _COUNT}}
-_BPS = {"type": "object", "required": ["in", "out", "max"],
-        "properties": {"in": _COUNT, "out": _COUNT, "max": _COUNT}}
-_ALERT_FIELDS = {
-    "alert_thresholds": {"type": ["array", "null"], "minItems": 1, "maxItems": 10,
-                         "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
-                         "description": "fractions of quota_bytes; null: [0.8, 1.0]"},
-    "webhook_url": {"type": ["string", "null"], "maxLength": 2048, "pattern": "^https?://[^\\s]+$"}}
 _TZ = {"name": "tz", "in": "query", "schema": _ZONE, "description": "IANA zone of the buckets; default UTC"}
 
-_SCHEMAS: dict[str, Any] = {
-    "Account": {"type": "object", "required": ["id", "name", "status", "quota_bytes", "billing_timezone",
-                                           "alert_thresholds", "webhook_url", "created_at", "updated_at"],
-                "properties": {"id": {"type": "string"}, "name": {"type": "string"},
-                               "status": {"type": "string", "enum": ["active", "suspended"]},
-                               "quota_bytes": {"type": ["integer", "null"], "minimum": 0},
-                               "billing_timezone": {"type": "string"},
-                               "alert_thresholds": {"type": "array", "items": {"type": "number"}},
-                               "webhook_url": {"type": ["string", "null"]},
-                               "webhook_secret": {"type": "string",
-                                                  "description": "only when first set or rotated: shown once"},
-                               "created_at": {"type": "string", "format": "date-time"},
-                               "updated_at": {"type": "string", "format": "date-time"}}},
-    "AccountCreate": {"type": "object", "required": ["name"], "additionalProperties": False,
-                      "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
-                                     "quota_bytes": {"type": ["integer", "null"], "minimum": 0,
-                                                     "maximum": 1 << 62},
-                                     "status": {"type": "string", "enum": ["active", "suspended"]},
-                                     "billing_timezone": _ZONE, **_ALERT_FIELDS}},
-    "AccountPatch": {"type": "object", "additionalProperties": False,
-                     "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
-                                    "quota_bytes": {"type": ["integer", "null"], "minimum": 0, "maximum": 1 << 62},
-                                    "status": {"type": "string", "enum": ["active", "suspended"]},
-                                    "billing_timezone": _ZONE, **_ALERT_FIELDS}},
-    "ApiKey": {"type": "object", "required": ["id", "prefix", "key", "account_id", "created_at"],
-               "properties": {"id": {"type": "string"}, "prefix": {"type": "string"},
-                              "key": {"type": "string", "description": "shown once; stored hashed"},
-                              "account_id": {"type": "string"},
-                              "created_at": {"type": "string", "format": "date-time"}}},
-    "UsagePoint": {"type": "object", "required": ["ts", "bytes_in", "bytes_out", "requests"],
-                   "properties": {"ts": {"type": "string", "format": "date-time"}, "bytes_in": _COUNT,
-                                  "bytes_out": _COUNT, "requests": _COUNT}},
-    "Usage": {"type": "object", "required": ["account_id", "step", "timezone", "start", "end", "totals"],
-              "properties": {"account_id": {"type": "string"}, "step": {"type": "string", "enum": ["1m", "1h", "1d"]},
-                             "timezone": {"type": "string"},
-                             "node_id": {"type": "array", "items": {"type": "string"}},
-                             "series": {"type": "array", "description": "with group_by=node_id", "items": {
-                                 "type": "object", "required": ["node_id", "points", "totals"],
-                                 "properties": {"node_id": {"type": "string"},
-                                                "points": {"type": "array", "items": _ref("UsagePoint")},
-                                                "totals": _TOTALS}}},
-                             "start": {"type": "string", "format": "date-time"},
-                             "end": {"type": "string", "format": "date-time"},
-                             "points": {"type": "array", "items": _ref("UsagePoint"),
-                                        "description": "buckets with traffic only, oldest first"},
-                             "totals": _TOTALS}},
-    "Billing": {"type": "object",
-                "required": ["account_id", "month", "timezone", "period_start", "period_end", "complete",
-                             "intervals", "bytes_in", "bytes_out", "requests", "bandwidth_bps", "quota_bytes",
-                             "over_quota"],
-                "properties": {"account_id": {"type": "string"}, "month": {"type": "string"},
-                               "timezone": {"type": "string"},
-                               "period_start": {"type": "string", "format": "date-time"},
-                               "period_end": {"type": "string", "format": "date-time"},
-                               "complete": {"type": "boolean"}, "intervals": _COUNT, "bytes_in": _COUNT,
-                               "bytes_out": _COUNT, "requests": _COUNT,
-                               "bandwidth_bps": {"type": "object", "required": ["p95", "peak", "daily_peak_avg"],
-                                                 "properties": {"p95": _BPS, "peak": _BPS, "daily_peak_avg": _BPS}},
-                               "quota_bytes": {"type": ["integer", "null"]}, "over_quota": {"type": "boolean"}}},
-    "QuotaEvent": {"type": "object",
-                   "required": ["id", "type", "account_id", "threshold", "quota_bytes", "used_bytes", "timezone",
-                                "period_start", "period_end", "created_at"],
-                   "properties": {"id": {"type": "string"}, "type": {"type": "string"},
-                                  "account_id": {"type": "string"}, "threshold": {"type": "number"},
-                                  "quota_bytes": _COUNT, "used_bytes": _COUNT, "timezone": {"type": "string"},
-                                  "period_start": {"type": "string", "format": "date-time"},
-                                  "period_end": {"type": "string", "format": "date-time"},
-                                  "created_at": {"type": "string", "format": "date-time"}}},
-    "Balance": {"type": "object",
-                "required": ["account_id", "timezone", "period_start", "period_end", "quota_bytes", "used_bytes",
-                             "remaining_bytes", "over_quota"],
-                "properties": {"account_id": {"type": "string"}, "timezone": {"type": "string"},
-                               "period_start": {"type": "string", "format": "date-time"},
-                               "period_end": {"type": "string", "format": "date-time"},
-                               "quota_bytes": {"type": ["integer", "null"]}, "used_bytes": _COUNT,
-                               "remaining_bytes": {"type": ["integer", "null"]}, "over_quota": {"type": "boolean"}}},
+# The traffic body is parsed by service.api.traffic_json into the protobuf records the gRPC writer
+# takes (one validation for both transports), so its schema is written out here.
+_TRAFFIC_SCHEMAS: dict[str, Any] = {
     "TrafficRecord": {"type": "object", "required": ["account_id", "node_id", "timestamp_ms"],
                       "additionalProperties": False,
                       "properties": {"account_id": {"type": "string", "minLength": 1},
@@ -121,17 +48,25 @@ _SCHEMAS: dict[str, Any] = {
                      "properties": {"batch_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
                                     "records": {"type": "array", "minItems": 1,
                                                 "items": _ref("TrafficRecord")}}},
-    "WriteResult": {"type": "object", "required": ["batch_id", "accepted", "duplicate"],
-                    "properties": {"batch_id": {"type": "string"}, "accepted": _COUNT,
-                                   "duplicate": {"type": "boolean"}}},
-    "ProblemDetails": {"type": "object", "required": ["type", "title", "status"],
-                       "properties": {"type": {"type": "string"}, "title": {"type": "string"},
-                                      "status": {"type": "integer"}, "detail": {"type": "string"},
-                                      "instance": {"type": "string"},
-                                      "errors": {"type": "array", "items": {
-                                          "type": "object", "properties": {"field": {"type": "string"},
-                                                                           "detail": {"type": "string"}}}}}},
 }
+
+
+def _clean(node: Any) -> Any:
+    # "default": null on a non-nullable response field only means "sometimes absent".
+    if isinstance(node, dict):
+        return {k: _clean(v) for k, v in node.items() if not (k == "default" and v is None)}
+    if isinstance(node, list):
+        return [_clean(v) for v in node]
+    return node
+
+
+def _schemas() -> dict[str, Any]:
+    """Components generated from the pydantic models: request bodies as they validate, responses
+    as they are served."""
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(AccountCreate, "validation"), (AccountPatch, "validation")]
+    models += [(m, "serialization") for m in RESPONSE_MODELS]
+    _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    return {**_clean(top["$defs"]), **_TRAFFIC_SCHEMAS}
 
 
 def _paths() -> dict[str, Any]:
@@ -144,7 +79,8 @@ def _paths() -> dict[str, Any]:
             "parameters": [_ACCOUNT_ID],
             "get": {"summary": "Read an account (admin or its own key)", "operationId": "getAccount",
                     "responses": {"200": _json(_ref("Account"), "the account"), **_errors(401, 404)}},
-            "patch": {"summary": "Change name, status or quota (admin)", "operationId": "patchAccount",
+            "patch": {"summary": "Change name, status, quota, billing zone, alert thresholds, webhook URL (admin)",
+                      "operationId": "patchAccount",
                       "requestBody": {"required": True,
                                       "content": {"application/json": {"schema": _ref("AccountPatch")}}},
                       "responses": {"200": _json(_ref("Account"), "updated"),
@@ -191,15 +127,11 @@ def _paths() -> dict[str, Any]:
             "summary": "Quota threshold crossings, newest first (admin or its own key)", "operationId": "getEvents",
             "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                          "maximum": 500}}],
-            "responses": {"200": _json({"type": "object", "required": ["account_id", "events"],
-                                        "properties": {"account_id": {"type": "string"},
-                                                       "events": {"type": "array", "items": _ref("QuotaEvent")}}},
-                                       "events"), **_errors(400, 401, 404)}}},
+            "responses": {"200": _json(_ref("Events"), "events"), **_errors(400, 401, 404)}}},
         "/v1/accounts/{account_id}/webhook-secret": {"parameters": [_ACCOUNT_ID], "post": {
             "summary": "Rotate the webhook signing secret (admin); the new one is shown once",
             "operationId": "rotateWebhookSecret",
-            "responses": {"200": _json({"type": "object", "required": ["webhook_secret"],
-                                        "properties": {"webhook_secret": {"type": "string"}}}, "rotated"),
+            "responses": {"200": _json(_ref("WebhookSecret"), "rotated"),
                           **_errors(401, 403, 404)}}},
         "/v1/traffic": {"post": {
             "summary": "Write a batch of traffic records (account key: own records only; or admin)",
@@ -225,7 +157,7 @@ def openapi_document() -> dict[str, Any]:
                  "description": "Traffic metering and accounts. Errors are RFC 9457 problem details."},
         "paths": _paths(),
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": _schemas(),
             "responses": {"Problem": {"description": "RFC 9457 problem details",
                                       "content": {"application/problem+json": {"schema": _ref("ProblemDetails")}}}},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
@@ -235,11 +167,32 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+# /docs is Swagger UI from the swagger-ui-bundle-v2 package, served by meterd itself: the page
+# works without internet, and its Content-Security-Policy lets it load nothing from elsewhere.
 DOCS_HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>meterd API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+<link rel="stylesheet" href="/docs/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs/favicon-32x32.png">
 </head><body><div id="docs">Loading the interactive API docs; the raw description is at
 <a href="/openapi.json">/openapi.json</a>.</div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>window.onload = () => SwaggerUIBundle({url: "/openapi.json", dom_id: "#docs"});</script>
+<script src="/docs/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script>
 </body></html>"""
+DOCS_INIT_JS = b'window.onload = () => { window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#docs"}); };\n'
+DOCS_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+# The only package files /docs serves (name -> media type): a fixed list, not a directory.
+DOCS_ASSETS = {"swagger-ui.css": "text/css; charset=utf-8",
+               "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+               "favicon-32x32.png": "image/png"}
+
+
+@cache
+def docs_asset(name: str) -> bytes | None:
+    if name == "init.js":
+        return DOCS_INIT_JS
+    if name not in DOCS_ASSETS:
+        return None
+    from swagger_ui_bundle import swagger_ui_path  # imported here: only /docs needs it
+
+    return (swagger_ui_path / name).read_bytes()

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from service.api.schemas import Billing
 from tests.service.conftest import assert_problem, problem_fields
 from tests.service.metering_support import rec, send, stack
 from tests.support.meterd import wait_until
@@ -95,6 +96,7 @@ def test_billing_matches_independent_computation(stack: Meterd, zone: str, month
     got = wait_bill(stack, acc, want["bytes_in"], month=month)  # the account's billing_timezone
     assert got == {"account_id": acc, "month": month, "timezone": zone, "complete": True,
                    "quota_bytes": 10**12, "over_quota": want["bytes_in"] + want["bytes_out"] > 10**12, **want}
+    Billing.model_validate(got)  # the documented schema, no undocumented field
     # DST months: 30 days + 1 hour in November, 31 days - 1 hour in March.
     assert got["intervals"] == {"2025-11": 8652, "2026-03": 8916, "2026-02": 8064}[month]
     assert got["bandwidth_bps"]["peak"]["in"] > got["bandwidth_bps"]["p95"]["in"]  # spikes were dropped

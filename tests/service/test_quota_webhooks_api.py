@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from service.api.schemas import Account, Events, WebhookSecret
 from tests.service.conftest import assert_problem, problem_fields
 from tests.service.metering_support import rec, send, stack
 from tests.support.meterd import wait_until
@@ -94,6 +95,9 @@ def test_thresholds_events_and_signed_webhooks(stack: Meterd, receiver: Receiver
     send(stack, [rec(acc, now, b_in=5000, b_out=0)])
     stack.wait_totals(acc, {"bytes_in": 6010, "bytes_out": 100, "requests": 5}, step="1h")
     got = events()
+    with stack.client(key) as c:
+        Events.model_validate(c.get(f"/v1/accounts/{acc}/events").json())
+    Account.model_validate(created.json())
     assert [(e["threshold"], e["used_bytes"], e["quota_bytes"], e["type"]) for e in got] == [
         (1.0, 1110, 1000, "quota.threshold_crossed"), (0.5, 600, 1000, "quota.threshold_crossed")]
     assert {t: crossings_metric(stack, t) - before[t] for t in before} == {"0.5": 1.0, "1": 1.0}
@@ -117,6 +121,7 @@ def test_thresholds_events_and_signed_webhooks(stack: Meterd, receiver: Receiver
     # Rotation: a new secret, shown once, and the old one no longer signs.
     rotated = stack.admin.post(f"/v1/accounts/{acc}/webhook-secret")
     assert rotated.status_code == 200 and rotated.json()["webhook_secret"] not in (secret, None)
+    WebhookSecret.model_validate(rotated.json())
     with stack.client(key) as c:
         assert_problem(c.post(f"/v1/accounts/{acc}/webhook-secret"), 403)
 

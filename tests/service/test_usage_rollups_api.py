@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from service.api.schemas import Account, Balance, Usage
 from tests.service.conftest import assert_problem, problem_fields
 from tests.service.metering_support import iso, ms, rec, send, stack, totals, utc
 from tests.support.meterd import wait_until
@@ -70,6 +71,7 @@ def test_group_by_node_and_filters(stack: Meterd, three_days: tuple[str, list[di
     starts = [DAY0 + timedelta(hours=i) for i in range(72)]
     params = {"start": iso(DAY0), "end": iso(DAY0 + timedelta(days=3)), "step": "1h"}
     body = stack.usage(acc, **params, group_by="node_id")
+    Usage.model_validate(body)  # what /openapi.json documents, with no undocumented field
     assert [s["node_id"] for s in body["series"]] == ["edge-x", "n1", "n2", "n3"]
     want = expected_buckets(records, starts, by_node=True)
     for s in body["series"]:
@@ -116,6 +118,7 @@ def test_local_day_buckets(stack: Meterd, zone: str, stamps: list[datetime]) -> 
     assert [p["ts"] for p in body["points"]] == sorted({starts[max(j for j, s in enumerate(starts[:-1])
                                                                    if s <= t)].isoformat() for t in stamps})
     assert body["timezone"] == zone and body["start"] == starts[0].isoformat()
+    Usage.model_validate(body)
 
 
 def test_dst_day_has_25_hourly_points(stack: Meterd) -> None:
@@ -197,6 +200,8 @@ def test_billing_timezone_on_account_and_balance(stack: Meterd) -> None:
         return b if b["used_bytes"] == 110 else None
 
     b = wait_until(balance, timeout=30, message="balance")
+    Balance.model_validate(b)
+    Account.model_validate(created.json())
     assert (b["timezone"], b["period_start"], b["over_quota"], b["remaining_bytes"]) == (
         "Asia/Shanghai", month_start, True, 0)
     bad = stack.admin.patch(f"/v1/accounts/{acc}", json={"billing_timezone": "Nowhere/City"})
