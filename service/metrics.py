@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+_FRESHNESS_BUCKETS = (0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300, 900)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -41,6 +42,16 @@ class PipelineMetrics:
         self.buffer_records = Gauge(
             "meterd_consumer_buffer_records", "Records aggregated in memory and not yet flushed",
             registry=registry)
+        # Freshness (issue 20). Defined here, observed by the consumer: freshness once per batch
+        # when the flush that applied it commits (now - TrafficBatch.received_at_ms); lag seconds
+        # per assigned partition on each poll (now - timestamp of the oldest fetched but unflushed
+        # message, 0 when nothing waits).
+        self.freshness_seconds = Histogram(
+            "meterd_usage_freshness_seconds", "Time from the writer receiving a batch to the commit that "
+            "makes its usage queryable", buckets=_FRESHNESS_BUCKETS, registry=registry)
+        self.consumer_lag_seconds = Gauge(
+            "meterd_consumer_lag_seconds", "Age of the oldest message not yet applied, per assigned partition",
+            ["partition"], registry=registry)
         self.quota_crossings = Counter(
             "meterd_quota_threshold_crossings", "Quota thresholds crossed (one per account, period and "
             "threshold), by threshold as a fraction of the quota", ["threshold"], registry=registry)

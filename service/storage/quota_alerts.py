@@ -73,9 +73,14 @@ async def record_crossings(conn: AsyncConnection, insert: Callable[..., Any], us
     crossings: list[Crossing] = []
     now_ms = int(time.time() * 1000)
     for (start, end, tz), accs in sorted(by_period.items()):
-        used = await bytes_used(conn, accs, start, end)
         have = {(r[0], int(r[1])) for r in await conn.execute(
             select(e.c.account_id, e.c.threshold_ppm).where(and_(e.c.account_id.in_(accs), e.c.period_start == start)))}
+        # Accounts with every threshold already recorded this period need no usage read.
+        accs = [acc for acc in accs
+                if any((acc, t) not in have for t in thresholds_ppm(accounts[acc].alert_thresholds))]
+        if not accs:
+            continue
+        used = await bytes_used(conn, accs, start, end)
         for acc in sorted(accs):
             r = accounts[acc]
             quota, spent = int(r.quota_bytes), used[acc]
