@@ -146,7 +146,8 @@ class Repository:
         if limit is not None:
             q = q.limit(limit)
         async with self.db.engine.connect() as conn:
-            return [(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in await conn.execute(q)]
+            # Both drivers return Python ints for BIGINT: the rows are used as they come.
+            return [tuple(r) for r in (await conn.execute(q)).all()]  # type: ignore[misc]
 
     async def bytes_used(self, account_id: str, start_s: int, end_s: int) -> int:
         """bytes_in + bytes_out over [start_s, end_s) (balance, billing periods)."""
