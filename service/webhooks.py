@@ -27,6 +27,19 @@ TIMESTAMP_HEADER = "Meterd-Timestamp"
 SIGNATURE_HEADER = "Meterd-Signature"
 
 
+class _OriginOnly(logging.Filter):
+    """httpx logs each request's URL at INFO; a webhook URL's path or query often is its credential."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(a.copy_with(path="/redacted", query=None) if isinstance(a, httpx.URL) else a
+                                for a in record.args)
+        return True
+
+
+_ORIGIN_ONLY = _OriginOnly()
+
+
 def event_body(row: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
     """The event as GET /v1/accounts/{id}/events lists it and as the webhook POSTs it."""
     tz = row["timezone"]
@@ -52,6 +65,9 @@ class WebhookDispatcher:
         self._metrics = metrics
         # No redirects: a webhook goes to the URL the operator set, nowhere else.
         self._http = httpx.AsyncClient(timeout=settings.timeout_seconds, follow_redirects=False)
+        httpx_log = logging.getLogger("httpx")
+        if _ORIGIN_ONLY not in httpx_log.filters:
+            httpx_log.addFilter(_ORIGIN_ONLY)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

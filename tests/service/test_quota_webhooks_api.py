@@ -117,6 +117,10 @@ def test_thresholds_events_and_signed_webhooks(stack: Meterd, receiver: Receiver
     assert ids == {e["id"] for e in got}
     time.sleep(1.0)  # a delivered event is not sent again
     assert len(receiver.delivered()) == 2
+    # No secret in meterd's logs: neither the signing key nor the webhook URL's path.
+    logs = stack.proc.output()
+    assert secret not in logs and "/hooks/meterd" not in logs
+    assert f"POST http://127.0.0.1:{receiver.server.server_address[1]}/redacted" in logs  # the line is there
 
     # Rotation: a new secret, shown once, and the old one no longer signs.
     rotated = stack.admin.post(f"/v1/accounts/{acc}/webhook-secret")
