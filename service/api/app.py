@@ -35,7 +35,7 @@ from service.api.traffic_json import parse_traffic
 from service.api.usage_body import UsageQuery, point_rows, usage_body
 from service.api.usage_query import bucketed_usage
 from service.auth import Authenticator, Principal
-from service.billing import INTERVAL, bandwidth
+from service.billing import INTERVAL, bandwidth_bps
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
 from service.storage import Repository
@@ -218,17 +218,14 @@ class Api:
             raise invalid([{"field": "month", "detail": "the month has not started"}])
         last_complete = now - now % INTERVAL
         cutoff = min(end, last_complete)
-        rows = await self.ctx.repo.usage_rows(row["id"], INTERVAL, start, end)
-        bw = bandwidth(start, cutoff, boundaries(start, cutoff, 86400, zone) if cutoff > start else [start],
-                       {r[0]: (r[2], r[3]) for r in rows if r[0] < cutoff})
-        b_in, b_out = sum(r[2] for r in rows), sum(r[3] for r in rows)
+        day_bounds = boundaries(start, cutoff, 86400, zone) if cutoff > start else [start]
+        (b_in, b_out, reqs), stats = await self.ctx.repo.billing_figures(row["id"], start, cutoff, end, day_bounds)
         quota = row["quota_bytes"]
         return json_response({
             "account_id": row["id"], "month": f"{year:04d}-{month:02d}", "timezone": zone.key,
             "period_start": format_local(start, zone), "period_end": format_local(end, zone),
             "complete": end <= last_complete, "intervals": max(0, (cutoff - start) // INTERVAL),
-            "bytes_in": b_in, "bytes_out": b_out, "requests": sum(r[4] for r in rows),
-            "bandwidth_bps": {"p95": bw.p95, "peak": bw.peak, "daily_peak_avg": bw.daily_peak_avg},
+            "bytes_in": b_in, "bytes_out": b_out, "requests": reqs, "bandwidth_bps": bandwidth_bps(stats),
             "quota_bytes": quota, "over_quota": quota is not None and b_in + b_out > quota})
 
     # -- ingestion ----------------------------------------------------------------------------

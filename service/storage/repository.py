@@ -14,8 +14,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage import schema
+from service.storage.billing_sql import interval_stats
 from service.storage.db import Database
-from service.storage.period_usage import bytes_used
+from service.storage.period_usage import bytes_used, usage_totals
 from service.storage.quota_alerts import Crossing, record_crossings
 from service.storage.rollup import BIGINT_MAX, UsageDelta, rollup_rows
 
@@ -153,6 +154,14 @@ class Repository:
         """bytes_in + bytes_out over [start_s, end_s) (balance, billing periods)."""
         async with self.db.engine.connect() as conn:
             return (await bytes_used(conn, [account_id], start_s, end_s))[account_id]
+
+    async def billing_figures(self, account_id: str, start_s: int, cutoff_s: int, end_s: int,
+                              day_bounds: list[int]) -> tuple[list[int], dict[str, dict[str, int]]]:
+        """The period's [bytes_in, bytes_out, requests] over [start_s, end_s) and the interval
+        statistics over [start_s, cutoff_s) (see billing_sql.interval_stats)."""
+        async with self.db.engine.connect() as conn:
+            totals = (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
+            return totals, await interval_stats(conn, account_id, start_s, cutoff_s, day_bounds)
 
     async def purge_minutes(self, before_s: int) -> int:
         """Drops minute rows older than the retention; the rollups keep their sums."""
