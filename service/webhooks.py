@@ -98,6 +98,11 @@ class WebhookDispatcher:
         return len(rows)
 
     async def _send(self, row: dict[str, Any]) -> None:
+        if not row["webhook_url"]:  # the URL was removed after the event: nothing to deliver to
+            await self._repo.delivery_done(row["event_id"], attempts=row["attempts"], delivered=False,
+                                           next_attempt_ms=None, error="webhook_url removed")
+            self._metrics.webhook_deliveries.labels("failed").inc()
+            return
         body = orjson.dumps(event_body(row, row["event_id"]))
         ts = int(time.time())
         headers = {"Content-Type": "application/json", EVENT_ID_HEADER: row["event_id"],

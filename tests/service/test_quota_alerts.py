@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from service.config import WebhookSettings
+from service.metrics import PipelineMetrics
 from service.storage import Repository
-from service.storage.repository import OffsetConflict
+from service.storage.repository import OffsetConflict, now_ms
+from service.webhooks import WebhookDispatcher
 from tests.service.test_storage import GROUP, TOPIC, db, repo  # noqa: F401  (fixtures)
 
 NOV = int(datetime(2026, 11, 10, tzinfo=ZoneInfo("UTC")).timestamp())
@@ -96,3 +102,41 @@ async def test_outbox_claim_and_backoff_bookkeeping(repo: Repository) -> None:  
     # Delivered rows are never claimed again; the 0.8 event's row is due again once its lease ran out.
     (other,) = [e["id"] for e in await repo.list_events(acc, 10) if e["id"] != ev["id"]]
     assert [r["event_id"] for r in await repo.claim_deliveries(now + 10**9, 1000)] == [other]
+
+
+async def test_dispatcher_backoff_and_removed_url(repo: Repository) -> None:  # noqa: F811
+    """The dispatcher against a port nothing listens on: each failure is booked with a growing
+    delay until max_attempts; an event whose account lost its URL is given up, not retried."""
+    dead = (await repo.create_account("dead", 10, alert_thresholds="[1.0]",
+                                      webhook_url="http://127.0.0.1:9/hook"))["id"]
+    gone = (await repo.create_account("gone", 10, alert_thresholds="[1.0]",
+                                      webhook_url="http://127.0.0.1:9/hook"))["id"]
+    await Flusher(repo)({(dead, "n", NOV): [10, 0, 1], (gone, "n", NOV): [10, 0, 1]})
+    await repo.update_account(gone, {"webhook_url": None})
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    cfg = WebhookSettings(retry_base_seconds=0.05, retry_max_seconds=0.1, max_attempts=3, timeout_seconds=2)
+    dispatcher = WebhookDispatcher(repo, cfg, metrics)
+    try:
+        (dead_event,) = await repo.list_events(dead, 10)
+        (gone_event,) = await repo.list_events(gone, 10)
+        delays = []
+        for _ in range(3):
+            deadline = time.monotonic() + 5
+            while await dispatcher.deliver_due() == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            state = await repo.delivery_state(dead_event["id"])
+            assert state is not None
+            delays.append(state["next_attempt_ms"] - now_ms())
+    finally:
+        await dispatcher.stop()
+    # Base 50 ms doubling, with 50-100 % jitter: 25-50 ms after the first failure, 50-100 ms after
+    # the second (a few ms have passed when they are read).
+    assert 0 < delays[0] <= 50 and 40 <= delays[1] <= 100, delays
+    state = await repo.delivery_state(dead_event["id"])
+    assert state is not None and state["attempts"] == 3 and state["failed_at_ms"] and not state["delivered_at_ms"]
+    assert "ConnectError" in (state["last_error"] or "")
+    gone_state = await repo.delivery_state(gone_event["id"])
+    assert gone_state is not None and gone_state["failed_at_ms"] and gone_state["last_error"] == "webhook_url removed"
+    assert registry.get_sample_value("meterd_webhook_deliveries_total", {"result": "retry"}) == 2
+    assert registry.get_sample_value("meterd_webhook_deliveries_total", {"result": "failed"}) == 2
