@@ -94,7 +94,11 @@ class WebhookDispatcher:
         now = int(time.time() * 1000)
         lease = int((self._cfg.timeout_seconds + 30) * 1000)
         rows = await self._repo.claim_deliveries(now, lease)
-        await asyncio.gather(*(self._send(r) for r in rows))
+        # One delivery's failure must not keep the others from being booked (they would wait out
+        # their lease); it is logged and its row is retried after the lease.
+        for result in await asyncio.gather(*(self._send(r) for r in rows), return_exceptions=True):
+            if isinstance(result, Exception):
+                log.error("webhook delivery failed unexpectedly", exc_info=result)
         return len(rows)
 
     async def _send(self, row: dict[str, Any]) -> None:
