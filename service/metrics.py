@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+DEFAULT_THRESHOLD_LABELS = ("0.8", "1")  # the default alert_thresholds, as count_crossings writes them
 _FRESHNESS_BUCKETS = (0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300, 900)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -58,6 +59,12 @@ class PipelineMetrics:
         self.webhook_deliveries = Counter(
             "meterd_webhook_deliveries", "Quota-alert webhook delivery attempts, by result "
             "(delivered, retry, failed: given up after the last attempt)", ["result"], registry=registry)
+        # Known label values start at 0, so dashboards and alert rules read a series before the
+        # first crossing or delivery (absent is not zero to PromQL).
+        for threshold in DEFAULT_THRESHOLD_LABELS:
+            self.quota_crossings.labels(threshold)
+        for result in ("delivered", "retry", "failed"):
+            self.webhook_deliveries.labels(result)
 
     def count_crossings(self, crossings: Sequence[Any]) -> None:
         for c in crossings:
