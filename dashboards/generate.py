@@ -169,6 +169,9 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
             panel("Consumer lag by partition (messages)", [
                 q(f"sum by (partition) (meterd_consumer_lag_messages{{{J}}})", "partition {{partition}}")],
                 stack=True),
+            panel("Freshness: acknowledged to queryable", quantiles("meterd_usage_freshness_seconds", "le",
+                                                                    qs=(0.5, 0.99)), "s",
+                  description="From the writer receiving a batch to the commit that makes its usage queryable."),
             panel("Consumer lag (seconds)", [
                 q(f"max by (instance) (meterd_consumer_lag_seconds{{{J}}})", "{{instance}}")], "s",
                 description="Database log: age of the oldest uncounted batch. Kafka: time since the consumer "
@@ -186,6 +189,15 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
                                                                   qs=(0.5, 0.95, 0.99)), "s"),
             panel("Records buffered, not yet flushed", [
                 q(f"sum by (instance) (meterd_consumer_buffer_records{{{J}}})", "{{instance}}")]),
+            row("Quota alerts"),
+            panel("Quota thresholds crossed by threshold", [
+                q(f"sum by (threshold) (increase(meterd_quota_threshold_crossings_total{{{J}}}[{RI}]))",
+                  "{{threshold}} of quota")],
+                description="Accounts whose month-to-date usage reached an alert threshold (once per period)."),
+            panel("Webhook deliveries/s by result", [
+                q(f"sum by (result) (rate(meterd_webhook_deliveries_total{{{J}}}[{RI}]))", "{{result}}")],
+                "ops", stack=True,
+                description="retry: the receiver failed and the outbox will try again; failed: given up."),
         ],
     },
     "runtime": {

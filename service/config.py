@@ -97,6 +97,18 @@ class ConsumerSettings(_Section):
     on_stale_offsets: Literal["earliest", "halt"] = "earliest"
     # On SIGTERM, how long the consumer keeps counting what is already in the log before it stops.
     drain_seconds: float = Field(20.0, ge=0)
+    # How long per-minute usage rows are kept (step=1m queries); the 5-minute, hourly and daily
+    # rollups are kept for ever.
+    minute_retention_seconds: int = Field(90 * 24 * 3600, gt=0)
+
+
+class WebhookSettings(_Section):
+    """Quota-alert webhook deliveries (run by the consumer role, from the durable outbox)."""
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+    retry_base_seconds: float = Field(5.0, gt=0)  # doubled per attempt, with jitter
+    retry_max_seconds: float = Field(3600.0, gt=0)
+    max_attempts: int = Field(15, gt=0)  # about a day of retries at the defaults, then given up
 
 
 class LogSettings(_Section):
@@ -119,6 +131,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     ingest: IngestSettings = IngestSettings()
     consumer: ConsumerSettings = ConsumerSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     log: LogSettings = LogSettings()
     # Validated by the governance, profiling and relay libraries' own models.
     governance: dict[str, Any] = Field(default_factory=dict)

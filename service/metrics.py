@@ -5,9 +5,14 @@ Names and labels are part of the contract with dashboards/ and alerts/: change t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+DEFAULT_THRESHOLD_LABELS = ("0.8", "1")  # the default alert_thresholds, as count_crossings writes them
+_FRESHNESS_BUCKETS = (0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300, 900)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -53,3 +58,23 @@ class PipelineMetrics:
         self.usage_saturated = Counter(
             "meterd_usage_saturated", "Usage sums that reached 2^63-1 and stopped there instead of overflowing",
             registry=registry)
+        # Observed by both consumers once per batch, when the flush that counted it commits.
+        self.freshness_seconds = Histogram(
+            "meterd_usage_freshness_seconds", "Time from the writer receiving a batch to the commit that "
+            "makes its usage queryable", buckets=_FRESHNESS_BUCKETS, registry=registry)
+        self.quota_crossings = Counter(
+            "meterd_quota_threshold_crossings", "Quota thresholds crossed (one per account, period and "
+            "threshold), by threshold as a fraction of the quota", ["threshold"], registry=registry)
+        self.webhook_deliveries = Counter(
+            "meterd_webhook_deliveries", "Quota-alert webhook delivery attempts, by result "
+            "(delivered, retry, failed: given up after the last attempt)", ["result"], registry=registry)
+        # Known label values start at 0, so dashboards and alert rules read a series before the
+        # first crossing or delivery (absent is not zero to PromQL).
+        for threshold in DEFAULT_THRESHOLD_LABELS:
+            self.quota_crossings.labels(threshold)
+        for result in ("delivered", "retry", "failed"):
+            self.webhook_deliveries.labels(result)
+
+    def count_crossings(self, crossings: Sequence[Any]) -> None:
+        for c in crossings:
+            self.quota_crossings.labels(f"{c.threshold:g}").inc()

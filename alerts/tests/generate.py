@@ -243,6 +243,43 @@ SCENARIOS: list[dict[str, Any]] = [
         ],
     },
     {
+        "name": "accounts reaching their quota page the info robot; 80 % crossings do not",
+        "series": [
+            series("meterd_quota_threshold_crossings_total", {**CONSUMER, "threshold": "1"}, "0 0 0 2 2 2 2"),
+            series("meterd_quota_threshold_crossings_total", {**CONSUMER, "threshold": "1.5"}, "0 0 0 0 1 1 1"),
+            series("meterd_quota_threshold_crossings_total", {**CONSUMER, "threshold": "0.8"}, "0 0 5 5 5 5 5"),
+        ],
+        "checks": [
+            ("2m", "MeterdQuotaThresholdCrossed", []),
+            ("6m", "MeterdQuotaThresholdCrossed", [
+                alert({"threshold": "1", "severity": "info"}, 2),
+                alert({"threshold": "1.5", "severity": "info"}, 1),
+            ]),
+        ],
+    },
+    {
+        "name": "webhooks given up vs retried",
+        "series": [
+            series("meterd_webhook_deliveries_total", {**CONSUMER, "result": "retry"}, "0+3x10"),
+            series("meterd_webhook_deliveries_total", {**CONSUMER, "result": "failed"}, "0 0 0 0 0 1 1 1 1 1"),
+        ],
+        "checks": [
+            ("3m", "MeterdWebhooksFailing", []),
+            ("8m", "MeterdWebhooksFailing", [alert({"job": "meterd-consumer", "severity": "warning"}, 1)]),
+        ],
+    },
+    {
+        "name": "usage lags acknowledgements",
+        "series": [
+            series("meterd_consumer_lag_seconds", CONSUMER, "0x5 400x20"),
+            series("meterd_consumer_lag_seconds", {**CONSUMER, "job": "meterd-api", "role": "api"}, "1x25"),
+        ],
+        "checks": [
+            ("4m", "MeterdUsageStale", []),
+            ("20m", "MeterdUsageStale", [alert({"job": "meterd-consumer", "severity": "warning"}, 400)]),
+        ],
+    },
+    {
         "name": "dead-letter topic grows vs stays flat",
         "series": [
             series("meterd_consumer_dlq_total", CONSUMER, "0 0 0 3 3 3 3"),

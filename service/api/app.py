@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -20,16 +20,30 @@ from starlette.routing import BaseRoute, Route
 from governance import DependencyUnavailable
 from service.api.batches import batch_lookup
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
-from service.api.openapi import DOCS_HTML, openapi_document
-from service.api.problems import Problem, forbidden, not_found, problem_response, unauthorized
+from service.api.export import JSON, export_response, negotiate
+from service.api.openapi import DOCS_ASSETS, DOCS_CSP, DOCS_HTML, docs_asset, openapi_document
+from service.api.problems import Problem, forbidden, invalid, not_found, problem_response, unauthorized
 from service.api.readiness import Readiness, ReadinessCheck
-from service.api.timeparams import format_rfc3339, usage_window
+from service.api.timeparams import (
+    boundaries,
+    format_local,
+    format_rfc3339,
+    month_bounds,
+    parse_month,
+    parse_zone,
+    usage_window,
+)
 from service.api.traffic_json import parse_traffic
+from service.api.usage_body import UsageQuery, point_rows, usage_body
+from service.api.usage_query import bucketed_usage
 from service.auth import Authenticator, Principal
+from service.billing import INTERVAL, bandwidth_bps
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
 from service.storage import Repository
 from service.storage.ledger import Ledger
+from service.storage.quota_alerts import PPM, thresholds_ppm
+from service.webhooks import event_body
 
 log = logging.getLogger("meterd.api")
 
@@ -40,6 +54,9 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def account_json(row: dict) -> dict:
     return {"id": row["id"], "name": row["name"], "status": row["status"], "quota_bytes": row["quota_bytes"],
+            "billing_timezone": row["billing_timezone"],
+            "alert_thresholds": [t / PPM for t in thresholds_ppm(row["alert_thresholds"])],
+            "webhook_url": row["webhook_url"],
             "created_at": format_rfc3339(row["created_at_ms"] / 1000),
             "updated_at": format_rfc3339(row["updated_at_ms"] / 1000)}
 
@@ -101,8 +118,14 @@ class Api:
     async def create_account(self, request: Request) -> Response:
         await self.admin(request)
         body = parse_model(AccountCreate, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
-        row = await self.ctx.repo.create_account(body.name, body.quota_bytes, body.status)
-        return json_response(account_json(row), 201, {"Location": f"/v1/accounts/{row['id']}"})
+        row = await self.ctx.repo.create_account(
+            body.name, body.quota_bytes, body.status, billing_timezone=body.billing_timezone,
+            alert_thresholds=None if body.alert_thresholds is None else orjson.dumps(body.alert_thresholds).decode(),
+            webhook_url=body.webhook_url)
+        out = account_json(row)
+        if row["webhook_secret"]:
+            out["webhook_secret"] = row["webhook_secret"]  # shown once; rotate to get a new one
+        return json_response(out, 201, {"Location": f"/v1/accounts/{row['id']}"})
 
     async def get_account(self, request: Request) -> Response:
         return json_response(account_json(await self.readable_account(request)))
@@ -111,16 +134,35 @@ class Api:
         await self.admin(request)
         body = parse_model(AccountPatch, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
         changes = body.model_dump(exclude_unset=True)
-        if "name" in changes and changes["name"] is None or "status" in changes and changes["status"] is None:
-            raise Problem(400, "Invalid Request", "name and status cannot be null", slug="invalid-request")
         account_id = request.path_params["account_id"]
+        if "alert_thresholds" in changes and changes["alert_thresholds"] is not None:
+            changes["alert_thresholds"] = orjson.dumps(changes["alert_thresholds"]).decode()
         row = (await self.ctx.repo.update_account(account_id, changes) if changes
                else await self.ctx.repo.get_account(account_id))
         if row is None:
             raise not_found("account")
         if self.ctx.ingest is not None:
             self.ctx.ingest.accounts.invalidate(account_id)
-        return json_response(account_json(row))
+        out = account_json(row)
+        if row["webhook_url"] and not row["webhook_secret"]:
+            # The first webhook URL gets a signing secret, shown in this response only.
+            out["webhook_secret"] = await self.ctx.repo.rotate_webhook_secret(account_id)
+        return json_response(out)
+
+    async def rotate_webhook_secret(self, request: Request) -> Response:
+        await self.admin(request)
+        secret = await self.ctx.repo.rotate_webhook_secret(request.path_params["account_id"])
+        if secret is None:
+            raise not_found("account")
+        return json_response({"webhook_secret": secret})
+
+    async def events(self, request: Request) -> Response:
+        row = await self.readable_account(request)
+        raw = request.query_params.get("limit", "100")
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 500:
+            raise invalid([{"field": "limit", "detail": "must be an integer from 1 to 500"}])
+        rows = await self.ctx.repo.list_events(row["id"], int(raw))
+        return json_response({"account_id": row["id"], "events": [event_body(r) for r in rows]})
 
     async def create_key(self, request: Request) -> Response:
         await self.admin(request)
@@ -140,26 +182,54 @@ class Api:
 
     async def usage(self, request: Request) -> Response:
         row = await self.readable_account(request)
-        start, end, step_name, step = usage_window(dict(request.query_params), int(time.time()))
-        rows = await self.ctx.repo.usage(row["id"], start, end, step)
-        points = [{"ts": format_rfc3339(r.ts), "bytes_in": r.bytes_in, "bytes_out": r.bytes_out,
-                   "requests": r.requests} for r in rows]
-        totals = {"bytes_in": sum(r.bytes_in for r in rows), "bytes_out": sum(r.bytes_out for r in rows),
-                  "requests": sum(r.requests for r in rows)}
-        return json_response({"account_id": row["id"], "step": step_name, "start": format_rfc3339(start),
-                              "end": format_rfc3339(end), "points": points, "totals": totals})
+        media = negotiate(request.headers.get("accept"))
+        query = UsageQuery.parse(request.query_params)
+        bounds, step_name, step = usage_window(dict(request.query_params), int(time.time()), query.zone)
+        sums = await bucketed_usage(self.ctx.repo, row["id"], bounds, step, by_node=query.by_node,
+                                    node_ids=query.node_ids)
+        if media != JSON:
+            # By node, rows come out node by node (each node's buckets in time order).
+            rows = sorted(point_rows(bounds, sums, query.zone), key=lambda r: r[0]) if query.by_node \
+                else point_rows(bounds, sums, query.zone)
+            return export_response(media, rows, query.by_node)
+        return json_response(usage_body(row["id"], step_name, bounds, sums, query))
 
     async def balance(self, request: Request) -> Response:
         row = await self.readable_account(request)
-        now = datetime.now(UTC)
-        month_start = datetime(now.year, now.month, 1, tzinfo=UTC)
-        used = await self.ctx.repo.bytes_used_since(row["id"], int(month_start.timestamp()))
+        zone = parse_zone(row["billing_timezone"], "billing_timezone")
+        today = datetime.now(zone).date()
+        start, end = month_bounds(today.year, today.month, zone)
+        used = await self.ctx.repo.bytes_used(row["id"], start, end)
         quota = row["quota_bytes"]
         return json_response({
-            "account_id": row["id"], "period_start": format_rfc3339(month_start.timestamp()),
-            "quota_bytes": quota, "used_bytes": used,
+            "account_id": row["id"], "timezone": zone.key, "period_start": format_local(start, zone),
+            "period_end": format_local(end, zone), "quota_bytes": quota, "used_bytes": used,
             "remaining_bytes": None if quota is None else max(0, quota - used),
             "over_quota": quota is not None and used > quota})
+
+    async def billing(self, request: Request) -> Response:
+        row = await self.readable_account(request)
+        params = request.query_params
+        zone = (parse_zone(params["tz"]) if "tz" in params
+                else parse_zone(row["billing_timezone"], "billing_timezone"))
+        now = int(time.time())
+        year, month = parse_month(params.get("month"), datetime.fromtimestamp(now, zone).date())
+        start, end = month_bounds(year, month, zone)
+        if start % INTERVAL or end % INTERVAL:
+            raise invalid([{"field": "tz", "detail": "the zone's offset is not a multiple of 5 minutes"}])
+        if start > now:
+            raise invalid([{"field": "month", "detail": "the month has not started"}])
+        last_complete = now - now % INTERVAL
+        cutoff = min(end, last_complete)
+        day_bounds = boundaries(start, cutoff, 86400, zone) if cutoff > start else [start]
+        (b_in, b_out, reqs), stats = await self.ctx.repo.billing_figures(row["id"], start, cutoff, end, day_bounds)
+        quota = row["quota_bytes"]
+        return json_response({
+            "account_id": row["id"], "month": f"{year:04d}-{month:02d}", "timezone": zone.key,
+            "period_start": format_local(start, zone), "period_end": format_local(end, zone),
+            "complete": end <= last_complete, "intervals": max(0, (cutoff - start) // INTERVAL),
+            "bytes_in": b_in, "bytes_out": b_out, "requests": reqs, "bandwidth_bps": bandwidth_bps(stats),
+            "quota_bytes": quota, "over_quota": quota is not None and b_in + b_out > quota})
 
     # -- ingestion ----------------------------------------------------------------------------
     async def post_traffic(self, request: Request) -> Response:
@@ -176,7 +246,15 @@ class Api:
         return json_response(openapi_document())
 
     async def docs(self, request: Request) -> Response:
-        return HTMLResponse(DOCS_HTML)
+        return HTMLResponse(DOCS_HTML, headers={"Content-Security-Policy": DOCS_CSP})
+
+    async def docs_asset(self, request: Request) -> Response:
+        name = request.path_params["asset"]
+        body = docs_asset(name)
+        if body is None:
+            raise not_found("file")
+        media = "text/javascript; charset=utf-8" if name == "init.js" else DOCS_ASSETS[name]
+        return Response(body, media_type=media, headers={"Cache-Control": "public, max-age=86400"})
 
 
 async def readiness_response(readiness: Readiness) -> Response:
@@ -223,11 +301,15 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/keys/{key_id}", api.delete_key, methods=["DELETE"]),
         Route("/v1/accounts/{account_id}/usage", api.usage, methods=["GET"]),
         Route("/v1/accounts/{account_id}/balance", api.balance, methods=["GET"]),
+        Route("/v1/accounts/{account_id}/billing", api.billing, methods=["GET"]),
+        Route("/v1/accounts/{account_id}/events", api.events, methods=["GET"]),
+        Route("/v1/accounts/{account_id}/webhook-secret", api.rotate_webhook_secret, methods=["POST"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
         Route("/v1/batches/{batch_id}", batch_lookup(api.ctx.ledger, api.principal, json_response), methods=["GET"]),
         *ops_routes(api.ctx.registry, api.ctx.readiness),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/docs", api.docs, methods=["GET"]),
+        Route("/docs/{asset}", api.docs_asset, methods=["GET"]),
     ]
 
 

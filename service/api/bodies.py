@@ -6,10 +6,11 @@ import asyncio
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.requests import Request
 
 from service.api.problems import Problem, invalid
+from service.api.timeparams import is_zone
 
 MAX_QUOTA = 1 << 62
 M = TypeVar("M", bound=BaseModel)
@@ -60,15 +61,35 @@ def parse_model(model: type[M], data: Any) -> M:
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
+def _zone(value: str) -> str:
+    if not is_zone(value):
+        raise ValueError("must be an IANA time zone name such as Asia/Shanghai or UTC")
+    return value
+
+
+Zone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_zone)]
+# Fractions of quota_bytes (1.0 = the quota); above 1 alerts on overage too.
+Thresholds = Annotated[list[Annotated[float, Field(gt=0, le=10)]], Field(min_length=1, max_length=10)]
+WebhookUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s]+$")]
+
+
 class AccountCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
     quota_bytes: Annotated[int, Field(ge=0, le=MAX_QUOTA, strict=True)] | None = None
     status: Literal["active", "suspended"] = "active"
+    billing_timezone: Zone = "UTC"
+    alert_thresholds: Thresholds | None = None
+    webhook_url: WebhookUrl | None = None
 
 
 class AccountPatch(BaseModel):
+    """Only the fields sent change. name, status and billing_timezone cannot be null (the default
+    None only means "not sent"); alert_thresholds and webhook_url take null to reset."""
     model_config = ConfigDict(extra="forbid")
-    name: Name | None = None
+    name: Name = None  # type: ignore[assignment]
     quota_bytes: Annotated[int, Field(ge=0, le=MAX_QUOTA, strict=True)] | None = None
-    status: Literal["active", "suspended"] | None = None
+    status: Literal["active", "suspended"] = None  # type: ignore[assignment]
+    billing_timezone: Zone = None  # type: ignore[assignment]
+    alert_thresholds: Thresholds | None = None  # null: back to the default [0.8, 1.0]
+    webhook_url: WebhookUrl | None = None  # null: no webhook

@@ -1,9 +1,18 @@
-"""The OpenAPI 3.1 description of the HTTP API, served at /openapi.json, and the /docs page."""
+"""The OpenAPI 3.1 description of the HTTP API, served at /openapi.json, and the /docs page.
+
+Schemas come from the pydantic models (service.api.bodies for requests, service.api.schemas for
+responses); paths and query parameters, which are parsed by hand, are written out below."""
 
 from __future__ import annotations
 
 from functools import cache
 from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from service.api.bodies import AccountCreate, AccountPatch
+from service.api.schemas import RESPONSE_MODELS
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 
@@ -24,53 +33,12 @@ _ACCOUNT_ID = {"name": "account_id", "in": "path", "required": True, "schema": {
 _KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _COUNT = {"type": "integer", "minimum": 0}
+_ZONE = {"type": "string", "maxLength": 64, "description": "IANA time zone, e.g. Asia/Shanghai"}
+_TZ = {"name": "tz", "in": "query", "schema": _ZONE, "description": "IANA zone of the buckets; default UTC"}
 
-_SCHEMAS: dict[str, Any] = {
-    "BatchStatus": {"type": "object", "required": ["batch_id", "status", "records", "accepted_at", "applied_at"],
-                    "properties": {"batch_id": {"type": "string"},
-                                   "status": {"type": "string", "enum": ["applied", "pending"]},
-                                   "records": _COUNT,
-                                   "accepted_at": {"type": "string", "format": "date-time"},
-                                   "applied_at": {"type": ["string", "null"], "format": "date-time"}}},
-    "Account": {"type": "object", "required": ["id", "name", "status", "quota_bytes", "created_at", "updated_at"],
-                "properties": {"id": {"type": "string"}, "name": {"type": "string"},
-                               "status": {"type": "string", "enum": ["active", "suspended"]},
-                               "quota_bytes": {"type": ["integer", "null"], "minimum": 0},
-                               "created_at": {"type": "string", "format": "date-time"},
-                               "updated_at": {"type": "string", "format": "date-time"}}},
-    "AccountCreate": {"type": "object", "required": ["name"], "additionalProperties": False,
-                      "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
-                                     "quota_bytes": {"type": ["integer", "null"], "minimum": 0,
-                                                     "maximum": 1 << 62},
-                                     "status": {"type": "string", "enum": ["active", "suspended"]}}},
-    "AccountPatch": {"type": "object", "additionalProperties": False,
-                     "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
-                                    "quota_bytes": {"type": ["integer", "null"], "minimum": 0, "maximum": 1 << 62},
-                                    "status": {"type": "string", "enum": ["active", "suspended"]}}},
-    "ApiKey": {"type": "object", "required": ["id", "prefix", "key", "account_id", "created_at"],
-               "properties": {"id": {"type": "string"}, "prefix": {"type": "string"},
-                              "key": {"type": "string", "description": "shown once; stored hashed"},
-                              "account_id": {"type": "string"},
-                              "created_at": {"type": "string", "format": "date-time"}}},
-    "UsagePoint": {"type": "object", "required": ["ts", "bytes_in", "bytes_out", "requests"],
-                   "properties": {"ts": {"type": "string", "format": "date-time"}, "bytes_in": _COUNT,
-                                  "bytes_out": _COUNT, "requests": _COUNT}},
-    "Usage": {"type": "object", "required": ["account_id", "step", "start", "end", "points", "totals"],
-              "properties": {"account_id": {"type": "string"}, "step": {"type": "string", "enum": ["1m", "1h", "1d"]},
-                             "start": {"type": "string", "format": "date-time"},
-                             "end": {"type": "string", "format": "date-time"},
-                             "points": {"type": "array", "items": _ref("UsagePoint"),
-                                        "description": "buckets with traffic only, oldest first"},
-                             "totals": {"type": "object", "required": ["bytes_in", "bytes_out", "requests"],
-                                        "properties": {"bytes_in": _COUNT, "bytes_out": _COUNT,
-                                                       "requests": _COUNT}}}},
-    "Balance": {"type": "object",
-                "required": ["account_id", "period_start", "quota_bytes", "used_bytes", "remaining_bytes",
-                             "over_quota"],
-                "properties": {"account_id": {"type": "string"},
-                               "period_start": {"type": "string", "format": "date-time"},
-                               "quota_bytes": {"type": ["integer", "null"]}, "used_bytes": _COUNT,
-                               "remaining_bytes": {"type": ["integer", "null"]}, "over_quota": {"type": "boolean"}}},
+# The traffic body is parsed by service.api.traffic_json into the protobuf records the gRPC writer
+# takes (one validation for both transports), so its schema is written out here.
+_TRAFFIC_SCHEMAS: dict[str, Any] = {
     "TrafficRecord": {"type": "object", "required": ["account_id", "node_id", "timestamp_ms"],
                       "additionalProperties": False,
                       "properties": {"account_id": {"type": "string", "minLength": 1},
@@ -81,17 +49,25 @@ _SCHEMAS: dict[str, Any] = {
                      "properties": {"batch_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
                                     "records": {"type": "array", "minItems": 1,
                                                 "items": _ref("TrafficRecord")}}},
-    "WriteResult": {"type": "object", "required": ["batch_id", "accepted", "duplicate"],
-                    "properties": {"batch_id": {"type": "string"}, "accepted": _COUNT,
-                                   "duplicate": {"type": "boolean"}}},
-    "ProblemDetails": {"type": "object", "required": ["type", "title", "status"],
-                       "properties": {"type": {"type": "string"}, "title": {"type": "string"},
-                                      "status": {"type": "integer"}, "detail": {"type": "string"},
-                                      "instance": {"type": "string"},
-                                      "errors": {"type": "array", "items": {
-                                          "type": "object", "properties": {"field": {"type": "string"},
-                                                                           "detail": {"type": "string"}}}}}},
 }
+
+
+def _clean(node: Any) -> Any:
+    # "default": null on a non-nullable response field only means "sometimes absent".
+    if isinstance(node, dict):
+        return {k: _clean(v) for k, v in node.items() if not (k == "default" and v is None)}
+    if isinstance(node, list):
+        return [_clean(v) for v in node]
+    return node
+
+
+def _schemas() -> dict[str, Any]:
+    """Components generated from the pydantic models: request bodies as they validate, responses
+    as they are served."""
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(AccountCreate, "validation"), (AccountPatch, "validation")]
+    models += [(m, "serialization") for m in RESPONSE_MODELS]
+    _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    return {**_clean(top["$defs"]), **_TRAFFIC_SCHEMAS}
 
 
 def _paths() -> dict[str, Any]:
@@ -104,7 +80,8 @@ def _paths() -> dict[str, Any]:
             "parameters": [_ACCOUNT_ID],
             "get": {"summary": "Read an account (admin or its own key)", "operationId": "getAccount",
                     "responses": {"200": _json(_ref("Account"), "the account"), **_errors(401, 404)}},
-            "patch": {"summary": "Change name, status or quota (admin)", "operationId": "patchAccount",
+            "patch": {"summary": "Change name, status, quota, billing zone, alert thresholds, webhook URL (admin)",
+                      "operationId": "patchAccount",
                       "requestBody": {"required": True,
                                       "content": {"application/json": {"schema": _ref("AccountPatch")}}},
                       "responses": {"200": _json(_ref("Account"), "updated"),
@@ -122,12 +99,41 @@ def _paths() -> dict[str, Any]:
                  "description": "RFC 3339; default end - 1h"},
                 {"name": "end", "in": "query", "schema": {"type": "string", "format": "date-time"},
                  "description": "RFC 3339; default now"},
-                {"name": "step", "in": "query", "schema": {"type": "string", "enum": ["1m", "1h", "1d"]}}],
-            "responses": {"200": _json(_ref("Usage"), "usage"), **_errors(400, 401, 404)}}},
+                {"name": "step", "in": "query", "schema": {"type": "string", "enum": ["1m", "1h", "1d"]}},
+                _TZ,
+                {"name": "group_by", "in": "query", "schema": {"type": "string", "enum": ["node_id"]},
+                 "description": "one series per node (steps 1h and 1d)"},
+                {"name": "node_id", "in": "query", "style": "form", "explode": True,
+                 "schema": {"type": "array", "maxItems": 100,
+                            "items": {"type": "string", "minLength": 1, "maxLength": 128}},
+                 "description": "repeatable: only these nodes (steps 1h and 1d)"}],
+            "responses": {"200": {"description": "usage (JSON, or CSV / NDJSON on Accept)", "content": {
+                "application/json": {"schema": _ref("Usage")},
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}}}},
+                **_errors(400, 401, 404, 406)}}},
+        "/v1/accounts/{account_id}/billing": {"parameters": [_ACCOUNT_ID], "get": {
+            "summary": "95th-percentile bandwidth billing for a month (admin or its own key)",
+            "operationId": "getBilling",
+            "parameters": [{"name": "month", "in": "query",
+                            "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                            "description": "YYYY-MM; default the current month in the zone"},
+                           {**_TZ, "description": "default the account's billing_timezone"}],
+            "responses": {"200": _json(_ref("Billing"), "billing"), **_errors(400, 401, 404)}}},
         "/v1/accounts/{account_id}/balance": {"parameters": [_ACCOUNT_ID], "get": {
-            "summary": "Quota and bytes used this calendar month, UTC (admin or its own key)",
+            "summary": "Quota and bytes used this calendar month in the billing time zone (admin or its own key)",
             "operationId": "getBalance",
             "responses": {"200": _json(_ref("Balance"), "balance"), **_errors(401, 404)}}},
+        "/v1/accounts/{account_id}/events": {"parameters": [_ACCOUNT_ID], "get": {
+            "summary": "Quota threshold crossings, newest first (admin or its own key)", "operationId": "getEvents",
+            "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                         "maximum": 500}}],
+            "responses": {"200": _json(_ref("Events"), "events"), **_errors(400, 401, 404)}}},
+        "/v1/accounts/{account_id}/webhook-secret": {"parameters": [_ACCOUNT_ID], "post": {
+            "summary": "Rotate the webhook signing secret (admin); the new one is shown once",
+            "operationId": "rotateWebhookSecret",
+            "responses": {"200": _json(_ref("WebhookSecret"), "rotated"),
+                          **_errors(401, 403, 404)}}},
         "/v1/traffic": {"post": {
             "summary": "Write a batch of traffic records (account key: own records only; or admin)",
             "operationId": "postTraffic",
@@ -159,7 +165,7 @@ def openapi_document() -> dict[str, Any]:
                  "description": "Traffic metering and accounts. Errors are RFC 9457 problem details."},
         "paths": _paths(),
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": _schemas(),
             "responses": {"Problem": {"description": "RFC 9457 problem details",
                                       "content": {"application/problem+json": {"schema": _ref("ProblemDetails")}}}},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
@@ -169,11 +175,32 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+# /docs is Swagger UI from the swagger-ui-bundle-v2 package, served by meterd itself: the page
+# works without internet, and its Content-Security-Policy lets it load nothing from elsewhere.
 DOCS_HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>meterd API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+<link rel="stylesheet" href="/docs/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs/favicon-32x32.png">
 </head><body><div id="docs">Loading the interactive API docs; the raw description is at
 <a href="/openapi.json">/openapi.json</a>.</div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>window.onload = () => SwaggerUIBundle({url: "/openapi.json", dom_id: "#docs"});</script>
+<script src="/docs/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script>
 </body></html>"""
+DOCS_INIT_JS = b'window.onload = () => { window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#docs"}); };\n'
+DOCS_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+# The only package files /docs serves (name -> media type): a fixed list, not a directory.
+DOCS_ASSETS = {"swagger-ui.css": "text/css; charset=utf-8",
+               "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+               "favicon-32x32.png": "image/png"}
+
+
+@cache
+def docs_asset(name: str) -> bytes | None:
+    if name == "init.js":
+        return DOCS_INIT_JS
+    if name not in DOCS_ASSETS:
+        return None
+    from swagger_ui_bundle import swagger_ui_path  # imported here: only /docs needs it
+
+    return (swagger_ui_path / name).read_bytes()

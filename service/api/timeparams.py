@@ -1,10 +1,17 @@
-"""Query parameters of the usage endpoint: RFC 3339 start/end and a 1m/1h/1d step."""
+"""Query parameters of the usage and billing endpoints: RFC 3339 start/end, a 1m/1h/1d step, an
+IANA time zone, and the local bucket boundaries they define."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, date, datetime
+from functools import cache
+from zoneinfo import ZoneInfo, available_timezones
 
 from service.api.problems import invalid
+from service.timezones import boundaries, format_local_at, month_bounds
+
+__all__ = ["boundaries", "month_bounds"]  # re-exported: the API modules import time helpers from here
 
 STEPS = {"1m": 60, "1h": 3600, "1d": 86400}
 MAX_POINTS = 10_000
@@ -24,22 +31,60 @@ def format_rfc3339(epoch_s: int | float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
 
 
-def usage_window(params: dict[str, str], now_s: int) -> tuple[int, int, str, int]:
+@cache
+def _zone_names() -> frozenset[str]:
+    # The system database also lists files that are not zone names ("localtime", "posixrules",
+    # posix/ and right/ copies): a zone must not depend on how the host is set up.
+    skip = {"localtime", "posixrules", "Factory"}
+    return frozenset(n for n in available_timezones()
+                     if n not in skip and not n.startswith(("posix/", "right/")))
+
+
+def is_zone(value: str) -> bool:
+    return value == "UTC" or value in _zone_names()
+
+
+def parse_zone(value: str | None, field: str = "tz") -> ZoneInfo:
+    """An IANA zone from the system database; anything else (paths, "localtime", typos) is a 400."""
+    if value is None or value == "UTC":
+        return ZoneInfo("UTC")
+    if not is_zone(value):
+        raise invalid([{"field": field, "detail": f"unknown time zone {value[:64]!r}; use an IANA name "
+                                                  "such as Asia/Shanghai or UTC"}])
+    return ZoneInfo(value)
+
+
+def format_local(epoch_s: int, zone: ZoneInfo) -> str:
+    """RFC 3339 with the zone's offset at that instant ('Z' for UTC itself)."""
+    return format_local_at(epoch_s, zone.key)
+
+
+def parse_month(value: str | None, today: date) -> tuple[int, int]:
+    """YYYY-MM (default: the month holding ``today``)."""
+    if value is None:
+        return today.year, today.month
+    m = re.fullmatch(r"([0-9]{4})-([0-9]{2})", value)
+    if m is None or not 1 <= int(m[2]) <= 12 or not 1970 <= int(m[1]) <= 9998:
+        raise invalid([{"field": "month", "detail": "must be YYYY-MM, e.g. 2026-11"}])
+    return int(m[1]), int(m[2])
+
+
+def usage_window(params: dict[str, str], now_s: int, zone: ZoneInfo) -> tuple[list[int], str, int]:
+    """The local bucket boundaries of [start, end) at the step (see ``boundaries``)."""
     step_name = params.get("step", "1m")
     step = STEPS.get(step_name)
     if step is None:
         raise invalid([{"field": "step", "detail": "must be one of 1m, 1h, 1d"}])
     end = parse_rfc3339(params["end"], "end") if "end" in params else now_s
     start = parse_rfc3339(params["start"], "start") if "start" in params else end - 3600
-    if start >= end:  # checked before rounding too: both may round into the same step
-        raise invalid([{"field": "start", "detail": "must be before end"}])
-    # Align to the step so buckets are whole minutes/hours/days (UTC).
-    start -= start % step
-    if end % step:
-        end += step - end % step
     if start >= end:
         raise invalid([{"field": "start", "detail": "must be before end"}])
+    # Checked on the nominal step first so a huge window never builds a huge list; a DST day's
+    # extra hour can add a few points, which the limit's "about" absorbs.
     if (end - start) // step > MAX_POINTS:
         detail = f"the window holds more than {MAX_POINTS} steps; use a larger step"
         raise invalid([{"field": "step", "detail": detail}])
-    return start, end, step_name, step
+    try:
+        return boundaries(start, end, step, zone), step_name, step
+    except (OverflowError, ValueError):  # beyond what datetime can represent (years 1..9999)
+        raise invalid([{"field": "start", "detail": "out of range"}]) from None

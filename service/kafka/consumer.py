@@ -26,7 +26,8 @@ from google.protobuf.message import DecodeError
 from governance.tracing import start_consumer_span
 from service.config import Settings
 from service.metrics import PipelineMetrics
-from service.pipeline.counting import Aggregate, Verdict, decode, merged_usage
+from service.pipeline.counting import Aggregate, Verdict, decode, merged_usage, observe_freshness
+from service.pipeline.retention import PURGE_EVERY_S, purge_expired
 from service.storage.ledger import AlreadyApplied, Flush, Ledger, OffsetConflict
 
 log = logging.getLogger("meterd.consumer")
@@ -245,6 +246,7 @@ class AggregatingConsumer:
                 return
             break
         self._metrics.flush_seconds.observe(time.perf_counter() - started)
+        observe_freshness(self._metrics, chosen.values())
         if saturated:
             self._metrics.usage_saturated.inc(saturated)
         for p, (_, new) in offsets.items():
@@ -318,9 +320,7 @@ class AggregatingConsumer:
 
     async def _maybe_purge(self) -> None:
         now = time.monotonic()
-        if now - self._last_purge < 600:
+        if now - self._last_purge < PURGE_EVERY_S:
             return
         self._last_purge = now
-        removed = await self._ledger.purge(int(time.time()) - self._cfg.dedupe_retention_seconds)
-        if removed:
-            log.info("purged expired batch ids", extra={"removed": removed})
+        await purge_expired(self._ledger, self._cfg)

@@ -19,7 +19,8 @@ from google.protobuf.message import DecodeError
 from governance.tracing import start_consumer_span
 from service.config import ConsumerSettings
 from service.metrics import PipelineMetrics
-from service.pipeline.counting import Aggregate, Verdict, decode, merged_usage
+from service.pipeline.counting import Aggregate, Verdict, decode, merged_usage, observe_freshness
+from service.pipeline.retention import PURGE_EVERY_S, purge_expired
 from service.storage.ledger import AlreadyApplied, DeadLetter, Flush, Ledger, LogRow, LogRowsTaken
 
 log = logging.getLogger("meterd.consumer")
@@ -85,17 +86,18 @@ class DatabaseLogConsumer:
         if not rows:
             return 0
         started = time.perf_counter()
-        flush = await self._prepare(rows)
+        flush, agg = await self._prepare(rows)
         try:
             await self._ledger.apply(flush)
         except (LogRowsTaken, AlreadyApplied) as exc:
             log.warning("another consumer counted part of this read first; reading again", extra={"reason": str(exc)})
             return len(rows)
         self._metrics.flush_seconds.observe(time.perf_counter() - started)
-        self._metrics.consumer_records.inc(sum(n for _, n in flush.applied.values()))
+        observe_freshness(self._metrics, [agg])
+        self._metrics.consumer_records.inc(agg.records)
         return len(rows)
 
-    async def _prepare(self, rows: list[LogRow]) -> Flush:
+    async def _prepare(self, rows: list[LogRow]) -> tuple[Flush, Aggregate]:
         agg = Aggregate()
         dead: list[DeadLetter] = []
         decoded = []
@@ -129,7 +131,7 @@ class DatabaseLogConsumer:
         usage, saturated = merged_usage([agg])
         if saturated:
             self._metrics.usage_saturated.inc(saturated)
-        return Flush(usage=usage, applied=agg.applied, log_seqs=[r.seq for r in rows], dead=dead)
+        return Flush(usage=usage, applied=agg.applied, log_seqs=[r.seq for r in rows], dead=dead), agg
 
     async def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -139,8 +141,6 @@ class DatabaseLogConsumer:
             self._metrics.consumer_lag.labels("log").set(rows)
             age = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
             self._metrics.consumer_lag_seconds.set(age)
-        if now - self._last_purge >= 600:
+        if now - self._last_purge >= PURGE_EVERY_S:
             self._last_purge = now
-            removed = await self._ledger.purge(int(time.time()) - self._cfg.dedupe_retention_seconds)
-            if removed:
-                log.info("purged expired batch ids", extra={"removed": removed})
+            await purge_expired(self._ledger, self._cfg)

@@ -46,6 +46,7 @@ from service.runtime.gc_tuning import tune_gc_for_serving
 from service.runtime.http_server import HttpServer
 from service.storage import Repository, create_database
 from service.storage.ledger import AlreadyApplied, Ledger, LogRowsTaken, OffsetConflict
+from service.webhooks import WebhookDispatcher
 
 log = logging.getLogger("meterd")
 ROLES = ("api", "writer", "consumer")
@@ -94,7 +95,9 @@ class MeterdProcess:
         db_breaker = outbound(gov, "database", s.governance, fail_max=5, reset_timeout=5.0,
                               exclude=(OffsetConflict, LogRowsTaken, AlreadyApplied))
         repo: Repository = GuardedRepository(Repository(db), db_breaker)  # type: ignore[assignment]
-        ledger: Ledger = GuardedRepository(Ledger(db), db_breaker)  # type: ignore[assignment]
+        books = Ledger(db)
+        books.on_crossings = self.metrics.count_crossings
+        ledger: Ledger = GuardedRepository(books, db_breaker)  # type: ignore[assignment]
         auth = Authenticator(repo, self.admin_token)
 
         async def db_ready() -> str | None:
@@ -118,6 +121,10 @@ class MeterdProcess:
                 return None if consumer.healthy else "consumer has not completed a healthy poll"
 
             readiness.append(consumer_ready)
+            # Quota-alert webhooks go out from the consumer role, which records the events.
+            webhooks = WebhookDispatcher(repo, s.webhooks, self.metrics)
+            await webhooks.start()
+            self._stops.append(("webhooks", webhooks.stop))
 
         admin_only = self._admin_check()
         # The guard answers 401/403 like every other endpoint; the profiler re-checks admin itself.

@@ -29,10 +29,44 @@ def _batches_and_log(conn: Connection) -> None:
         conn.execute(text("DROP TABLE seen_batches"))
 
 
+def _add_missing_columns(conn: Connection, table_name: str, names: list[str]) -> None:
+    # Version 1 creates every table of the current metadata, so on a fresh database the columns a
+    # later version adds already exist; an upgraded one lacks them.
+    have = {c["name"] for c in inspect(conn).get_columns(table_name)}
+    table = schema.metadata.tables[table_name]
+    for name in names:
+        if name in have:
+            continue
+        col = table.c[name]
+        ddl = col.type.compile(dialect=conn.dialect)
+        default = f" DEFAULT '{col.server_default.arg}'" if col.server_default is not None else ""
+        null = "" if col.nullable else " NOT NULL"
+        conn.execute(text(f'ALTER TABLE {table_name} ADD COLUMN {name} {ddl}{default}{null}'))
+
+
+def _rollups(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=list(schema.USAGE_TABLES[1:]), checkfirst=True)
+    _add_missing_columns(conn, "accounts", ["billing_timezone"])
+    # Existing minute rows become rollup rows; their node is unknown, so per-node tables start empty.
+    for width, table in schema.ACCOUNT_ROLLUPS[1:]:
+        conn.execute(text(
+            f"INSERT INTO {table.name} (account_id, bucket, bytes_in, bytes_out, requests) "
+            f"SELECT account_id, minute - minute % {width}, SUM(bytes_in), SUM(bytes_out), SUM(requests) "
+            f"FROM usage_minute GROUP BY account_id, minute - minute % {width} "
+            f"ON CONFLICT DO NOTHING"))
+
+
+def _quota_alerts(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.quota_events, schema.webhook_outbox], checkfirst=True)
+    _add_missing_columns(conn, "accounts", ["alert_thresholds", "webhook_url", "webhook_secret"])
+
+
 # Append-only: (version, description, step). A step runs inside the migration transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
     (2, "batch claims (replacing seen batches), the database log, its dead letters", _batches_and_log),
+    (3, "usage rollups (5 min, hour, day; per node hour, day), accounts.billing_timezone", _rollups),
+    (4, "quota threshold events, webhook outbox, accounts' alert and webhook settings", _quota_alerts),
 ]
 
 

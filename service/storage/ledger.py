@@ -8,7 +8,7 @@ is made again inside that transaction, so two consumers can never both count a b
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage import schema
 from service.storage.db import Database
+from service.storage.quota_alerts import Crossing, record_crossings
+from service.storage.rollup import UsageDelta
 from service.storage.usage_write import add_usage
 
 _CHUNK = 1000  # rows per multi-row statement: far below both databases' parameter limits
@@ -87,7 +89,7 @@ class DeadLetter:
 class Flush:
     """What one flush transaction writes."""
 
-    usage: dict[tuple[Any, ...], list[int]] = field(default_factory=dict)
+    usage: UsageDelta = field(default_factory=dict)  # (account, node, minute) -> sums
     applied: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # key -> (digest, records)
     offsets: dict[int, tuple[int | None, int]] = field(default_factory=dict)  # Kafka: partition CAS
     log_seqs: list[int] = field(default_factory=list)  # database log rows this flush consumes
@@ -102,6 +104,8 @@ class Ledger:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        # Told about the quota threshold crossings each committed flush recorded (metrics).
+        self.on_crossings: Callable[[list[Crossing]], None] | None = None
 
     # -- writer side --------------------------------------------------------------------------
     async def claim(self, claims: Sequence[Claim], *, append_to_log: bool) -> list[ClaimResult]:
@@ -170,7 +174,9 @@ class Ledger:
 
     async def apply(self, flush: Flush, *, group_id: str = "", topic: str = "") -> None:
         """The one flush transaction. Raises (and writes nothing) when this consumer no longer owns
-        what it is about to count: OffsetConflict, LogRowsTaken or AlreadyApplied."""
+        what it is about to count: OffsetConflict, LogRowsTaken or AlreadyApplied. Quota
+        threshold crossings the usage causes are recorded in the same transaction."""
+        crossings: list[Crossing] = []
         async with self.db.engine.begin() as conn:
             if flush.offsets:
                 await self._cas_offsets(conn, group_id, topic, flush.offsets)
@@ -184,6 +190,9 @@ class Ledger:
                 await self._mark_applied(conn, flush.applied)
             if flush.usage:
                 await add_usage(conn, self._insert, flush.usage)
+                crossings = await record_crossings(conn, self._insert, flush.usage)
+        if crossings and self.on_crossings is not None:
+            self.on_crossings(crossings)  # after commit: counts only crossings that were stored
 
     async def _cas_offsets(self, conn: AsyncConnection, group_id: str, topic: str,
                            offsets: dict[int, tuple[int | None, int]]) -> None:
@@ -230,6 +239,13 @@ class Ledger:
         missing = set(applied) - marked
         if missing:
             raise AlreadyApplied(missing)
+
+    async def purge_minutes(self, before_s: int) -> int:
+        """Drops minute rows older than the retention; the rollups keep their sums."""
+        u = schema.usage_minute
+        async with self.db.engine.begin() as conn:
+            res = await conn.execute(u.delete().where(u.c.minute < before_s))
+            return res.rowcount or 0
 
     async def purge(self, before_s: int) -> int:
         """Forgets counted batch ids claimed before ``before_s`` (dedupe retention)."""

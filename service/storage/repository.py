@@ -6,20 +6,25 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.storage import schema
+from service.storage.billing_sql import interval_stats
 from service.storage.db import Database
+from service.storage.period_usage import bytes_used, usage_totals
 
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def new_id(prefix: str, length: int = 20) -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
 
 
 def hash_key(key: str) -> str:
@@ -30,23 +35,19 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    ts: int  # bucket start, Unix seconds
-    bytes_in: int
-    bytes_out: int
-    requests: int
-
-
 class Repository:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
 
     # -- accounts ---------------------------------------------------------------------------
-    async def create_account(self, name: str, quota_bytes: int | None, status: str = "active") -> dict:
+    async def create_account(self, name: str, quota_bytes: int | None, status: str = "active", *,
+                             billing_timezone: str = "UTC", alert_thresholds: str | None = None,
+                             webhook_url: str | None = None) -> dict:
         ts = now_ms()
         row = {"id": new_id("acc_"), "name": name, "status": status, "quota_bytes": quota_bytes,
+               "billing_timezone": billing_timezone, "alert_thresholds": alert_thresholds,
+               "webhook_url": webhook_url, "webhook_secret": new_webhook_secret() if webhook_url else None,
                "created_at_ms": ts, "updated_at_ms": ts}
         async with self.db.engine.begin() as conn:
             await conn.execute(schema.accounts.insert().values(**row))
@@ -115,18 +116,91 @@ class Repository:
         return row[0]
 
     # -- usage ------------------------------------------------------------------------------
-    async def usage(self, account_id: str, start_s: int, end_s: int, step_s: int) -> list[UsageRow]:
-        u = schema.usage_minute
-        bucket = ((u.c.minute // step_s) * step_s).label("bucket")
-        q = (select(bucket, func.sum(u.c.bytes_in), func.sum(u.c.bytes_out), func.sum(u.c.requests))
-             .where(and_(u.c.account_id == account_id, u.c.minute >= start_s, u.c.minute < end_s))
-             .group_by(bucket).order_by(bucket))
-        async with self.db.engine.connect() as conn:
-            return [UsageRow(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in await conn.execute(q)]
+    async def usage_rows(self, account_id: str, width: int, start_s: int, end_s: int, *,
+                         by_node: bool = False, node_ids: list[str] | None = None,
+                         limit: int | None = None) -> list[tuple[int, str, int, int, int]]:
+        """Raw rows ``(bucket, node_id, bytes_in, bytes_out, requests)`` of the table ``width`` seconds
+        wide (node_id is "" for account tables), ``start_s <= bucket < end_s``, by bucket.
 
-    async def bytes_used_since(self, account_id: str, start_s: int) -> int:
-        u = schema.usage_minute
-        q = select(func.coalesce(func.sum(u.c.bytes_in + u.c.bytes_out), 0)).where(
-            and_(u.c.account_id == account_id, u.c.minute >= start_s))
+        Sums happen in Python, never in SQL: SQLite's SUM raises on integer overflow and rows may
+        hold saturated values. ``limit`` caps the rows read (the caller asks for one more than it
+        allows, to tell "exactly at the limit" from "over it")."""
+        tables = dict(schema.NODE_ROLLUPS if by_node or node_ids else schema.ACCOUNT_ROLLUPS)
+        t = tables[width]
+        time_col = t.c.minute if t is schema.usage_minute else t.c.bucket
+        node_col = t.c.node_id if "node_id" in t.c else literal("")
+        q = (select(time_col, node_col, t.c.bytes_in, t.c.bytes_out, t.c.requests)
+             .where(and_(t.c.account_id == account_id, time_col >= start_s, time_col < end_s))
+             .order_by(time_col, node_col))
+        if node_ids:
+            q = q.where(t.c.node_id.in_(node_ids))
+        if limit is not None:
+            q = q.limit(limit)
         async with self.db.engine.connect() as conn:
-            return int((await conn.execute(q)).scalar_one())
+            # Both drivers return Python ints for BIGINT: the rows are used as they come.
+            return [tuple(r) for r in (await conn.execute(q)).all()]  # type: ignore[misc]
+
+    async def bytes_used(self, account_id: str, start_s: int, end_s: int) -> int:
+        """bytes_in + bytes_out over [start_s, end_s) (balance, billing periods)."""
+        async with self.db.engine.connect() as conn:
+            return (await bytes_used(conn, [account_id], start_s, end_s))[account_id]
+
+    async def billing_figures(self, account_id: str, start_s: int, cutoff_s: int, end_s: int,
+                              day_bounds: list[int]) -> tuple[list[int], dict[str, dict[str, int]]]:
+        """The period's [bytes_in, bytes_out, requests] over [start_s, end_s) and the interval
+        statistics over [start_s, cutoff_s) (see billing_sql.interval_stats)."""
+        async with self.db.engine.connect() as conn:
+            totals = (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
+            return totals, await interval_stats(conn, account_id, start_s, cutoff_s, day_bounds)
+
+    # -- quota events and webhook deliveries ------------------------------------------------
+    async def list_events(self, account_id: str, limit: int) -> list[dict]:
+        e = schema.quota_events
+        q = (select(e).where(e.c.account_id == account_id)
+             .order_by(e.c.created_at_ms.desc(), e.c.threshold_ppm.desc()).limit(limit))
+        async with self.db.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def rotate_webhook_secret(self, account_id: str) -> str | None:
+        secret = new_webhook_secret()
+        return secret if await self.update_account(account_id, {"webhook_secret": secret}) else None
+
+    async def claim_deliveries(self, now: int, lease_ms: int, limit: int = 20) -> list[dict]:
+        """Due outbox rows, each claimed with a compare-and-set on next_attempt_ms so two
+        dispatchers never send the same delivery at the same time."""
+        o, e, a = schema.webhook_outbox, schema.quota_events, schema.accounts
+        q = (select(o.c.event_id, o.c.attempts, o.c.next_attempt_ms, a.c.webhook_url, a.c.webhook_secret,
+                    *[c for c in e.c if c.name != "id"])
+             .join(e, e.c.id == o.c.event_id).join(a, a.c.id == o.c.account_id)
+             .where(and_(o.c.delivered_at_ms.is_(None), o.c.failed_at_ms.is_(None), o.c.next_attempt_ms <= now))
+             .order_by(o.c.next_attempt_ms).limit(limit))
+        claimed = []
+        async with self.db.engine.begin() as conn:
+            for r in (await conn.execute(q)).mappings():
+                res = await conn.execute(update(o).where(and_(o.c.event_id == r["event_id"],
+                                                              o.c.next_attempt_ms == r["next_attempt_ms"]))
+                                         .values(next_attempt_ms=now + lease_ms))
+                if res.rowcount == 1:
+                    claimed.append(dict(r))
+        return claimed
+
+    async def delivery_done(self, event_id: str, *, attempts: int, delivered: bool, next_attempt_ms: int | None,
+                            error: str | None = None) -> None:
+        """Records one attempt: delivered, retry at next_attempt_ms, or (None) given up."""
+        o = schema.webhook_outbox
+        values: dict[str, Any] = {"attempts": attempts, "last_error": error[:300] if error else None}
+        ts = now_ms()
+        if delivered:
+            values["delivered_at_ms"] = ts
+        elif next_attempt_ms is None:
+            values["failed_at_ms"] = ts
+        else:
+            values["next_attempt_ms"] = next_attempt_ms
+        async with self.db.engine.begin() as conn:
+            await conn.execute(update(o).where(o.c.event_id == event_id).values(**values))
+
+    async def delivery_state(self, event_id: str) -> dict | None:
+        o = schema.webhook_outbox
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(select(o).where(o.c.event_id == event_id))).mappings().first()
+        return dict(row) if row else None

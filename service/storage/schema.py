@@ -13,6 +13,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -24,6 +25,14 @@ accounts = Table(
     Column("name", String(200), nullable=False),
     Column("status", String(16), nullable=False),
     Column("quota_bytes", BigInteger, nullable=True),  # NULL: unlimited
+    # IANA zone whose calendar months are the balance and billing periods (migration 3).
+    Column("billing_timezone", String(64), nullable=False, server_default="UTC"),
+    # Quota alerts (migration 4): thresholds as a JSON list of fractions of quota_bytes (NULL: the
+    # default [0.8, 1.0]); events are POSTed to webhook_url signed with webhook_secret, which has
+    # to be kept in the clear to sign (an HMAC key, like any webhook provider's).
+    Column("alert_thresholds", String(200), nullable=True),
+    Column("webhook_url", String(2048), nullable=True),
+    Column("webhook_secret", String(100), nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("updated_at_ms", BigInteger, nullable=False),
 )
@@ -51,6 +60,70 @@ usage_minute = Table(
     Column("bytes_out", BigInteger, nullable=False),
     Column("requests", BigInteger, nullable=False),
 )
+
+
+
+def _rollup(name: str, *, by_node: bool) -> Table:
+    """A usage rollup: sums of the minute rows whose start falls in ``bucket`` (Unix seconds, UTC
+    aligned to the table's width). Written in the transaction that writes the minute rows."""
+    node = [Column("node_id", String(128), primary_key=True)] if by_node else []
+    return Table(
+        name,
+        metadata,
+        Column("account_id", String(40), primary_key=True),
+        *node,
+        Column("bucket", BigInteger, primary_key=True),
+        Column("bytes_in", BigInteger, nullable=False),
+        Column("bytes_out", BigInteger, nullable=False),
+        Column("requests", BigInteger, nullable=False),
+    )
+
+
+# Account totals at 5 minutes (billing intervals; also local hours/days in zones whose offset is not
+# whole hours), 1 hour and 1 UTC day; per-node totals at 1 hour and 1 UTC day.
+usage_5m = _rollup("usage_5m", by_node=False)
+usage_hour = _rollup("usage_hour", by_node=False)
+usage_day = _rollup("usage_day", by_node=False)
+usage_node_hour = _rollup("usage_node_hour", by_node=True)
+usage_node_day = _rollup("usage_node_day", by_node=True)
+# Bucket width in seconds of each account-level table, finest first (the query planner's choice).
+ACCOUNT_ROLLUPS: tuple[tuple[int, Table], ...] = (
+    (60, usage_minute), (300, usage_5m), (3600, usage_hour), (86400, usage_day))
+NODE_ROLLUPS: tuple[tuple[int, Table], ...] = ((3600, usage_node_hour), (86400, usage_node_day))
+USAGE_TABLES = (usage_minute, usage_5m, usage_hour, usage_day, usage_node_hour, usage_node_day)
+
+# One row per (account, period, threshold) crossed: the unique key is what makes "once per
+# threshold per period" hold across flushes, consumers and restarts.
+quota_events = Table(
+    "quota_events",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("period_start", BigInteger, nullable=False),  # Unix seconds
+    Column("period_end", BigInteger, nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("threshold_ppm", BigInteger, nullable=False),  # threshold x 10^6
+    Column("quota_bytes", BigInteger, nullable=False),
+    Column("used_bytes", BigInteger, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    UniqueConstraint("account_id", "period_start", "threshold_ppm", name="uq_quota_events_once"),
+)
+Index("ix_quota_events_account", quota_events.c.account_id, quota_events.c.created_at_ms)
+
+# Durable outbox of webhook deliveries, written in the transaction that records the event.
+webhook_outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("event_id", String(40), ForeignKey("quota_events.id", ondelete="CASCADE"), primary_key=True),
+    Column("account_id", String(40), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_ms", BigInteger, nullable=False),  # also the claim lease while sending
+    Column("delivered_at_ms", BigInteger, nullable=True),
+    Column("failed_at_ms", BigInteger, nullable=True),  # gave up after the last attempt
+    Column("last_error", String(300), nullable=True),
+)
+Index("ix_webhook_outbox_due", webhook_outbox.c.delivered_at_ms, webhook_outbox.c.failed_at_ms,
+      webhook_outbox.c.next_attempt_ms)
 
 # One row per batch_id a writer accepted (the claim, made before the batch is acknowledged) and,
 # once the consumer counted it, when. The claim makes a reused batch_id with other records an

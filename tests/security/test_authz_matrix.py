@@ -83,6 +83,9 @@ API_ROWS = [
         note="key_id is a fresh key of the target account for every cell"),
     Row("GET", "/v1/accounts/{account_id}/usage", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/balance", own_or_admin(200)),
+    Row("GET", "/v1/accounts/{account_id}/billing", own_or_admin(200)),
+    Row("GET", "/v1/accounts/{account_id}/events", own_or_admin(200)),
+    Row("POST", "/v1/accounts/{account_id}/webhook-secret", admin_only(200)),
     Row("POST", "/v1/traffic", {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 403, "own": 202, "admin": 202},
         body=_traffic),
     # Batch ids are scoped by the principal that wrote them: only that principal finds the batch.
@@ -93,6 +96,7 @@ API_ROWS = [
     Row("GET", "/metrics", public()),
     Row("GET", "/openapi.json", public()),
     Row("GET", "/docs", public()),
+    Row("GET", "/docs/{asset}", public(), note="Swagger UI's files, a fixed list"),
 ]
 # DESIGN §4: "/debug/profiles… | admin". Wrong, malformed and revoked credentials are 401 like
 # everywhere else (RFC 6750: an invalid token is an authentication failure, not a permission one).
@@ -197,6 +201,8 @@ def _path(row: Row, ctx: Ctx) -> str:
         params["name"] = "no-such-capture.svg"
     if "{batch_id}" in row.path:
         params["batch_id"] = ctx.who.own_batch
+    if "{asset}" in row.path:
+        params["asset"] = "swagger-ui.css"
     return row.path.format(**params)
 
 

@@ -85,8 +85,8 @@ async def consumer(ledger: Ledger, partitions: set[int]) -> tuple[AggregatingCon
 
 
 async def counted(ledger: Ledger) -> int:
-    rows = await Repository(ledger.db).usage("acc", MINUTE, MINUTE + 60, 60)
-    return rows[0].bytes_in if rows else 0
+    rows = await Repository(ledger.db).usage_rows("acc", 60, MINUTE, MINUTE + 60)
+    return sum(r[2] for r in rows)
 
 
 def tp(p: int) -> TopicPartition:

@@ -45,8 +45,8 @@ async def test_undecodable_and_conflicting_rows_are_dead_lettered(ledger: Ledger
     consumer = DatabaseLogConsumer(ledger, ConsumerSettings(), PipelineMetrics(registry))
     assert await consumer.cycle() == 3
     assert await consumer.cycle() == 0  # the log is empty: every row was consumed
-    rows = await Repository(ledger.db).usage("acc", MINUTE, MINUTE + 60, 60)
-    assert [(r.bytes_in, r.requests) for r in rows] == [(5, 1)]
+    rows = await Repository(ledger.db).usage_rows("acc", 60, MINUTE, MINUTE + 60)
+    assert [(r[2], r[4]) for r in rows] == [(5, 1)]
     async with ledger.db.engine.connect() as conn:
         dead = sorted((r[0], r[1].split(":")[0]) for r in await conn.execute(
             select(schema.dead_letters.c.dedupe_key, schema.dead_letters.c.reason)))
@@ -61,10 +61,10 @@ async def test_two_consumers_count_each_row_once(ledger: Ledger) -> None:
     second = DatabaseLogConsumer(ledger, ConsumerSettings(), PipelineMetrics(CollectorRegistry()))
     # Both read the same rows before either commits: the second transaction must roll back.
     rows = await ledger.read_log(0, 100)
-    flush_a, flush_b = await first._prepare(rows), await second._prepare(rows)
+    (flush_a, _), (flush_b, _) = await first._prepare(rows), await second._prepare(rows)
     await ledger.apply(flush_a)
     with pytest.raises(Exception, match="taken by another consumer"):
         await ledger.apply(flush_b)
     assert await second.cycle() == 0
-    usage = await Repository(ledger.db).usage("acc", MINUTE, MINUTE + 60, 60)
-    assert usage[0].bytes_in == 50
+    rows = await Repository(ledger.db).usage_rows("acc", 60, MINUTE, MINUTE + 60)
+    assert sum(r[2] for r in rows) == 50

@@ -37,8 +37,8 @@ def claim(key: str, digest: bytes, records: int = 1, payload: bytes = b"p") -> C
 
 
 async def usage_of(db: Database, account: str) -> list[int]:  # noqa: F811
-    rows = await Repository(db).usage(account, T0, T0 + 60, 60)
-    return [rows[0].bytes_in, rows[0].bytes_out, rows[0].requests] if rows else []
+    rows = await Repository(db).usage_rows(account, 60, T0, T0 + 60)
+    return [sum(r[k] for r in rows) for k in (2, 3, 4)] if rows else []
 
 
 async def test_claims_decide_new_duplicate_and_conflict(ledger: Ledger) -> None:
@@ -67,28 +67,29 @@ async def test_flush_takes_log_rows_exactly_once(ledger: Ledger, db: Database) -
     await ledger.claim([claim("a/1", b"x"), claim("a/2", b"y")], append_to_log=True)
     rows = await ledger.read_log(0, 10)
     mark = {"a/1": (b"x".ljust(16, b"."), 1)}
-    await ledger.apply(Flush(usage={("acc", T0): [1, 2, 3]}, applied=mark, log_seqs=[rows[0].seq]))
+    await ledger.apply(Flush(usage={("acc", "n1", T0): [1, 2, 3]}, applied=mark, log_seqs=[rows[0].seq]))
     before = await dump(db)
     # A second consumer that read the same row: its whole transaction is refused.
     with pytest.raises(LogRowsTaken):
-        await ledger.apply(Flush(usage={("acc", T0): [1, 2, 3]}, log_seqs=[rows[0].seq, rows[1].seq]))
+        await ledger.apply(Flush(usage={("acc", "n1", T0): [1, 2, 3]}, log_seqs=[rows[0].seq, rows[1].seq]))
     with pytest.raises(AlreadyApplied):
-        await ledger.apply(Flush(usage={("acc", T0): [1, 2, 3]}, applied=mark))
+        await ledger.apply(Flush(usage={("acc", "n1", T0): [1, 2, 3]}, applied=mark))
     assert await dump(db) == before
     assert await usage_of(db, "acc") == [1, 2, 3]
     assert (await ledger.log_backlog())[:2] == (1, 1)
 
 
 async def test_offset_conflict_names_lost_partitions_and_writes_nothing(ledger: Ledger, db: Database) -> None:  # noqa: F811
-    await ledger.apply(Flush(usage={("a", T0): [1, 1, 1]}, offsets={0: (None, 5), 1: (None, 9)}), group_id=G, topic=T)
+    await ledger.apply(Flush(usage={("a", "n1", T0): [1, 1, 1]}, offsets={0: (None, 5), 1: (None, 9)}),
+                       group_id=G, topic=T)
     before = await dump(db)
     for offsets, lost in [({0: (4, 8)}, {0}), ({0: (5, 8), 1: (8, 12)}, {1}), ({2: (None, 1), 0: (None, 6)}, {0})]:
         with pytest.raises(OffsetConflict) as info:
-            await ledger.apply(Flush(usage={("a", T0): [100, 100, 100]}, offsets=offsets,
+            await ledger.apply(Flush(usage={("a", "n1", T0): [100, 100, 100]}, offsets=offsets,
                                      applied={"a/b2": (b"y" * 16, 1)}), group_id=G, topic=T)
         assert info.value.partitions == lost
         assert await dump(db) == before
-    await ledger.apply(Flush(usage={("a", T0): [2, 2, 2]}, offsets={0: (5, 8), 1: (9, 12)}), group_id=G, topic=T)
+    await ledger.apply(Flush(usage={("a", "n1", T0): [2, 2, 2]}, offsets={0: (5, 8), 1: (9, 12)}), group_id=G, topic=T)
     assert await ledger.load_offsets(G, T) == {0: 8, 1: 12}
     await ledger.reset_offsets(G, T, {1: 0, 3: 0})
     assert await ledger.load_offsets(G, T) == {0: 8, 1: 0, 3: 0}
@@ -99,10 +100,10 @@ async def test_usage_saturates_instead_of_overflowing(ledger: Ledger, db: Databa
     the column stays an integer, and the next flush (another account too) still commits."""
     big = (1 << 44) * 10_000
     for _ in range(60):
-        await ledger.apply(Flush(usage={("hostile", T0): [big, big, 1], ("normal", T0): [1, 2, 3]}))
+        await ledger.apply(Flush(usage={("hostile", "n1", T0): [big, big, 1], ("normal", "n1", T0): [1, 2, 3]}))
     assert await usage_of(db, "hostile") == [MAX_SUM, MAX_SUM, 60]
     assert await usage_of(db, "normal") == [60, 120, 180]
-    await ledger.apply(Flush(usage={("hostile", T0): [MAX_SUM * 3, 1, 1]}))  # one flush's own sum past it
+    await ledger.apply(Flush(usage={("hostile", "n1", T0): [MAX_SUM * 3, 1, 1]}))  # one flush's own sum past it
     assert await usage_of(db, "hostile") == [MAX_SUM, MAX_SUM, 61]
     if db.dialect == "sqlite":
         async with db.engine.connect() as conn:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
+from service.api.timeparams import boundaries
+from service.api.usage_query import bucketed_usage
 from service.storage import Database, Repository, create_database, schema
 from service.storage.db import MIGRATIONS
 from service.storage.ledger import Flush, Ledger
+from service.storage.rollup import BIGINT_MAX
 
-ALL_VERSIONS = [v for v, _, _ in MIGRATIONS]
+VERSIONS = [v for v, _, _ in MIGRATIONS]
+UTC = ZoneInfo("UTC")
 T0 = 1_700_000_000 // 86400 * 86400  # a UTC midnight
 
 
@@ -32,13 +39,24 @@ async def db(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Database
 
 @pytest.fixture
 async def repo(db: Database) -> Repository:
-    assert await db.migrate() == ALL_VERSIONS
+    assert await db.migrate() == VERSIONS
     return Repository(db)
 
 
-async def put_usage(repo: Repository, usage: dict[tuple[str, int], list[int]]) -> None:
-    """Usage written the way the consumer writes it: through the one flush transaction."""
+async def put_usage(repo: Repository, usage: dict[tuple[str, str, int], list[int]]) -> None:
+    """Usage written the way the consumers write it: through the one flush transaction."""
     await Ledger(repo.db).apply(Flush(usage=usage))
+
+
+async def usage(repo: Repository, account: str, start: int, end: int, step: int) -> list[SimpleNamespace]:
+    """Account usage through the API's planner (rollup choice and bucketing), in UTC buckets."""
+    bounds = boundaries(start, end, step, UTC)
+    sums = await bucketed_usage(repo, account, bounds, step, by_node=False, node_ids=[])
+    return [SimpleNamespace(ts=bounds[i], bytes_in=v[0], bytes_out=v[1], requests=v[2]) for (i, _), v in sums.items()]
+
+
+async def bytes_used_since(repo: Repository, account: str, start: int) -> int:
+    return await repo.bytes_used(account, start, start + 400 * 86400)
 
 
 async def dump(db: Database) -> dict[str, list[tuple]]:
@@ -51,13 +69,13 @@ async def dump(db: Database) -> dict[str, list[tuple]]:
 
 
 async def test_migrations_idempotent(db: Database) -> None:
-    assert await db.migrate() == ALL_VERSIONS
+    assert await db.migrate() == VERSIONS
     assert await db.migrate() == []
     assert await db.migrate() == []
     await db.ping()
     async with db.engine.connect() as conn:
         versions = [r[0] for r in await conn.execute(select(schema.schema_migrations.c.version))]
-    assert versions == ALL_VERSIONS
+    assert versions == VERSIONS
 
 
 async def test_account_crud(repo: Repository) -> None:
@@ -116,47 +134,120 @@ async def test_revoked_key(repo: Repository) -> None:
 
 
 async def test_usage_upsert_adds_up(repo: Repository) -> None:
-    await put_usage(repo, {("a", T0): [1, 2, 3], ("a", T0 + 60): [10, 20, 30]})
-    await put_usage(repo, {("a", T0): [100, 200, 300], ("b", T0): [5, 5, 5]})
-    rows = await repo.usage("a", T0, T0 + 120, 60)
+    await put_usage(repo, {("a", "n1", T0): [1, 2, 3], ("a", "n1", T0 + 60): [10, 20, 30]})
+    await put_usage(repo, {("a", "n1", T0): [100, 200, 300], ("b", "n1", T0): [5, 5, 5]})
+    rows = await usage(repo, "a", T0, T0 + 120, 60)
     assert [(r.ts, r.bytes_in, r.bytes_out, r.requests) for r in rows] == [(T0, 101, 202, 303),
                                                                           (T0 + 60, 10, 20, 30)]
-    assert [(r.ts, r.bytes_in) for r in await repo.usage("b", T0, T0 + 60, 60)] == [(T0, 5)]
+    assert [(r.ts, r.bytes_in) for r in await usage(repo, "b", T0, T0 + 60, 60)] == [(T0, 5)]
 
 
 async def test_usage_bucketing(repo: Repository) -> None:
     minutes = {T0: 1, T0 + 60: 2, T0 + 3540: 4, T0 + 3600: 8, T0 + 86340: 16, T0 + 86400: 32, T0 + 90000: 64}
-    await put_usage(repo, {("a", m): [v, 2 * v, 1] for m, v in minutes.items()})
+    await put_usage(repo, {("a", "n1", m): [v, 2 * v, 1] for m, v in minutes.items()})
 
     def pts(rows):  # type: ignore[no-untyped-def]
         return [(r.ts, r.bytes_in, r.bytes_out, r.requests) for r in rows]
 
     end = T0 + 2 * 86400
-    assert pts(await repo.usage("a", T0, end, 60)) == [(m, v, 2 * v, 1) for m, v in minutes.items()]
-    assert pts(await repo.usage("a", T0, end, 3600)) == [
+    assert pts(await usage(repo, "a", T0, end, 60)) == [(m, v, 2 * v, 1) for m, v in minutes.items()]
+    assert pts(await usage(repo, "a", T0, end, 3600)) == [
         (T0, 7, 14, 3), (T0 + 3600, 8, 16, 1), (T0 + 82800, 16, 32, 1), (T0 + 86400, 32, 64, 1),
         (T0 + 90000, 64, 128, 1)]
-    assert pts(await repo.usage("a", T0, end, 86400)) == [(T0, 31, 62, 5), (T0 + 86400, 96, 192, 2)]
+    assert pts(await usage(repo, "a", T0, end, 86400)) == [(T0, 31, 62, 5), (T0 + 86400, 96, 192, 2)]
     # [start, end): the end minute is excluded, the start minute included.
-    assert pts(await repo.usage("a", T0 + 60, T0 + 3600, 60)) == [(T0 + 60, 2, 4, 1), (T0 + 3540, 4, 8, 1)]
-    assert await repo.usage("b", T0, end, 60) == []
+    assert pts(await usage(repo, "a", T0 + 60, T0 + 3600, 60)) == [(T0 + 60, 2, 4, 1), (T0 + 3540, 4, 8, 1)]
+    assert await usage(repo, "b", T0, end, 60) == []
 
 
 async def test_bytes_used_since(repo: Repository) -> None:
-    assert await repo.bytes_used_since("a", T0) == 0
-    await put_usage(repo, {("a", T0 - 60): [1000, 1000, 1], ("a", T0): [1, 2, 100],
-                                  ("a", T0 + 86400 * 20): [4, 8, 100], ("b", T0): [50, 50, 1]})
-    assert await repo.bytes_used_since("a", T0) == 15  # bytes in + out, requests not counted
-    assert await repo.bytes_used_since("a", T0 - 60) == 2015
-    assert await repo.bytes_used_since("a", T0 + 86400 * 21) == 0
-    assert await repo.bytes_used_since("b", T0) == 100
+    assert await bytes_used_since(repo, "a", T0) == 0
+    await put_usage(repo, {("a", "n1", T0 - 60): [1000, 1000, 1], ("a", "n1", T0): [1, 2, 100],
+                                  ("a", "n1", T0 + 86400 * 20): [4, 8, 100], ("b", "n1", T0): [50, 50, 1]})
+    assert await bytes_used_since(repo, "a", T0) == 15  # bytes in + out, requests not counted
+    assert await bytes_used_since(repo, "a", T0 - 60) == 2015
+    assert await bytes_used_since(repo, "a", T0 + 86400 * 21) == 0
+    assert await bytes_used_since(repo, "b", T0) == 100
 
 
 async def test_large_values_survive(repo: Repository) -> None:
     """Per-minute sums are BIGINT: values past 2**32 must round-trip on both databases."""
     big = (1 << 44) * 100
-    await put_usage(repo, {("a", T0): [big, big, 1]})
-    await put_usage(repo, {("a", T0): [big, 0, 1]})
-    (row,) = await repo.usage("a", T0, T0 + 60, 60)
+    await put_usage(repo, {("a", "n1", T0): [big, big, 1]})
+    await put_usage(repo, {("a", "n1", T0): [big, 0, 1]})
+    (row,) = await usage(repo, "a", T0, T0 + 60, 60)
     assert (row.bytes_in, row.bytes_out, row.requests) == (2 * big, big, 2)
-    assert await repo.bytes_used_since("a", T0) == 3 * big
+    assert await bytes_used_since(repo, "a", T0) == 3 * big
+
+
+async def table_rows(db: Database, table) -> dict[tuple, list[int]]:  # type: ignore[no-untyped-def]
+    keys = [c.name for c in table.primary_key.columns]
+    async with db.engine.connect() as conn:
+        res = await conn.execute(select(table))
+        return {tuple(r[k] for k in keys): [r["bytes_in"], r["bytes_out"], r["requests"]] for r in res.mappings()}
+
+
+async def test_rollups_match_an_independent_sum(repo: Repository, db: Database) -> None:
+    """Every rollup table equals the sum of what was applied, over several flushes, nodes and accounts."""
+    rng = random.Random(7)
+    expected: dict[str, dict[tuple, list[int]]] = {t.name: {} for t in schema.USAGE_TABLES}
+    widths = {"usage_minute": 60, "usage_5m": 300, "usage_hour": 3600, "usage_day": 86400,
+              "usage_node_hour": 3600, "usage_node_day": 86400}
+    for _ in range(6):
+        batch: dict[tuple[str, str, int], list[int]] = {}
+        for _ in range(200):
+            key = (rng.choice("ab"), rng.choice(["n1", "n2", "edge-3"]), T0 + rng.randrange(3 * 1440) * 60)
+            v = [rng.randrange(10**9), rng.randrange(10**9), rng.randrange(100)]
+            batch[key] = [x + y for x, y in zip(batch.get(key, [0, 0, 0]), v, strict=True)]
+        for (acc, node, minute), v in batch.items():
+            for name, w in widths.items():
+                k = (acc, node, minute - minute % w) if "node" in name else (acc, minute - minute % w)
+                cur = expected[name].setdefault(k, [0, 0, 0])
+                for i in range(3):
+                    cur[i] += v[i]
+        await put_usage(repo, batch)
+    for table in schema.USAGE_TABLES:
+        assert await table_rows(db, table) == expected[table.name], table.name
+
+
+async def test_sums_saturate_and_read_without_overflow(repo: Repository, db: Database) -> None:
+    """Rows clamp at the BIGINT maximum instead of overflowing; reads sum in Python, so totals past
+    2**63 come back exact on SQLite too (its SUM would raise)."""
+    top = BIGINT_MAX - 5
+    usage_in = {("a", "n1", T0): [top, 1, 1], ("a", "n1", T0 + 86400): [top, 1, 1]}
+    await put_usage(repo, usage_in)
+    await put_usage(repo, usage_in)
+    for table in schema.USAGE_TABLES:
+        rows = await table_rows(db, table)
+        assert sorted(v[0] for v in rows.values()) == [BIGINT_MAX, BIGINT_MAX], table.name
+    points = await usage(repo, "a", T0, T0 + 2 * 86400, 86400)
+    assert [p.bytes_in for p in points] == [BIGINT_MAX, BIGINT_MAX]
+    assert await bytes_used_since(repo, "a", T0) == 2 * BIGINT_MAX + 4
+
+
+async def test_minute_retention_keeps_rollups(repo: Repository, db: Database) -> None:
+    await put_usage(repo, {("a", "n1", T0): [1, 1, 1], ("a", "n1", T0 + 86400): [2, 2, 2]})
+    assert await Ledger(repo.db).purge_minutes(T0 + 86400) == 1
+    assert list(await table_rows(db, schema.usage_minute)) == [("a", T0 + 86400)]
+    assert [p.bytes_in for p in await usage(repo, "a", T0, T0 + 2 * 86400, 86400)] == [1, 2]
+
+
+async def test_migration_3_backfills_rollups(db: Database) -> None:
+    """A database at version 1 with minute usage gets rollups built from it and billing_timezone."""
+    await db.migrate()
+    async with db.engine.begin() as conn:
+        for table in schema.USAGE_TABLES[1:]:
+            await conn.execute(text(f"DROP TABLE {table.name}"))
+        await conn.execute(text("ALTER TABLE accounts DROP COLUMN billing_timezone"))
+        await conn.execute(text("DELETE FROM schema_migrations WHERE version >= 3"))
+        await conn.execute(text("INSERT INTO accounts (id, name, status, created_at_ms, updated_at_ms) "
+                                "VALUES ('acc_old', 'old', 'active', 1, 1)"))
+        for minute, v in ((T0, 1), (T0 + 240, 2), (T0 + 300, 4), (T0 + 86400, 8)):
+            await conn.execute(text(f"INSERT INTO usage_minute VALUES ('acc_old', {minute}, {v}, {v}, 1)"))
+    assert await db.migrate() == [v for v in VERSIONS if v >= 3]
+    repo = Repository(db)
+    assert (await repo.get_account("acc_old"))["billing_timezone"] == "UTC"  # type: ignore[index]
+    assert await table_rows(db, schema.usage_5m) == {("acc_old", T0): [3, 3, 2], ("acc_old", T0 + 300): [4, 4, 1],
+                                                     ("acc_old", T0 + 86400): [8, 8, 1]}
+    assert await table_rows(db, schema.usage_day) == {("acc_old", T0): [7, 7, 3], ("acc_old", T0 + 86400): [8, 8, 1]}
+    assert await table_rows(db, schema.usage_node_hour) == {}

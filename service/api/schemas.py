@@ -1,0 +1,163 @@
+"""Pydantic models of the JSON the API answers. /openapi.json is generated from them (and from the
+request models in bodies.py); the API tests validate real responses against them, so the document
+cannot drift from what is served."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NonNegative = Field(ge=0)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Account(_Strict):
+    id: str
+    name: str
+    status: Literal["active", "suspended"]
+    quota_bytes: int | None = Field(ge=0, description="monthly quota; null is unlimited")
+    billing_timezone: str = Field(description="IANA zone of the balance and billing months")
+    alert_thresholds: list[float] = Field(description="fractions of quota_bytes that raise an event")
+    webhook_url: str | None
+    webhook_secret: str = Field(default=None, description="only in the response that first sets a "  # type: ignore[assignment]
+                                "webhook_url: shown once")
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApiKey(_Strict):
+    id: str
+    prefix: str
+    key: str = Field(description="shown once; stored hashed")
+    account_id: str
+    created_at: datetime
+
+
+class Counts(_Strict):
+    bytes_in: int = NonNegative
+    bytes_out: int = NonNegative
+    requests: int = NonNegative
+
+
+class UsagePoint(Counts):
+    ts: datetime = Field(description="bucket start, with the zone's offset at that instant")
+
+
+class NodeSeries(_Strict):
+    node_id: str
+    points: list[UsagePoint]
+    totals: Counts
+
+
+class Usage(_Strict):
+    account_id: str
+    step: Literal["1m", "1h", "1d"]
+    timezone: str
+    start: datetime
+    end: datetime
+    node_id: list[str] = Field(default=None, description="the node_id filters, when given")  # type: ignore[assignment]
+    points: list[UsagePoint] = Field(default=None,  # type: ignore[assignment]
+                                     description="buckets with traffic only, oldest first (without group_by)")
+    series: list[NodeSeries] = Field(default=None,  # type: ignore[assignment]
+                                     description="one per node, by node id (with group_by=node_id)")
+    totals: Counts
+
+
+class Balance(_Strict):
+    account_id: str
+    timezone: str
+    period_start: datetime
+    period_end: datetime
+    quota_bytes: int | None
+    used_bytes: int = NonNegative
+    remaining_bytes: int | None
+    over_quota: bool
+
+
+class Bandwidth(_Strict):
+    in_: int = Field(alias="in", ge=0)
+    out: int = NonNegative
+    max: int = NonNegative
+
+
+class BandwidthSet(_Strict):
+    p95: Bandwidth
+    peak: Bandwidth
+    daily_peak_avg: Bandwidth
+
+
+class Billing(_Strict):
+    account_id: str
+    month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
+    timezone: str
+    period_start: datetime
+    period_end: datetime
+    complete: bool = Field(description="false while the month is still running")
+    intervals: int = Field(ge=0, description="5-minute intervals counted so far")
+    bytes_in: int = NonNegative
+    bytes_out: int = NonNegative
+    requests: int = NonNegative
+    bandwidth_bps: BandwidthSet
+    quota_bytes: int | None
+    over_quota: bool
+
+
+class QuotaEvent(_Strict):
+    id: str
+    type: Literal["quota.threshold_crossed"]
+    account_id: str
+    threshold: float
+    quota_bytes: int = NonNegative
+    used_bytes: int = NonNegative
+    timezone: str
+    period_start: datetime
+    period_end: datetime
+    created_at: datetime
+
+
+class Events(_Strict):
+    account_id: str
+    events: list[QuotaEvent]
+
+
+class WebhookSecret(_Strict):
+    webhook_secret: str
+
+
+class WriteResult(_Strict):
+    batch_id: str
+    accepted: int = NonNegative
+    duplicate: bool
+
+
+class BatchStatus(_Strict):
+    batch_id: str
+    # pending: acknowledged and durable in the log, not counted yet (Kafka mode: or claimed by a
+    # write whose produce failed and whose client is expected to retry)
+    status: Literal["applied", "pending"]
+    records: int = NonNegative
+    accepted_at: datetime
+    applied_at: datetime | None
+
+
+class FieldError(BaseModel):
+    field: str
+    detail: str
+
+
+class ProblemDetails(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str = None  # type: ignore[assignment]
+    instance: str = None  # type: ignore[assignment]
+    errors: list[FieldError] = None  # type: ignore[assignment]
+
+
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    Account, ApiKey, Usage, Balance, Billing, Events, WebhookSecret, WriteResult, BatchStatus, ProblemDetails)

@@ -1,0 +1,63 @@
+"""The usage endpoint's own parameters (tz, group_by, node_id) and its JSON body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from starlette.datastructures import QueryParams
+
+from service.api.problems import invalid
+from service.api.timeparams import format_local, parse_zone
+from service.api.usage_query import Bucketed
+
+MAX_NODE_ID = 128  # the ingest limit on node_id
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    zone: ZoneInfo
+    by_node: bool
+    node_ids: list[str]
+
+    @classmethod
+    def parse(cls, params: QueryParams) -> UsageQuery:
+        group_by = params.get("group_by")
+        if group_by not in (None, "node_id"):
+            raise invalid([{"field": "group_by", "detail": "must be node_id"}])
+        node_ids = params.getlist("node_id")
+        for n in node_ids:
+            if not n or len(n) > MAX_NODE_ID:
+                raise invalid([{"field": "node_id", "detail": f"must be 1 to {MAX_NODE_ID} characters"}])
+        return cls(parse_zone(params.get("tz")), group_by == "node_id", sorted(set(node_ids)))
+
+
+def _counts(v: list[int]) -> dict[str, int]:
+    return {"bytes_in": v[0], "bytes_out": v[1], "requests": v[2]}
+
+
+def _total(values: list[list[int]]) -> dict[str, int]:
+    return _counts([sum(v[i] for v in values) for i in range(3)])
+
+
+def point_rows(bounds: list[int], sums: Bucketed, zone: ZoneInfo) -> list[tuple[str, str, list[int]]]:
+    """(node_id or "", local RFC 3339 bucket start, counts) in bucket order: shared by JSON and export."""
+    return [(node, format_local(bounds[i], zone), v) for (i, node), v in sums.items()]
+
+
+def usage_body(account_id: str, step_name: str, bounds: list[int], sums: Bucketed, q: UsageQuery) -> dict[str, Any]:
+    body: dict[str, Any] = {"account_id": account_id, "step": step_name, "timezone": q.zone.key,
+                            "start": format_local(bounds[0], q.zone), "end": format_local(bounds[-1], q.zone)}
+    if q.node_ids:
+        body["node_id"] = q.node_ids
+    if q.by_node:
+        series: dict[str, list[tuple[str, list[int]]]] = {}
+        for node, ts, v in point_rows(bounds, sums, q.zone):
+            series.setdefault(node, []).append((ts, v))
+        body["series"] = [{"node_id": node, "points": [{"ts": ts, **_counts(v)} for ts, v in pts],
+                           "totals": _total([v for _, v in pts])} for node, pts in sorted(series.items())]
+    else:
+        body["points"] = [{"ts": ts, **_counts(v)} for _, ts, v in point_rows(bounds, sums, q.zone)]
+    body["totals"] = _total(list(sums.values()))
+    return body

@@ -1,0 +1,145 @@
+"""Quota threshold events, recorded in the apply transaction: SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.config import WebhookSettings
+from service.metrics import PipelineMetrics
+from service.storage import Repository
+from service.storage.ledger import Flush, Ledger, OffsetConflict
+from service.storage.repository import now_ms
+from service.webhooks import WebhookDispatcher
+from tests.service.test_storage import db, repo  # noqa: F401  (fixtures)
+
+GROUP, TOPIC = "g", "t"
+
+NOV = int(datetime(2026, 11, 10, tzinfo=ZoneInfo("UTC")).timestamp())
+
+
+class Flusher:
+    """The consumer's flush transaction with advancing offsets, as the Kafka consumer does."""
+
+    def __init__(self, store: Repository) -> None:
+        self.ledger, self.offset = Ledger(store.db), None
+
+    async def __call__(self, usage: dict) -> None:
+        new = (self.offset or 0) + 1
+        await self.ledger.apply(Flush(usage=usage, offsets={0: (self.offset, new)}), group_id=GROUP, topic=TOPIC)
+        self.offset = new
+
+
+async def test_each_threshold_once_per_period(repo: Repository) -> None:  # noqa: F811
+    seen: list = []
+    acc = (await repo.create_account("q", 1000, alert_thresholds="[0.5, 1.0, 1.5]",
+                                     webhook_url="http://127.0.0.1:9/hook"))["id"]
+    free = (await repo.create_account("free", None))["id"]
+    flush = Flusher(repo)
+    flush.ledger.on_crossings = seen.extend
+    await flush({(acc, "n1", NOV): [300, 100, 1], (free, "n1", NOV): [10**9, 0, 1]})
+    assert await repo.list_events(acc, 10) == [] and seen == []
+    await flush({(acc, "n2", NOV + 60): [100, 0, 1]})  # 500 of 1000: 0.5 reached exactly
+    await flush({(acc, "n2", NOV + 120): [1, 0, 1]})  # still past 0.5: no second event
+    events = await repo.list_events(acc, 10)
+    assert [(e["threshold_ppm"], e["used_bytes"], e["quota_bytes"]) for e in events] == [(500_000, 500, 1000)]
+    assert [c.threshold for c in seen] == [0.5]
+    await flush({(acc, "n1", NOV + 180): [2000, 0, 1]})  # jumps past 1.0 and 1.5 in one flush
+    events = await repo.list_events(acc, 10)
+    assert sorted(e["threshold_ppm"] for e in events) == [500_000, 1_000_000, 1_500_000]
+    assert sorted(c.threshold for c in seen) == [0.5, 1.0, 1.5]
+    assert await repo.list_events(free, 10) == []
+    for e in events:
+        assert (await repo.delivery_state(e["id"]))["attempts"] == 0  # type: ignore[index]
+    # Next month is a new period: the thresholds fire again there.
+    dec = int(datetime(2026, 12, 1, tzinfo=ZoneInfo("UTC")).timestamp())
+    await flush({(acc, "n1", dec): [600, 0, 1]})
+    assert len(await repo.list_events(acc, 10)) == 4
+
+
+async def test_period_follows_billing_timezone(repo: Repository) -> None:  # noqa: F811
+    """Usage at 2026-11-30T20:00Z is December in Shanghai: it counts towards December there."""
+    acc = (await repo.create_account("sh", 100, billing_timezone="Asia/Shanghai"))["id"]
+    flush = Flusher(repo)
+    nov30 = int(datetime(2026, 11, 30, 12, tzinfo=ZoneInfo("UTC")).timestamp())
+    await flush({(acc, "n", nov30): [60, 0, 1]})  # 20:00 in Shanghai, still November
+    await flush({(acc, "n", nov30 + 8 * 3600): [60, 0, 1]})  # 04:00 on 1 December in Shanghai
+    events = await repo.list_events(acc, 10)
+    assert events == []  # 60 bytes in each month: neither reaches 80
+    await flush({(acc, "n", nov30 + 9 * 3600): [30, 0, 1]})
+    (event,) = await repo.list_events(acc, 10)
+    start = int(datetime(2026, 12, 1, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp())
+    assert (event["period_start"], event["timezone"], event["used_bytes"]) == (start, "Asia/Shanghai", 90)
+    assert await repo.delivery_state(event["id"]) is None  # no webhook_url: no outbox row
+
+
+async def test_lost_partition_records_no_event(repo: Repository) -> None:  # noqa: F811
+    acc = (await repo.create_account("c", 10))["id"]
+    flush = Flusher(repo)
+    await flush({(acc, "n", NOV): [1, 0, 1]})
+    with pytest.raises(OffsetConflict):
+        await flush.ledger.apply(Flush(usage={(acc, "n", NOV): [50, 0, 1]}, offsets={0: (0, 5)}),
+                                 group_id=GROUP, topic=TOPIC)
+    assert await repo.list_events(acc, 10) == []
+
+
+async def test_outbox_claim_and_backoff_bookkeeping(repo: Repository) -> None:  # noqa: F811
+    acc = (await repo.create_account("w", 10, webhook_url="http://127.0.0.1:9/x"))["id"]
+    await Flusher(repo)({(acc, "n", NOV): [10, 0, 1]})
+    (ev,) = [e for e in await repo.list_events(acc, 10) if e["threshold_ppm"] == 1_000_000]
+    now = 2 * 10**12
+    claimed = await repo.claim_deliveries(now, lease_ms=60_000)
+    assert sorted(r["event_id"] for r in claimed) == sorted(e["id"] for e in await repo.list_events(acc, 10))
+    assert claimed[0]["webhook_secret"].startswith("whsec_")
+    assert await repo.claim_deliveries(now, lease_ms=60_000) == []  # leased: nobody else sends it
+    await repo.delivery_done(ev["id"], attempts=1, delivered=False, next_attempt_ms=now + 5000, error="HTTP 500")
+    assert [r["event_id"] for r in await repo.claim_deliveries(now + 5000, 1000)] == [ev["id"]]
+    await repo.delivery_done(ev["id"], attempts=2, delivered=True, next_attempt_ms=None)
+    state = await repo.delivery_state(ev["id"])
+    assert state is not None and state["delivered_at_ms"] and state["attempts"] == 2
+    # Delivered rows are never claimed again; the 0.8 event's row is due again once its lease ran out.
+    (other,) = [e["id"] for e in await repo.list_events(acc, 10) if e["id"] != ev["id"]]
+    assert [r["event_id"] for r in await repo.claim_deliveries(now + 10**9, 1000)] == [other]
+
+
+async def test_dispatcher_backoff_and_removed_url(repo: Repository) -> None:  # noqa: F811
+    """The dispatcher against a port nothing listens on: each failure is booked with a growing
+    delay until max_attempts; an event whose account lost its URL is given up, not retried."""
+    dead = (await repo.create_account("dead", 10, alert_thresholds="[1.0]",
+                                      webhook_url="http://127.0.0.1:9/hook"))["id"]
+    gone = (await repo.create_account("gone", 10, alert_thresholds="[1.0]",
+                                      webhook_url="http://127.0.0.1:9/hook"))["id"]
+    await Flusher(repo)({(dead, "n", NOV): [10, 0, 1], (gone, "n", NOV): [10, 0, 1]})
+    await repo.update_account(gone, {"webhook_url": None})
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    cfg = WebhookSettings(retry_base_seconds=0.05, retry_max_seconds=0.1, max_attempts=3, timeout_seconds=2)
+    dispatcher = WebhookDispatcher(repo, cfg, metrics)
+    try:
+        (dead_event,) = await repo.list_events(dead, 10)
+        (gone_event,) = await repo.list_events(gone, 10)
+        delays = []
+        for _ in range(3):
+            deadline = time.monotonic() + 5
+            while await dispatcher.deliver_due() == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            state = await repo.delivery_state(dead_event["id"])
+            assert state is not None
+            delays.append(state["next_attempt_ms"] - now_ms())
+    finally:
+        await dispatcher.stop()
+    # Base 50 ms doubling, with 50-100 % jitter: 25-50 ms after the first failure, 50-100 ms after
+    # the second (a few ms have passed when they are read).
+    assert 0 < delays[0] <= 50 and 40 <= delays[1] <= 100, delays
+    state = await repo.delivery_state(dead_event["id"])
+    assert state is not None and state["attempts"] == 3 and state["failed_at_ms"] and not state["delivered_at_ms"]
+    assert "ConnectError" in (state["last_error"] or "")
+    gone_state = await repo.delivery_state(gone_event["id"])
+    assert gone_state is not None and gone_state["failed_at_ms"] and gone_state["last_error"] == "webhook_url removed"
+    assert registry.get_sample_value("meterd_webhook_deliveries_total", {"result": "retry"}) == 2
+    assert registry.get_sample_value("meterd_webhook_deliveries_total", {"result": "failed"}) == 2
