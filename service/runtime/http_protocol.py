@@ -12,13 +12,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from governance.problem import problem_body
 
 
-def _reply(transport: asyncio.BaseTransport, status: int, title: str, detail: str) -> None:
+def _reply(transport: asyncio.Transport, status: int, title: str, detail: str) -> None:
     """A problem+json answer written straight to the socket (no ASGI cycle exists yet), then close."""
     body = problem_body(status, detail, title=title)
     head = (f"HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
-    if isinstance(transport, asyncio.WriteTransport):
-        transport.write(head.encode() + body)
+    transport.write(head.encode() + body)
     transport.close()
 
 
