@@ -125,7 +125,7 @@ class FastHistogram(_Family):
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         fam = self._family()
-        les = [floatToGoString(b) for b in self.bounds]
+        les = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
         for values, child in list(self._children.items()):
             total, cumulative = 0, []
             exemplars = dict(child.exemplars or {})

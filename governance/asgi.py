@@ -110,7 +110,8 @@ class GovernanceMiddleware:
                 status = message["status"]
                 if call.response_headers:
                     message["headers"] = [*message.get("headers", ()), *call.response_headers]
-            return send(message)
+            result: Awaitable[None] = send(message)
+            return result
 
         kind: OutcomeKind | None = None
         try:

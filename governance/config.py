@@ -98,7 +98,7 @@ def load_factory(path: str, where: str) -> Factory:
     if not isinstance(obj, type):
         raise GovernanceConfigError(f"{where}: {path!r} is not a class")
     cls = obj
-    return lambda settings, ctx, label: cls(**settings)  # type: ignore[no-any-return]
+    return lambda settings, ctx, label: cls(**settings)
 
 
 def _make(factory: Factory, settings: dict[str, Any], ctx: PluginContext, label: str, where: str) -> AnyPlugin:

@@ -32,10 +32,10 @@ def _code_name(code: Any) -> str:
     if code is None:
         return "OK"
     if isinstance(code, grpc.StatusCode):
-        return code.name
+        return str(code.name)
     for sc in grpc.StatusCode:  # cygrpc may hand back the raw int
         if sc.value[0] == code:
-            return sc.name
+            return str(sc.name)
     return "UNKNOWN"
 
 

@@ -96,22 +96,22 @@ class OutboundBreaker:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool:
+                        tb: TracebackType | None) -> None:
         if self.settings.timeout is not None:
             exc = await self._exit_timer(exc_type, exc, tb)
         trial, self._trial = self._trial, False
         if exc is None or isinstance(exc, self._exclude):
             self.fail_counter, self._opened_at = 0, None
-            return False
+            return None
         if not isinstance(exc, Exception):  # cancellation is not the dependency's fault
-            return False
+            return None
         self.fail_counter += 1
         if trial or self.fail_counter >= self.settings.fail_max:
             self._opened_at = self._clock()
             raise self._unavailable() from exc
         if isinstance(exc, TimeoutError) and exc_type is not TimeoutError:
             raise exc  # the timer cancelled the body: surface the timeout, not the cancellation
-        return False
+        return None
 
     async def _exit_timer(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                           tb: TracebackType | None) -> BaseException | None:

@@ -63,11 +63,25 @@ class AdaptiveLimiter:
         self.queue_target = s.lag_floor
 
     # The estimator's and the queue's state, read by metrics and tests.
-    max_pass = property(lambda self: self.estimator.max_pass)
-    min_rt = property(lambda self: self.estimator.min_rt)
-    max_inflight = property(lambda self: self.estimator.max_inflight)
-    short_rt = property(lambda self: self.estimator.short_rt)
-    in_batch = property(lambda self: self.queue.in_batch)
+    @property
+    def max_pass(self) -> int:
+        return self.estimator.max_pass
+
+    @property
+    def min_rt(self) -> float:
+        return self.estimator.min_rt
+
+    @property
+    def max_inflight(self) -> int:
+        return self.estimator.max_inflight
+
+    @property
+    def short_rt(self) -> float:
+        return self.estimator.short_rt
+
+    @property
+    def in_batch(self) -> bool:
+        return self.queue.in_batch
 
     @property
     def queue_armed(self) -> bool:
