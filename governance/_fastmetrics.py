@@ -60,32 +60,30 @@ class _Value:
         self.value -= amount
 
 
-class FastCounter(_Family):
+class _ValueFamily(_Family):
+    """A counter or gauge: one number per label set."""
+
+    family_type: type[CounterMetricFamily] | type[GaugeMetricFamily] = GaugeMetricFamily
+
     def _new_child(self) -> _Value:
         return _Value()
 
-    def _family(self) -> CounterMetricFamily:
-        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+    def _family(self) -> CounterMetricFamily | GaugeMetricFamily:
+        return self.family_type(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         fam = self._family()
         for values, child in list(self._children.items()):
             fam.add_metric(values, child.value)
         yield fam
 
 
-class FastGauge(_Family):
-    def _new_child(self) -> _Value:
-        return _Value()
+class FastCounter(_ValueFamily):
+    family_type = CounterMetricFamily
 
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        fam = self._family()
-        for values, child in list(self._children.items()):
-            fam.add_metric(values, child.value)
-        yield fam
+class FastGauge(_ValueFamily):
+    family_type = GaugeMetricFamily
 
 
 class _HistChild:

@@ -181,37 +181,41 @@ class Chain:
     def admit(self, call: Call, plan: Plan) -> list[Token] | Rejection:
         """Admit through an all-sync plan: the tokens, or the refusal (already unwound)."""
         tokens: list[Token] = []
-        for admit, _ in plan.admits:
-            try:
-                result = admit(call)
-            except BaseException:
-                self._broken(call, tokens)
-                raise
-            if isinstance(result, Rejection):
-                return self._refused(call, tokens, result)
-            tokens.append(result)
+        try:
+            for admit, _ in plan.admits:
+                refused = self._take(call, tokens, admit(call))
+                if refused is not None:
+                    return refused
+        except BaseException:
+            self._broken(call, tokens)
+            raise
         return tokens
 
     async def admit_async(self, call: Call, plan: Plan) -> list[Token] | Rejection:
         """`admit` for a plan with async plugins (works for any plan)."""
         tokens: list[Token] = []
-        for admit, is_async in plan.admits:
-            try:
-                result = (await admit(call)) if is_async else admit(call)
-            except BaseException:
-                self._broken(call, tokens)
-                raise
-            if isinstance(result, Rejection):
-                return self._refused(call, tokens, result)
-            tokens.append(result)
+        try:
+            for admit, is_async in plan.admits:
+                if (refused := self._take(call, tokens, (await admit(call)) if is_async else admit(call))):
+                    return refused
+        except BaseException:
+            self._broken(call, tokens)
+            raise
         return tokens
 
-    def _refused(self, call: Call, tokens: list[Token], refusal: Rejection) -> Rejection:
+    def _take(self, call: Call, tokens: list[Token], result: Token | Rejection) -> Rejection | None:
+        """Keep a token; on a refusal, unwind the tokens held so far (and forget them)."""
+        if not isinstance(result, Rejection):
+            tokens.append(result)
+            return None
         if self._on_reject is not None:
-            self._on_reject(call, refusal)
-        self.unwind(tokens, Outcome(REJECTED, rejection_status(call.transport, refusal),
-                                    time.perf_counter() - call.start, call))
-        return refusal
+            self._on_reject(call, result)
+        try:
+            self.unwind(tokens, Outcome(REJECTED, rejection_status(call.transport, result),
+                                        time.perf_counter() - call.start, call))
+        finally:
+            tokens.clear()  # released once, even if a release raised
+        return result
 
     def _broken(self, call: Call, tokens: list[Token]) -> None:
         """A plugin raised (a bug): the plugins already admitted still see the call end."""

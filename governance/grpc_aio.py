@@ -10,6 +10,7 @@ consumes/produces through iterators.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -19,7 +20,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from governance.core import CANCELLED, FAILURE, Call, Chain, Outcome, OutcomeKind, Rejection, Token, outcome_kind
+from governance.core import CANCELLED, FAILURE, Call, Chain, Outcome, OutcomeKind, Rejection, outcome_kind
 from governance.outbound import DependencyUnavailable
 from governance.problem import retry_after_seconds
 
@@ -92,25 +93,26 @@ class GovernanceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         return self._wrap(handler, handler_call_details.method, key,
                           handler_call_details.invocation_metadata or ())
 
-    async def admit(self, call: Call, context: Any) -> list[Token]:
-        """The chain's tokens for `call`, or abort the RPC with the refusal."""
+    @contextlib.asynccontextmanager
+    async def governed(self, call: Call, context: Any) -> AsyncIterator[Call]:
+        """Admit `call` (or abort the RPC with the refusal), run the block, release with its outcome.
+        Takes any Call, so a stream handler can govern each message as a call of its own."""
         plan = self.chain.plan("grpc", call.method, call.route)
         admitted = self.chain.admit(call, plan) if plan.sync else await self.chain.admit_async(call, plan)
         if isinstance(admitted, Rejection):
             await _abort(context, _reject_code(admitted), str(admitted), admitted.retry_after, admitted.headers)
             raise AssertionError("context.abort returned")  # it always raises
-        return admitted
-
-    async def end(self, call: Call, tokens: list[Token], context: Any, exc: BaseException | None) -> None:
-        """Release `tokens` with the call's outcome; a DependencyUnavailable becomes UNAVAILABLE."""
-        if exc is None:
-            code = _code_name(context.code())
-            kind = outcome_kind("grpc", code)
-        else:
-            code, kind = _error_code(exc, context)
-        self.chain.unwind(tokens, Outcome(kind, code, time.perf_counter() - call.start, call))
-        if isinstance(exc, DependencyUnavailable):
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc), exc.retry_after)
+        error: BaseException | None = None
+        try:
+            yield call
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            code, kind = _error_code(error, context) if error is not None else _ok_code(context)
+            self.chain.unwind(admitted, Outcome(kind, code, time.perf_counter() - call.start, call))
+            if isinstance(error, DependencyUnavailable):
+                await _abort(context, grpc.StatusCode.UNAVAILABLE, str(error), error.retry_after)
 
     def _wrap(self, handler: Any, method: str, key: str | None, md: Any) -> Any:
         behavior, rpc_type = _behavior(handler)
@@ -120,6 +122,7 @@ class GovernanceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 log.warning("governance: %s has a synchronous handler; it is not governed", method)
             return handler
         streaming_in = rpc_type in ("client_stream", "bidi_stream")
+        unary_out = rpc_type in ("unary", "client_stream")
 
         def start(request: Any) -> tuple[Call, Any]:
             call = Call("grpc", method, rpc_type, key, time.perf_counter(), md)
@@ -128,40 +131,28 @@ class GovernanceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             call.msgs_in = 1
             return call, request
 
-        if inspect.isasyncgenfunction(behavior):
-            async def gen_wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
-                call, request = start(request)
-                tokens = await self.admit(call, context)
-                error: BaseException | None = None
-                try:
-                    async for resp in behavior(request, context):
-                        call.msgs_out += 1
-                        yield resp
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    await self.end(call, tokens, context, error)
+        async def gen_wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
+            call, request = start(request)
+            async with self.governed(call, context):
+                async for resp in behavior(request, context):
+                    call.msgs_out += 1
+                    yield resp
 
-            wrapper: Any = gen_wrapper
-        else:
-            async def coro_wrapper(request: Any, context: Any) -> Any:
-                call, request = start(request)
-                tokens = await self.admit(call, context)
-                error: BaseException | None = None
-                try:
-                    resp = await behavior(request, context)
-                    call.msgs_out = 1 if rpc_type in ("unary", "client_stream") else call.msgs_out
-                    return resp
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    await self.end(call, tokens, context, error)
+        async def coro_wrapper(request: Any, context: Any) -> Any:
+            call, request = start(request)
+            async with self.governed(call, context):
+                resp = await behavior(request, context)
+                call.msgs_out = 1 if unary_out else call.msgs_out
+            return resp
 
-            wrapper = coro_wrapper
+        wrapper = gen_wrapper if inspect.isasyncgenfunction(behavior) else coro_wrapper
         return _FACTORIES[rpc_type](wrapper, request_deserializer=handler.request_deserializer,
                                     response_serializer=handler.response_serializer)
+
+
+def _ok_code(context: Any) -> tuple[str, OutcomeKind]:
+    code = _code_name(context.code())
+    return code, outcome_kind("grpc", code)
 
 
 def _behavior(handler: Any) -> tuple[Any, str]:

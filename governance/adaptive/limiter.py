@@ -62,31 +62,6 @@ class AdaptiveLimiter:
         self.drops = 0
         self.queue_target = s.lag_floor
 
-    # The estimator's and the queue's state, read by metrics and tests.
-    @property
-    def max_pass(self) -> int:
-        return self.estimator.max_pass
-
-    @property
-    def min_rt(self) -> float:
-        return self.estimator.min_rt
-
-    @property
-    def max_inflight(self) -> int:
-        return self.estimator.max_inflight
-
-    @property
-    def short_rt(self) -> float:
-        return self.estimator.short_rt
-
-    @property
-    def in_batch(self) -> bool:
-        return self.queue.in_batch
-
-    @property
-    def queue_armed(self) -> bool:
-        return self.queue.armed
-
     def now(self) -> float:
         return self._clock()
 
@@ -100,7 +75,7 @@ class AdaptiveLimiter:
         self.cpu += (cpu - self.cpu) * (1.0 - math.exp(-dt / s.cpu_tau))
         self.lag += (lag - self.lag) * (1.0 - math.exp(-dt / s.lag_tau))
         self.estimator.advance(now)
-        self.queue_target = max(self.min_rt, s.lag_floor)
+        self.queue_target = max(self.estimator.min_rt, s.lag_floor)
         self.conc_armed = (self.lag > self.queue_target or self.estimator.latency_up(s.latency_tolerance)
                            or self.cpu >= s.cpu_threshold)
         if self.queue.armed and now - self.last_drop >= s.cooloff:
@@ -129,7 +104,7 @@ class AdaptiveLimiter:
         return None
 
     def _over_concurrency(self, now: float) -> bool:
-        limit, s = self.max_inflight, self.settings
+        limit, s = self.estimator.max_inflight, self.settings
         return bool(limit and self.inflight > 1 and self.inflight > limit and (
             self.conc_armed or now - self.last_drop < s.cooloff or self.inflight > s.latency_tolerance * limit))
 
@@ -158,5 +133,6 @@ class AdaptiveLimiter:
             self.estimator.record(self._clock(), duration)
 
     def retry_after(self) -> float:
-        queue_delay = max(self.lag, self.short_rt - self.min_rt, 0.0)
+        est = self.estimator
+        queue_delay = max(self.lag, est.short_rt - est.min_rt, 0.0)
         return max(1.0, math.ceil(self.settings.cooloff + queue_delay))

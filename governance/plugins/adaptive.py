@@ -89,12 +89,12 @@ class AdaptivePlugin:
 
     def publish(self) -> None:
         lim, g = self.limiter, self._gauges
-        g["limit"].set(lim.max_inflight)
+        g["limit"].set(lim.estimator.max_inflight)
         g["inflight"].set(lim.inflight)
         g["queue_target_seconds"].set(lim.queue_target)
         g["cpu_ratio"].set(lim.cpu)
         g["queue_delay_seconds"].set(lim.lag)
-        g["overloaded"].set(1 if (lim.conc_armed or lim.queue_armed) else 0)
+        g["overloaded"].set(1 if (lim.conc_armed or lim.queue.armed) else 0)
 
     def admit(self, call: Call) -> Token | Rejection:
         self._sampler.ensure_running()

@@ -34,9 +34,9 @@ def lim(clock: FakeClock) -> AdaptiveLimiter:
 def test_window_estimates_little_law_capacity(lim: AdaptiveLimiter, clock: FakeClock) -> None:
     fill_history(lim, clock, seconds=2, per_bucket=10, rt=0.05)
     lim.tick(0.0, 0.0)
-    assert lim.max_pass == 10
-    assert lim.min_rt == pytest.approx(0.05)
-    assert lim.max_inflight == 5  # 10 per 100 ms x 50 ms
+    assert lim.estimator.max_pass == 10
+    assert lim.estimator.min_rt == pytest.approx(0.05)
+    assert lim.estimator.max_inflight == 5  # 10 per 100 ms x 50 ms
 
 
 def test_hot_cpu_sheds_beyond_capacity_bbr_rule(lim: AdaptiveLimiter, clock: FakeClock) -> None:
@@ -72,7 +72,7 @@ def test_latency_gradient_sheds_io_bound_overload_with_idle_cpu(lim: AdaptiveLim
     fill_history(lim, clock, seconds=1, per_bucket=10, rt=0.08)  # queueing downstream: 4x latency
     heat(lim, clock, cpu=0.1, lag=0.0, ticks=1)
     assert lim.conc_armed and lim.cpu < 0.8
-    assert lim.max_inflight == 2
+    assert lim.estimator.max_inflight == 2
     assert [lim.acquire() for _ in range(3)] == [None, None, None]
     assert lim.acquire() == "concurrency"
 
@@ -100,7 +100,7 @@ def test_failures_are_not_passes(lim: AdaptiveLimiter, clock: FakeClock) -> None
             lim.on_mark(clock())
         clock.advance(0.1)
     lim.tick(1.0, 0.0)
-    assert lim.max_pass == 0 and lim.max_inflight == 0 and lim.inflight == 0
+    assert lim.estimator.max_pass == 0 and lim.estimator.max_inflight == 0 and lim.inflight == 0
 
 
 @dataclass
@@ -153,7 +153,7 @@ class LoopModel:
                     self.clock.advance(self.r)
                     self.busy += self.r
                     shed += 1
-            if self.lim.in_batch:  # the marker, queued by the batch's first call, runs before the next read
+            if self.lim.queue.in_batch:  # the marker, queued by the batch's first call, runs before the next read
                 self.lim.on_mark(self.clock.now)
             if next_tick <= self.clock.now:
                 self.lim.tick(self.cpu_now(), 0.0)
@@ -240,9 +240,9 @@ def test_short_burst_is_absorbed_not_shed(clock: FakeClock) -> None:
 def test_queue_shedding_disarms_after_cooloff(clock: FakeClock) -> None:
     model = warmed_model(clock)
     _, shed, _ = model.run(rate=3.0 / model.s, seconds=2.0)
-    assert shed > 0 and model.lim.queue_armed
+    assert shed > 0 and model.lim.queue.armed
     _, shed, _ = model.run(rate=0.5 / model.s, seconds=2.0)
-    assert not model.lim.queue_armed
+    assert not model.lim.queue.armed
 
 
 def test_lag_below_noise_floor_is_not_overload(clock: FakeClock) -> None:
