@@ -42,6 +42,8 @@ class RouteWindow:
         self.idx, self.bstart = 0, now
 
     def advance(self, now: float) -> None:
+        if now - self.bstart < self.blen:  # the common case: still in the current bucket
+            return
         steps = int((now - self.bstart) / self.blen)
         if steps <= 0:
             return
@@ -122,6 +124,7 @@ class BreakerPlugin:
         self._ratio = metric(ctx.registry, Gauge, "governance_breaker_drop_ratio",
                              "Probability the inbound SRE breaker rejects a call, per route.", ("route",))
         self._routes: dict[str, tuple[_RouteToken, Any]] = {}  # route -> (token, drop-ratio gauge)
+        self._published: dict[str, float] = {}  # route -> drop ratio last set (the gauge takes a lock)
         self._refusal = Rejection("breaker", "failure_ratio", "unavailable", max(1.0, self.settings.window / 2))
 
     def admit(self, call: Call) -> Token | Rejection:
@@ -131,7 +134,9 @@ class BreakerPlugin:
                                                 self._ratio.labels(call.route))
         token, gauge = found
         admitted, p = self.breaker.allow(call.route)
-        gauge.set(p)
+        if self._published.get(call.route) != p:
+            self._published[call.route] = p
+            gauge.set(p)
         return token if admitted else self._refusal
 
 

@@ -104,9 +104,10 @@ class _Quota:
         self._ratelimit_prefix = [f'"{name}";r='.encode() for name in self._names]
         self._keys: dict[Any, list[str]] = {}  # bucket -> storage key per limit
         self._last_storage_warning = 0.0
+        self._per, self._anonymous, self._headers = s.per, s.anonymous_key, s.headers  # read on every call
 
     def identifiers(self, call: Call) -> tuple[str, ...]:
-        per, key = self.settings.per, call.client_key or self.settings.anonymous_key
+        per, key = self._per, call.client_key or self._anonymous
         if per == "client":
             return (self.namespace, key)
         if per == "route":
@@ -116,13 +117,14 @@ class _Quota:
         return (self.namespace,)
 
     def storage_keys(self, call: Call) -> list[str]:
-        """The storage key of each limit for this call, cached by the call's bucket."""
-        bucket = self.identifiers(call)
+        """The storage key of each limit for this call, cached by the call's bucket (for the default
+        per-client counting, the client key itself: no tuple built per call)."""
+        bucket: Any = (call.client_key or self._anonymous) if self._per == "client" else self.identifiers(call)
         keys = self._keys.get(bucket)
         if keys is None:
             if len(self._keys) > 10_000:
                 self._keys.clear()
-            keys = self._keys[bucket] = [item.key_for(*bucket) for item in self.items]
+            keys = self._keys[bucket] = [item.key_for(*self.identifiers(call)) for item in self.items]
         return keys
 
     def decide(self, call: Call, counts: list[tuple[int, float]]) -> Token | Rejection:
@@ -135,7 +137,7 @@ class _Quota:
                 return self.refusal(i, reset_in)
             if remaining < best_rem:
                 best_i, best_rem, best_reset = i, remaining, reset_in
-        if self.settings.headers:
+        if self._headers:
             self._attach(call, best_i, int(best_rem), best_reset)
         return NOOP
 
