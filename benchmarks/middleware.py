@@ -378,11 +378,11 @@ def render(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace,
     if "governance-100%" in runs and "peer-100%" in runs:
         med, per = ratio("governance-100%", "peer-100%")
         lines.append(f"- governance-100% / peer-100%: **{med:.1f}x** (median of rounds: "
-                     f"{', '.join(f'{r:.1f}x' for r in per)}; target >= 4x)")
+                     f"{', '.join(f'{r:.1f}x' for r in per)}; target >= 6x, issue 19)")
     if "bare" in runs:
         for arm in (a for a in runs if a != "bare"):
             med, per = ratio(arm, "bare")
-            target = " (target >= 70%)" if arm == "governance-10%" else ""
+            target = " (target >= 60%, issue 19)" if arm == "governance-10%" else ""
             lines.append(f"- {arm} / bare: **{med:.0%}** (median of rounds: "
                          f"{', '.join(f'{r:.0%}' for r in per)}){target}")
         if "governance-10%" in runs:

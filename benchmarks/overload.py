@@ -504,8 +504,8 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine()}",
-        ("- server: meterd's HTTP server (uvicorn + uvloop, guarded protocol, "
-         "one write per response, one timer per connection)" if args.server == "meterd"
+        ("- server: meterd's HTTP server (uvicorn + uvloop with a header deadline and size cap)"
+         if args.server == "meterd"
          else "- server: the plain uvicorn CLI (uvloop: libuv accepts one connection per loop iteration)")
         + ", 1 worker, pinned to CPU 0; open-loop generator (this script, asyncio) on CPU 1",
         f"- routes: /cpu = {args.cpu_iters} iterations of pure-Python arithmetic per call on the event loop; "
