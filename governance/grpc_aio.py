@@ -52,9 +52,14 @@ def _error_code(exc: BaseException, context: Any) -> tuple[str, OutcomeKind]:
     return "UNKNOWN", FAILURE
 
 
+def retry_metadata(retry_after: float) -> tuple[tuple[str, str], ...]:
+    """The gRPC side of Retry-After: a `retry-after` trailer in whole seconds (hosts use it too)."""
+    return (("retry-after", str(retry_after_seconds(retry_after))),)
+
+
 async def _abort(context: Any, status: grpc.StatusCode, details: str, retry_after: float,
                  headers: tuple[tuple[str, str], ...] = ()) -> None:
-    md = [("retry-after", str(retry_after_seconds(retry_after))), *((k.lower(), v) for k, v in headers)]
+    md = [*retry_metadata(retry_after), *((k.lower(), v) for k, v in headers)]
     await context.abort(status, details, trailing_metadata=tuple(md))
 
 
