@@ -146,7 +146,8 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
     "ingestion": {
         "uid": "meterd-ingestion",
         "title": "meterd / Ingestion pipeline",
-        "description": "Writers to Kafka to the aggregating consumer: throughput, batch sizes, latency, lag, DLQ.",
+        "description": "Writers to the log (Kafka or the database log) to the aggregating consumer: throughput, "
+                       "batch sizes, latency, lag, dead letters.",
         "panels": [
             row("Writers"),
             panel("Records/s by transport and result", [
@@ -159,6 +160,8 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
             ]),
             panel("Kafka produce latency (to acks=all)", quantiles("meterd_kafka_produce_seconds", "le",
                                                                    qs=(0.5, 0.95, 0.99)), "s"),
+            panel("Durable append latency (batch id claim + log), by log", quantiles("meterd_log_append_seconds",
+                                                                                "log, le", qs=(0.5, 0.99)), "s"),
             panel("Accepted batches/s", [
                 q(f"sum by (job) (rate(meterd_ingest_batch_records_count{{{J}}}[{RI}]))", "{{job}}")], "ops"),
             row("Consumer"),
@@ -170,9 +173,19 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
             panel("Consumer lag by partition (messages)", [
                 q(f"sum by (partition) (meterd_consumer_lag_messages{{{J}}})", "partition {{partition}}")],
                 stack=True),
-            panel("Dead-lettered messages", [
+            panel("Consumer lag (seconds)", [
+                q(f"max by (instance) (meterd_consumer_lag_seconds{{{J}}})", "{{instance}}")], "s",
+                description="Database log: age of the oldest uncounted batch. Kafka: time since the consumer "
+                            "last had nothing left to read."),
+            panel("Dead-lettered batches", [
                 q(f"sum by (instance) (increase(meterd_consumer_dlq_total{{{J}}}[{RI}]))", "{{instance}}")],
-                description="Undecodable messages moved to meterd.traffic.v1.dlq."),
+                description="Batches the consumer could not count (undecodable, or a batch_id reused for other "
+                            "records): meterd.traffic.v1.dlq or the dead_letters table."),
+            panel("Stale offsets found and saturated usage sums", [
+                q(f"sum by (policy) (increase(meterd_consumer_stale_offsets_total{{{J}}}[{RI}]))",
+                  "stale offsets ({{policy}})"),
+                q(f"sum(increase(meterd_usage_saturated_total{{{J}}}[{RI}]))", "sums stopped at 2^63-1")],
+                description="Both should stay at 0: see the MeterdStaleOffsets runbook and the overflow rule."),
             panel("Flush latency (one DB transaction)", quantiles("meterd_consumer_flush_seconds", "le",
                                                                   qs=(0.5, 0.95, 0.99)), "s"),
             panel("Records buffered, not yet flushed", [

@@ -20,7 +20,7 @@ from service.config import ConfigError, Settings, load_settings
 from service.logging_setup import configure_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="meterd: traffic metering and accounts (gRPC/HTTP ingestion, Kafka aggregation, usage API).")
+                  help="meterd: traffic metering and accounts (gRPC/HTTP ingestion, log aggregation, usage API).")
 accounts_app = typer.Typer(no_args_is_help=True, help="Manage accounts directly in the database.")
 app.add_typer(accounts_app, name="accounts")
 
@@ -60,13 +60,13 @@ def _admin_token(settings: Settings, default_mode: str) -> str:
     return token
 
 
-def _run_roles(settings: Settings, roles: tuple[str, ...], *, default_mode: str, embedded: bool) -> None:
+def _run_roles(settings: Settings, roles: tuple[str, ...], *, default_mode: str) -> None:
     from service.runtime.process import MeterdProcess
 
     token = _admin_token(settings, default_mode)
 
     async def main() -> None:
-        proc = MeterdProcess(settings, roles, token, embedded_broker=embedded)
+        proc = MeterdProcess(settings, roles, token)
         proc.install_signal_handlers()
         try:
             await proc.start()
@@ -80,7 +80,7 @@ def _run_roles(settings: Settings, roles: tuple[str, ...], *, default_mode: str,
             typer.echo(f"  gRPC writer  {e.grpc}")
         if e.admin:
             typer.echo(f"  admin        {e.admin}   (/metrics /healthz /readyz)")
-        typer.echo(f"  Kafka        {e.kafka}{'  (embedded Tansu)' if embedded else ''}")
+        typer.echo(f"  Log          {e.log}")
         typer.echo(f"  meterd {'+'.join(roles)} ready; Ctrl-C drains and stops")
         sys.stdout.flush()
         await proc.wait()
@@ -110,18 +110,14 @@ def up(config: ConfigOpt = None,
        http_port: Annotated[int | None, typer.Option(help="HTTP port (default 8080)")] = None,
        grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051)")] = None,
        data_dir: Annotated[Path | None, typer.Option(help="where the SQLite file lives")] = None) -> None:
-    """Run api + writer + consumer in one process, with an embedded broker when none is configured."""
+    """Run api + writer + consumer in one process (the log is a database table unless Kafka is configured)."""
     settings = _settings(config, {"http": {"port": http_port}, "grpc": {"port": grpc_port}, "data_dir": data_dir})
-    _run_roles(settings, ("api", "writer", "consumer"), default_mode="development",
-               embedded=not settings.kafka.bootstrap_servers)
+    _run_roles(settings, ("api", "writer", "consumer"), default_mode="development")
 
 
 def _role(name: str, config: Path | None) -> None:
-    settings = _settings(config)
-    if not settings.kafka.bootstrap_servers:
-        _fail("kafka.bootstrap_servers: required for a separate role (env METERD_KAFKA__BOOTSTRAP_SERVERS); "
-              "`meterd up` starts an embedded broker instead")
-    _run_roles(settings, (name,), default_mode="production", embedded=False)
+    # Without kafka.bootstrap_servers the roles share the database log through the database.
+    _run_roles(_settings(config), (name,), default_mode="production")
 
 
 @app.command()
@@ -147,12 +143,17 @@ def relay(config: ConfigOpt = None) -> None:
     """Run the Alertmanager -> DingTalk relay."""
     settings = _settings(config)
     from service.relay import RelaySettings, serve
+    from service.relay.auth import WebhookAuth
 
     try:
         relay_settings = RelaySettings.model_validate(settings.relay)
     except Exception as exc:  # pydantic.ValidationError, phrased by pydantic
         _fail(f"invalid relay configuration: {exc}")
         raise AssertionError from exc
+    try:
+        WebhookAuth(relay_settings.auth)  # reads the token/password files: a missing one fails here
+    except (OSError, ValueError) as exc:
+        _fail(f"relay auth: {exc}")
     _run(serve(relay_settings))
 
 

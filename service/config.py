@@ -50,6 +50,8 @@ class DatabaseSettings(_Section):
     url: SecretStr | None = None
     pool_size: int = Field(10, gt=0)
     echo: bool = False
+    # FULL: an acknowledged batch survives power loss; NORMAL survives only a crash of meterd.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
 class KafkaSettings(_Section):
@@ -78,6 +80,11 @@ class IngestSettings(_Section):
     max_requests_per_record: int = Field(1 << 32, gt=0)
     account_cache_seconds: float = Field(2.0, ge=0)
     ack_cache_size: int = Field(200_000, ge=0)
+    # Database log (no Kafka configured): writes are refused with UNAVAILABLE while this many
+    # acknowledged records wait to be counted, so the log's disk use stays bounded.
+    log_max_pending_records: int = Field(5_000_000, gt=0)
+    # Concurrent writes committed together in one database transaction (group commit).
+    claim_group_max_batches: int = Field(256, gt=0)
 
 
 class ConsumerSettings(_Section):
@@ -86,6 +93,14 @@ class ConsumerSettings(_Section):
     fetch_max_records: int = Field(2_000, gt=0)
     # How long batch ids are remembered for dedupe; retries older than this count again.
     dedupe_retention_seconds: int = Field(7 * 24 * 3600, gt=0)
+    # Database log: how often an idle consumer looks for new rows (a local writer also wakes it).
+    log_poll_seconds: float = Field(0.2, gt=0)
+    # Kafka: what to do when a stored offset is past the end of its partition (the topic was
+    # recreated or the broker reset): "earliest" counts the new log from its start (batch ids
+    # still dedupe replays), "halt" stops consuming that partition until an operator acts.
+    on_stale_offsets: Literal["earliest", "halt"] = "earliest"
+    # On SIGTERM, how long the consumer keeps counting what is already in the log before it stops.
+    drain_seconds: float = Field(20.0, ge=0)
 
 
 class LogSettings(_Section):

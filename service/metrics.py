@@ -38,3 +38,18 @@ class PipelineMetrics:
         self.buffer_records = Gauge(
             "meterd_consumer_buffer_records", "Records aggregated in memory and not yet flushed",
             registry=registry)
+        self.log_append_seconds = Histogram(
+            "meterd_log_append_seconds", "Time from a validated batch to its durable append (claim "
+            "and database row, or claim and Kafka acknowledgement), by log", ["log"],
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.consumer_lag_seconds = Gauge(
+            "meterd_consumer_lag_seconds", "Age of the oldest acknowledged batch not yet counted "
+            "(database log) or since the consumer last caught up (Kafka)", registry=registry)
+        self.stale_offsets = Counter(
+            "meterd_consumer_stale_offsets", "Stored partition offsets found past the end of their log "
+            "(topic recreated or broker reset), by the policy applied", ["policy"], registry=registry)
+        for policy in ("earliest", "halt"):  # zero series from the start, so alerts see an increase
+            self.stale_offsets.labels(policy)
+        self.usage_saturated = Counter(
+            "meterd_usage_saturated", "Usage sums that reached 2^63-1 and stopped there instead of overflowing",
+            registry=registry)

@@ -19,6 +19,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from tests.support.ci_no_skips import pytest_runtest_makereport  # noqa: E402, F401  (a hook: CI=true never skips)
 from tests.support.require import find_binary  # noqa: E402
 from tests.support.servers import (  # noqa: E402
     PostgresServer,

@@ -256,6 +256,20 @@ SCENARIOS: list[dict[str, Any]] = [
         ],
     },
     {
+        "name": "stale offsets found after a topic was recreated",
+        "series": [
+            series("meterd_consumer_stale_offsets_total", {**CONSUMER, "policy": "earliest"}, "0x5 1x20"),
+            series("meterd_consumer_stale_offsets_total", {**CONSUMER, "policy": "halt"}, "0x25"),
+        ],
+        "checks": [
+            ("3m", "MeterdStaleOffsets", []),
+            ("8m", "MeterdStaleOffsets", [
+                alert({"job": "meterd-consumer", "instance": CONSUMER["instance"], "policy": "earliest",
+                       "severity": "critical"}, 1),
+            ]),
+        ],
+    },
+    {
         "name": "slow and fast Kafka produce",
         "series": [
             *histogram("meterd_kafka_produce_seconds", WRITER, {"0.01": 0, "1": 0, "2.5": 50, "+Inf": 50}, 30),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,18 +20,20 @@ from starlette.routing import BaseRoute, Route
 
 from governance import DependencyUnavailable
 from governance.problem import MEDIA_TYPE, problem_body, retry_after_seconds
+from service.api.batches import batch_lookup
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.openapi import DOCS_HTML, openapi_document
 from service.api.problems import Problem, forbidden, not_found, problem_response, unauthorized
+from service.api.readiness import Readiness, ReadinessCheck
 from service.api.timeparams import format_rfc3339, usage_window
 from service.api.traffic_json import parse_traffic
 from service.auth import Authenticator, Principal
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
 from service.storage import Repository
+from service.storage.ledger import Ledger
 
 log = logging.getLogger("meterd.api")
-ReadinessCheck = Callable[[], Awaitable[str | None]]  # returns a problem description or None
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -69,6 +71,7 @@ class ApiContext:
     body_timeout: float = 10.0
     readiness: list[ReadinessCheck] = field(default_factory=list)
     extra_routes: Sequence[BaseRoute] = ()
+    ledger: Ledger | None = None  # batch lookup
 
 
 class Api:
@@ -179,19 +182,13 @@ class Api:
         return HTMLResponse(DOCS_HTML)
 
 
-async def readiness_response(checks: Sequence[ReadinessCheck]) -> Response:
-    failures = []
-    for check in checks:
-        try:
-            problem = await check()
-        except Exception as exc:  # a readiness probe must answer, never raise
-            problem = f"{type(exc).__name__}: {exc}"
-        if problem:
-            failures.append(problem)
-    if failures:
-        return Response(problem_body(503, "; ".join(failures), title="Not Ready"),
+async def readiness_response(readiness: Readiness) -> Response:
+    checks = await readiness.status()
+    failing = [name for name, state in checks.items() if state != "ok"]
+    if failing:
+        return Response(problem_body(503, f"not ready: {', '.join(failing)}", title="Not Ready", checks=checks),
                         status_code=503, media_type=MEDIA_TYPE)
-    return json_response({"status": "ready"})
+    return json_response({"status": "ready", "checks": checks})
 
 
 async def _problem_handler(request: Request, exc: Exception) -> Response:
@@ -230,6 +227,8 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/usage", api.usage, methods=["GET"]),
         Route("/v1/accounts/{account_id}/balance", api.balance, methods=["GET"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
+        *([Route("/v1/batches/{batch_id}", batch_lookup(api.ctx.ledger, api.principal, json_response), methods=["GET"])]
+          if api.ctx.ledger is not None else []),
         *ops_routes(api.ctx.registry, api.ctx.readiness),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/docs", api.docs, methods=["GET"]),
@@ -254,8 +253,10 @@ def ops_routes(registry: CollectorRegistry, readiness: Sequence[ReadinessCheck])
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
+    checked = Readiness(readiness)  # cached for a second: probes cannot turn into a load on the database
+
     async def readyz(request: Request) -> Response:
-        return await readiness_response(readiness)
+        return await readiness_response(checked)
 
     async def metrics(request: Request) -> Response:
         # OpenMetrics when the scraper asks for it (Prometheus does): the format that carries exemplars.

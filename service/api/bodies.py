@@ -16,11 +16,21 @@ M = TypeVar("M", bound=BaseModel)
 
 
 async def read_json(request: Request, max_bytes: int, timeout: float) -> Any:
+    # The body is parsed as JSON whatever Content-Type says (curl -d sends form-urlencoded);
+    # a body that is not JSON gets a 400 that says so.
+    body = await read_body(request, max_bytes, timeout)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}", slug="malformed-json") from None
+
+
+async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed max_bytes: from Content-Length
+    before reading, else while reading; 408 when it takes longer than `timeout`."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise Problem(413, "Content Too Large", f"request body exceeds {max_bytes} bytes")
-    # The body is parsed as JSON whatever Content-Type says (curl -d sends form-urlencoded);
-    # a body that is not JSON gets a 400 that says so.
     chunks: list[bytes] = []
     size = 0
     try:
@@ -34,10 +44,7 @@ async def read_json(request: Request, max_bytes: int, timeout: float) -> Any:
     except TimeoutError:
         raise Problem(408, "Request Timeout", f"request body not received within {timeout:g} s",
                       headers={"Connection": "close"}) from None
-    try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as exc:
-        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}", slug="malformed-json") from None
+    return b"".join(chunks)
 
 
 def parse_model(model: type[M], data: Any) -> M:

@@ -22,9 +22,16 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 _ACCOUNT_ID = {"name": "account_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _COUNT = {"type": "integer", "minimum": 0}
 
 _SCHEMAS: dict[str, Any] = {
+    "BatchStatus": {"type": "object", "required": ["batch_id", "status", "records", "accepted_at", "applied_at"],
+                    "properties": {"batch_id": {"type": "string"},
+                                   "status": {"type": "string", "enum": ["applied", "pending"]},
+                                   "records": _COUNT,
+                                   "accepted_at": {"type": "string", "format": "date-time"},
+                                   "applied_at": {"type": ["string", "null"], "format": "date-time"}}},
     "Account": {"type": "object", "required": ["id", "name", "status", "quota_bytes", "created_at", "updated_at"],
                 "properties": {"id": {"type": "string"}, "name": {"type": "string"},
                                "status": {"type": "string", "enum": ["active", "suspended"]},
@@ -125,11 +132,18 @@ def _paths() -> dict[str, Any]:
             "summary": "Write a batch of traffic records (account key: own records only; or admin)",
             "operationId": "postTraffic",
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TrafficBatch")}}},
-            "responses": {"202": _json(_ref("WriteResult"), "durable in Kafka; duplicate=true for a retry"),
+            "responses": {"202": _json(_ref("WriteResult"), "durable in the log; duplicate=true for a retry"),
                           **_errors(400, 401, 403, 409, 413, 415, 503)}}},
+        "/v1/batches/{batch_id}": {"parameters": [_BATCH_ID], "get": {
+            "summary": "Whether a batch written with these credentials was counted",
+            "operationId": "getBatch",
+            "responses": {"200": _json(_ref("BatchStatus"), "applied or pending"), **_errors(401, 404)}}},
         "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz",
                              "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Readiness (database and Kafka)", "operationId": "readyz",
+        "/readyz": {"get": {"summary": "Readiness (database, Kafka when configured, consumer): one status per "
+                                       "dependency (ok, failing, timeout), checked at most once a second; details "
+                                       "only in the log",
+                            "operationId": "readyz",
                             "responses": {"200": {"description": "ready"}, "503": _PROBLEM}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
                              "responses": {"200": {"description": "text exposition format",

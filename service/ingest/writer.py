@@ -1,4 +1,4 @@
-"""The write path: validate a whole batch, produce it once, acknowledge after the broker did."""
+"""The write path: validate a whole batch, append it to the log once, acknowledge after it is durable."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from service.config import Settings
 from service.ingest.accounts import AccountStatusCache
 from service.ingest.errors import BatchConflict, DependencyDown, IngestError
 from service.ingest.validate import validate_batch, validate_shape
-from service.kafka.producer import BatchProducer
 from service.metrics import PipelineMetrics
 from service.pb.meterd.v1 import pipeline_pb2, traffic_pb2
+from service.pipeline.logs import BatchLog, Outgoing
 from service.storage import Repository
 
 
@@ -35,17 +35,16 @@ def dedupe_key(principal: Principal, batch_id: str) -> str:
 
 
 class IngestService:
-    def __init__(self, settings: Settings, repo: Repository, producer: BatchProducer,
-                 metrics: PipelineMetrics) -> None:
+    def __init__(self, settings: Settings, repo: Repository, log: BatchLog, metrics: PipelineMetrics) -> None:
         self._settings = settings.ingest
-        self._topic = settings.kafka.topic
-        self._repo = repo
-        self._producer = producer
+        self._destination = settings.kafka.topic if log.name == "kafka" else "ingest_log"
+        self._log = log
         self._metrics = metrics
         self._accounts = AccountStatusCache(repo, settings.ingest.account_cache_seconds)
         # Recently acknowledged batches (dedupe key -> digest), to answer retries at once.
         self._acked: OrderedDict[str, bytes] = OrderedDict()
-        self._in_flight: dict[str, asyncio.Future[WriteResult]] = {}
+        # Batches being appended now: a concurrent retry waits for the first attempt's outcome.
+        self._in_flight: dict[str, tuple[bytes, asyncio.Future[WriteResult]]] = {}
 
     @property
     def accounts(self) -> AccountStatusCache:
@@ -78,19 +77,16 @@ class IngestService:
         digest = hashlib.blake2b(batch.SerializeToString(deterministic=True), digest_size=16).digest()
         key = dedupe_key(principal, batch_id)
 
-        previous = await self._previous_digest(key)
-        if previous is not None:
-            if previous != digest:
-                raise BatchConflict(f"batch_id '{batch_id}' was already used for different records")
-            return WriteResult(batch_id, len(records), True)
-        # The same batch retried while the first attempt is still in flight: share its outcome.
+        acked = self._acked.get(key)
+        if acked is not None:
+            return self._repeat(batch_id, len(records), acked, digest)
         pending = self._in_flight.get(key)
         if pending is not None:
-            first = await asyncio.shield(pending)
-            return WriteResult(batch_id, first.accepted, True)
+            first = await asyncio.shield(pending[1])
+            return self._repeat(batch_id, first.accepted, pending[0], digest)
 
         future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
+        self._in_flight[key] = (digest, future)
         try:
             batch.dedupe_key = key
             batch.batch_id = batch_id
@@ -98,10 +94,11 @@ class IngestService:
             batch.received_at_ms = int(time.time() * 1000)
             batch.digest = digest
             headers: list[tuple[str, bytes]] = []
-            # The PRODUCER span's context rides in the Kafka headers to the consumer's span.
-            with producer_span(self._topic, headers, attributes={"meterd.batch_id": batch_id}):
-                await self._producer.send(self._topic, key.encode(), batch.SerializeToString(), headers)
-            result = WriteResult(batch_id, len(records), False)
+            # The PRODUCER span's context rides with the batch (Kafka headers, or the log row).
+            with producer_span(self._destination, headers, attributes={"meterd.batch_id": batch_id}):
+                duplicate = await self._log.append(
+                    Outgoing(key, digest, len(records), batch.SerializeToString(), headers))
+            result = WriteResult(batch_id, len(records), duplicate)
             self._remember(key, digest)
             future.set_result(result)
             return result
@@ -112,12 +109,11 @@ class IngestService:
         finally:
             del self._in_flight[key]
 
-    async def _previous_digest(self, key: str) -> bytes | None:
-        hit = self._acked.get(key)
-        if hit is not None:
-            return hit
-        # Not acknowledged by this process recently: the consumer may have recorded it.
-        return (await self._repo.seen_digests([key])).get(key)
+    @staticmethod
+    def _repeat(batch_id: str, accepted: int, earlier: bytes, digest: bytes) -> WriteResult:
+        if earlier != digest:
+            raise BatchConflict(f"batch_id '{batch_id}' was already used for different records")
+        return WriteResult(batch_id, accepted, True)
 
     def _remember(self, key: str, digest: bytes) -> None:
         if self._settings.ack_cache_size <= 0:

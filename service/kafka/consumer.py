@@ -1,9 +1,12 @@
-"""The aggregating consumer (group meterd-aggregator).
+"""The aggregating Kafka consumer (group meterd-aggregator).
 
-Exactly-once effect: the database, not Kafka, holds the truth about progress. Each flush writes
-usage sums, the batch ids it counted and every partition's next offset in one transaction; on
-assignment the consumer seeks to the stored offsets. A batch id already stored (a client or
-producer retry) is skipped. Kafka offset commits are still made, only so lag tooling works.
+Exactly-once effect: the database, not Kafka, holds the truth about progress. Counted work is kept
+per partition; a flush writes, in one transaction, each partition's sums, the batch ids they count
+and the partition's next offset as a compare-and-set on the offset this consumer started from. A
+partition whose compare-and-set fails was taken over by another consumer: its sums are dropped
+(the new owner re-reads them) and only the partitions still owned are written. On revocation the
+revoked partitions are flushed, and whatever the flush could not write is dropped all the same,
+never carried into a later flush. Kafka offset commits are still made, only for lag tooling.
 """
 
 from __future__ import annotations
@@ -12,28 +15,21 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from google.protobuf.message import DecodeError
 
 from governance.tracing import start_consumer_span
 from service.config import Settings
-from service.kafka.aggregator import Aggregate
 from service.metrics import PipelineMetrics
-from service.pb.meterd.v1 import pipeline_pb2
-from service.storage import Repository
-from service.storage.repository import OffsetConflict
+from service.pipeline.counting import Aggregate, Verdict, decode, merged_usage
+from service.storage.ledger import AlreadyApplied, Flush, Ledger, OffsetConflict
 
 log = logging.getLogger("meterd.consumer")
-
-
-def _check_batch(batch: pipeline_pb2.TrafficBatch) -> None:
-    # Protobuf parses almost any bytes into *some* message; a batch the writer produced always has
-    # these, so anything without them is not ours and belongs in the dead-letter topic.
-    if not batch.dedupe_key or not batch.batch_id or not batch.records or len(batch.digest) != 16:
-        raise DecodeError("not a writer-produced batch (missing dedupe_key, batch_id, records or digest)")
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -41,60 +37,71 @@ class _Rebalance(ConsumerRebalanceListener):
         self._owner = owner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        # aiokafka waits for this coroutine before giving partitions away: flush what we hold.
-        await self._owner.flush()
+        # aiokafka waits for this before giving the partitions away, and swallows what it raises.
+        await self._owner.release({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self._owner.seek_to_stored(assigned)
 
 
 class AggregatingConsumer:
-    def __init__(self, bootstrap: str, settings: Settings, repo: Repository, metrics: PipelineMetrics) -> None:
+    def __init__(self, bootstrap: str, settings: Settings, ledger: Ledger, metrics: PipelineMetrics) -> None:
         self._kafka = settings.kafka
         self._cfg = settings.consumer
-        self._repo = repo
+        self._ledger = ledger
         self._metrics = metrics
+        # auto_offset_reset="none": an offset past the log's end is our decision, made loudly.
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=self._kafka.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=self._cfg.fetch_max_records,
+            auto_offset_reset="none", max_poll_records=self._cfg.fetch_max_records,
             isolation_level="read_uncommitted")
         self._dlq = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                      enable_idempotence=self._kafka.enable_idempotence)
-        self._agg = Aggregate()
-        # partition -> next offset stored in the database when we got it (None: nothing stored)
-        self._stored: dict[int, int | None] = {}
+        self._buffers: dict[int, Aggregate] = {}  # owned partition -> counted, not yet flushed
+        self._stored: dict[int, int | None] = {}  # owned partition -> offset stored when we got it
+        self._halted: set[int] = set()  # partitions stopped by the "halt" stale-offset policy
         self._lock = asyncio.Lock()
         self._last_flush = time.monotonic()
         self._last_purge = 0.0
+        self._caught_up_at = time.time()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.healthy = False
         self._needs_rewind = False
         self.assigned = asyncio.Event()  # set once the group gave us partitions (start-up readiness)
 
+    @property
+    def _topic(self) -> str:
+        return self._kafka.topic
+
+    def _tp(self, partition: int) -> TopicPartition:
+        return TopicPartition(self._topic, partition)
+
     async def start(self) -> None:
         await self._dlq.start()
         await self._consumer.start()
-        self._consumer.subscribe([self._kafka.topic], listener=_Rebalance(self))
+        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
         self._task = asyncio.create_task(self._run(), name="meterd-consumer")
 
     async def stop(self) -> None:
-        """Stops fetching, flushes what was aggregated, leaves the group."""
+        """Stops fetching, flushes what was counted, leaves the group."""
         self._stopping.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.flush()
+        with contextlib.suppress(Exception):
+            await self.flush()
         await self._consumer.stop()
         await self._dlq.stop()
 
     # -- partition ownership ----------------------------------------------------------------
-    async def _seek(self, partitions: Any) -> None:
+    async def _seek(self, partitions: Iterable[TopicPartition]) -> None:
         """Positions each partition at the offset stored in the database (the beginning if none)."""
-        stored = await self._repo.load_offsets(self._kafka.group_id, self._kafka.topic)
+        stored = await self._ledger.load_offsets(self._kafka.group_id, self._topic)
         for tp in partitions:
             offset = stored.get(tp.partition)
             self._stored[tp.partition] = offset
+            self._buffers[tp.partition] = Aggregate()
             if offset is None:
                 await self._consumer.seek_to_beginning(tp)
             else:
@@ -109,10 +116,27 @@ class AggregatingConsumer:
                 # from wherever Kafka put them; it rewinds (retrying) before its next fetch.
                 log.exception("could not load stored offsets for assigned partitions; will retry")
                 self._needs_rewind = True
-            self._stored = {p: o for p, o in self._stored.items()
-                            if TopicPartition(self._kafka.topic, p) in self._consumer.assignment()}
+            owned = {tp.partition for tp in self._consumer.assignment()}
+            for p in set(self._stored) - owned:
+                self._forget(p)
             log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
             self.assigned.set()
+
+    async def release(self, partitions: set[int]) -> None:
+        """Revocation: flush the revoked partitions; whatever could not be written is dropped, so it
+        can never be written later for partitions another consumer now owns."""
+        try:
+            await self.flush(partitions)
+        except Exception:
+            log.exception("flush on revocation failed; the new owner re-reads from the stored offsets")
+        finally:
+            for p in partitions:
+                self._forget(p)
+
+    def _forget(self, partition: int) -> None:
+        self._stored.pop(partition, None)
+        self._buffers.pop(partition, None)
+        self._halted.discard(partition)
 
     # -- the loop ---------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -123,24 +147,29 @@ class AggregatingConsumer:
                 fetched = await self._consumer.getmany(timeout_ms=200)
                 for tp, messages in fetched.items():
                     await self._handle(tp, messages)
-                self._update_lag()
-                if (self._agg.records >= self._cfg.max_buffer_records
+                await self._check_positions()
+                if (self._buffered() >= self._cfg.max_buffer_records
                         or time.monotonic() - self._last_flush >= self._cfg.flush_interval_seconds):
                     await self.flush()
                 await self._maybe_purge()
                 self.healthy = True
             except asyncio.CancelledError:
                 raise
+            except OffsetOutOfRangeError as exc:  # a real Kafka broker says so for a stale offset
+                await self._stale({tp.partition: off for tp, off in exc.args[0].items()} if exc.args else {})
             except Exception:
-                # A database or broker hiccup: drop the unflushed buffer and re-read from the
+                # A database or broker hiccup: drop the unflushed buffers and re-read from the
                 # stored offsets, which is always correct, then retry.
                 self.healthy = False
                 log.exception("consumer loop error; rewinding to stored offsets")
                 await self._rewind_until_done()
                 await asyncio.sleep(1.0)
 
+    def _buffered(self) -> int:
+        return sum(b.records for b in self._buffers.values())
+
     async def _rewind_until_done(self) -> None:
-        # The buffer is gone; fetching on from the current position would skip it for good.
+        # The buffers are gone; fetching on from the current position would skip them for good.
         # So no fetch until the seek to the stored offsets has really happened.
         while not self._stopping.is_set():
             if await self._rewind():
@@ -150,35 +179,29 @@ class AggregatingConsumer:
 
     async def _handle(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> None:
         async with self._lock:
-            if tp.partition not in self._stored:
+            buf = self._buffers.get(tp.partition)
+            if buf is None or not messages:
                 return  # revoked while we were fetching
-            decoded: list[tuple[ConsumerRecord, pipeline_pb2.TrafficBatch]] = []
+            decoded: list[tuple[ConsumerRecord, Any]] = []
             for msg in messages:
-                batch = pipeline_pb2.TrafficBatch()
                 try:
-                    batch.ParseFromString(msg.value or b"")
-                    _check_batch(batch)
+                    decoded.append((msg, decode(msg.value)))
                 except DecodeError as exc:
                     await self._dead_letter(msg, f"undecodable TrafficBatch: {exc}")
-                    continue
-                decoded.append((msg, batch))
-            keys = [b.dedupe_key for _, b in decoded if b.dedupe_key not in self._agg.seen]
-            stored = await self._repo.seen_digests(keys)
+            states = await self._ledger.batch_states(b.dedupe_key for _, b in decoded)
             for msg, batch in decoded:
-                key = batch.dedupe_key
-                if key in self._agg.seen or key in stored:
-                    self._metrics.consumer_batches.labels("duplicate").inc()
-                    continue
-                # A CONSUMER span, child of the writer's PRODUCER span (context from the headers).
-                with start_consumer_span(f"process {msg.topic}", msg.headers,
-                                         attributes={"meterd.batch_id": batch.batch_id,
-                                                     "messaging.kafka.offset": msg.offset}):
-                    self._agg.add(batch)
-                self._metrics.consumer_batches.labels("applied").inc()
-                self._metrics.consumer_records.inc(len(batch.records))
-            if messages:
-                self._agg.advance(tp.partition, messages[-1].offset + 1)
-            self._metrics.buffer_records.set(self._agg.records)
+                verdict = buf.verdict(batch, states.get(batch.dedupe_key))
+                self._metrics.consumer_batches.labels(verdict.value).inc()
+                if verdict is Verdict.COUNT:
+                    # A CONSUMER span, child of the writer's PRODUCER span (context from the headers).
+                    with start_consumer_span(f"process {msg.topic}", msg.headers,
+                                             attributes={"meterd.batch_id": batch.batch_id,
+                                                         "messaging.kafka.offset": msg.offset}):
+                        buf.add(batch)
+                elif verdict is Verdict.CONFLICT:
+                    await self._dead_letter(msg, "batch_id conflict: the id was already used for different records")
+            buf.next_offset = messages[-1].offset + 1
+            self._metrics.buffer_records.set(self._buffered())
 
     async def _dead_letter(self, msg: ConsumerRecord, error: str) -> None:
         headers = list(msg.headers or ()) + [
@@ -191,34 +214,50 @@ class AggregatingConsumer:
         log.warning("message sent to dead-letter topic",
                     extra={"source": f"{msg.topic}/{msg.partition}/{msg.offset}", "error": error})
 
-    async def flush(self) -> None:
+    async def flush(self, partitions: set[int] | None = None) -> None:
         async with self._lock:
-            agg = self._agg
-            if agg.empty():
+            await self._flush_locked(partitions)
+
+    async def _flush_locked(self, partitions: set[int] | None) -> None:
+        while True:
+            chosen = {p: b for p, b in self._buffers.items()
+                      if b.next_offset is not None and (partitions is None or p in partitions)}
+            if not chosen:
                 self._last_flush = time.monotonic()
                 return
-            offsets = {p: (self._stored.get(p), o) for p, o in agg.next_offsets.items() if p in self._stored}
+            usage, saturated = merged_usage(chosen.values())
+            applied = {k: v for b in chosen.values() for k, v in b.applied.items()}
+            offsets = {p: (self._stored[p], b.next_offset) for p, b in chosen.items() if b.next_offset is not None}
             started = time.perf_counter()
             try:
-                await self._repo.apply_batch(group_id=self._kafka.group_id, topic=self._kafka.topic,
-                                             offsets=offsets, usage=agg.usage, seen=agg.seen)
-            except OffsetConflict:
-                log.warning("lost partition ownership during flush; discarding buffer and rewinding")
+                await self._ledger.apply(Flush(usage=usage, applied=applied, offsets=offsets),
+                                         group_id=self._kafka.group_id, topic=self._topic)
+            except OffsetConflict as exc:
+                # Those partitions belong to another consumer now: drop them, write the rest.
+                log.warning("lost partitions during flush; dropping their sums",
+                            extra={"partitions": sorted(exc.partitions)})
+                for p in exc.partitions:
+                    self._forget(p)
+                continue
+            except AlreadyApplied:
+                log.warning("batch ids counted elsewhere since they were checked; re-reading")
                 await self._rewind_locked()
                 return
-            self._metrics.flush_seconds.observe(time.perf_counter() - started)
-            for p, (_, new) in offsets.items():
-                self._stored[p] = new
-            self._agg = Aggregate()
-            self._metrics.buffer_records.set(0)
-            self._last_flush = time.monotonic()
+            break
+        self._metrics.flush_seconds.observe(time.perf_counter() - started)
+        if saturated:
+            self._metrics.usage_saturated.inc(saturated)
+        for p, (_, new) in offsets.items():
+            self._stored[p] = new
+            self._buffers[p] = Aggregate()
+        self._metrics.buffer_records.set(self._buffered())
+        self._last_flush = time.monotonic()
         await self._commit_to_kafka(offsets)
 
     async def _commit_to_kafka(self, offsets: dict[int, tuple[int | None, int]]) -> None:
         # Informational only (lag tooling); the database offsets are authoritative.
         assigned = self._consumer.assignment()
-        commit = {TopicPartition(self._kafka.topic, p): OffsetAndMetadata(new, "")
-                  for p, (_, new) in offsets.items() if TopicPartition(self._kafka.topic, p) in assigned}
+        commit = {self._tp(p): OffsetAndMetadata(new, "") for p, (_, new) in offsets.items() if self._tp(p) in assigned}
         if commit:
             with contextlib.suppress(Exception):
                 await self._consumer.commit(commit)
@@ -228,7 +267,7 @@ class AggregatingConsumer:
             return await self._rewind_locked()
 
     async def _rewind_locked(self) -> bool:
-        self._agg = Aggregate()
+        self._buffers = {p: Aggregate() for p in self._buffers}
         self._metrics.buffer_records.set(0)
         try:
             await self._seek(self._consumer.assignment())
@@ -237,19 +276,51 @@ class AggregatingConsumer:
             return False
         return True
 
-    def _update_lag(self) -> None:
-        # High-water marks from fetch responses: Tansu's ListOffsets is unreliable here.
+    # -- positions past the end of the log ---------------------------------------------------
+    async def _check_positions(self) -> None:
+        """Lag per partition, and stale offsets: a position past the high-water mark means the log
+        was recreated or reset under the stored offsets (Tansu never answers OFFSET_OUT_OF_RANGE)."""
+        stale: dict[int, int] = {}
+        behind = False
         for tp in self._consumer.assignment():
             high = self._consumer.highwater(tp)
-            pos = self._agg.next_offsets.get(tp.partition, self._stored.get(tp.partition))
-            if high is not None and pos is not None:
-                self._metrics.consumer_lag.labels(str(tp.partition)).set(max(0, high - pos))
+            buf = self._buffers.get(tp.partition)
+            pos = buf.next_offset if buf is not None and buf.next_offset is not None else self._stored.get(tp.partition)
+            if high is None or pos is None:
+                continue
+            if pos > high and tp.partition not in self._halted:
+                stale[tp.partition] = pos
+            self._metrics.consumer_lag.labels(str(tp.partition)).set(max(0, high - pos))
+            behind = behind or high > pos
+        if not behind:
+            self._caught_up_at = time.time()
+        self._metrics.consumer_lag_seconds.set(time.time() - self._caught_up_at)
+        if stale:
+            await self._stale(stale)
+
+    async def _stale(self, positions: dict[int, int]) -> None:
+        policy = self._cfg.on_stale_offsets
+        async with self._lock:
+            for p, pos in positions.items():
+                self._metrics.stale_offsets.labels(policy).inc()
+                log.error("stored offset is past the end of the partition: the topic was recreated or the broker "
+                          "reset (runbook: alerts/runbooks.md#meterdstaleoffsets)",
+                          extra={"topic": self._topic, "partition": p, "position": pos, "policy": policy})
+                if policy == "halt":
+                    self._consumer.pause(self._tp(p))
+                    self._halted.add(p)
+                    continue
+                begin = (await self._consumer.beginning_offsets([self._tp(p)])).get(self._tp(p), 0)
+                await self._ledger.reset_offsets(self._kafka.group_id, self._topic, {p: begin})
+                self._stored[p] = begin
+                self._buffers[p] = Aggregate()
+                self._consumer.seek(self._tp(p), begin)
 
     async def _maybe_purge(self) -> None:
         now = time.monotonic()
         if now - self._last_purge < 600:
             return
         self._last_purge = now
-        removed = await self._repo.purge_seen(int(time.time()) - self._cfg.dedupe_retention_seconds)
+        removed = await self._ledger.purge(int(time.time()) - self._cfg.dedupe_retention_seconds)
         if removed:
             log.info("purged expired batch ids", extra={"removed": removed})

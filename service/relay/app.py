@@ -1,8 +1,9 @@
 """The relay's HTTP surface: Alertmanager webhook in, health and metrics out.
 
 Status codes are chosen for Alertmanager, which retries a webhook only on 5xx:
-200 delivered, 202 queued (the relay delivers it later), 503 retry, 424 DingTalk refused for good
-(retrying cannot help), 400 bad payload, 404 unknown robot, 413 body too large.
+200 delivered, 202 queued (stored; the relay delivers it later, also after a restart), 503 retry,
+424 DingTalk refused for good (retrying cannot help), 400 bad payload, 401 missing or wrong
+credentials, 404 unknown robot, 408 body too slow, 413 body too large.
 """
 
 from __future__ import annotations
@@ -21,24 +22,29 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.api.bodies import read_body
+from service.api.problems import Problem
+from service.relay.auth import WebhookAuth
 from service.relay.client import DingTalkClient
 from service.relay.dispatcher import Outcome, RobotDispatcher
 from service.relay.metrics import UNKNOWN_ROBOT, RelayMetrics
 from service.relay.payload import WebhookMessage
 from service.relay.render import Renderer
 from service.relay.settings import RelaySettings
+from service.relay.store import NotificationStore
 
 log = logging.getLogger("meterd.relay")
 
-# Alertmanager payloads are small; a few MiB allows thousands of alerts and bounds memory.
-MAX_BODY_BYTES = 8 * 1024 * 1024
 PROBLEM_BASE = "urn:meterd:problem:relay:"
 
 
-def problem(status: int, kind: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(status: int, kind: str, title: str, detail: str, headers: dict[str, str] | None = None,
+            **extra: Any) -> JSONResponse:
     """RFC 9457 problem details."""
     body = {"type": PROBLEM_BASE + kind, "title": title, "status": status, "detail": detail, **extra}
-    headers = {"Retry-After": "5"} if status == 503 else None
+    headers = dict(headers or {})
+    if status == 503:
+        headers["Retry-After"] = "5"
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
@@ -67,6 +73,8 @@ class _Relay:
         self.settings = settings
         self.registry = registry
         self.metrics = RelayMetrics.create(registry, settings.robots)
+        self.auth = WebhookAuth(settings.auth)
+        self.store = NotificationStore(settings.data_dir) if settings.data_dir is not None else None
         self.http = httpx.AsyncClient(timeout=settings.send_timeout_s, transport=transport)
         client = DingTalkClient(self.http)
         renderer = Renderer(settings)
@@ -79,20 +87,28 @@ class _Relay:
                 client=client,
                 metrics=self.metrics,
                 window_s=window_s,
+                store=self.store,
             )
             for name, robot in settings.robots.items()
         }
         self.closing = False
 
     async def alerts(self, request: Request) -> Response:
+        if not self.auth.allows(request.headers.get("authorization")):
+            # Before anything else: an unauthenticated caller learns nothing, not even robot names.
+            self.metrics.notifications.labels(UNKNOWN_ROBOT, "unauthorized").inc()
+            return problem(401, "unauthorized", "Unauthorized", "missing or invalid credentials",
+                           headers={"WWW-Authenticate": self.auth.challenge})
         robot = request.path_params.get("robot")
         if robot is not None and robot not in self.dispatchers:
             self._invalid(UNKNOWN_ROBOT)
             return problem(404, "unknown-robot", "Unknown robot", f"no robot named {robot!r} is configured")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        try:
+            body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_s)
+        except Problem as exc:  # 413 or 408; close, so the rest of the body is never read
             self._invalid(robot)
-            return problem(413, "too-large", "Payload too large", f"webhook body over {MAX_BODY_BYTES} bytes")
+            kind = "too-large" if exc.status == 413 else "body-timeout"
+            return problem(exc.status, kind, exc.title, exc.detail, headers={"Connection": "close"})
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -154,11 +170,22 @@ class _Relay:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        yield
-        self.closing = True
-        for dispatcher in self.dispatchers.values():
-            await dispatcher.aclose()
-        await self.http.aclose()
+        if self.store is not None:
+            rows = self.store.load()
+            for name, dispatcher in self.dispatchers.items():
+                dispatcher.restore([r for r in rows if r.robot == name])
+            orphans = sorted({r.robot for r in rows} - set(self.dispatchers))
+            if orphans:  # kept, not deleted: the robot may come back with the next config fix
+                log.error("relay: stored notifications for robots no longer configured: %s", ", ".join(orphans))
+        try:
+            yield
+        finally:
+            self.closing = True
+            for dispatcher in self.dispatchers.values():
+                await dispatcher.aclose()
+            await self.http.aclose()
+            if self.store is not None:
+                self.store.close()
 
 
 def _respond(robot: str, outcome: Outcome, detail: str) -> Response:

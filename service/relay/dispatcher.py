@@ -10,10 +10,10 @@ window has room.
 Ownership: a webhook request waits up to `ack_timeout_s` for its batch to be sent. If the send
 happens in that time, the request answers with its result (200; 503 when DingTalk asked for a
 retry, so Alertmanager retries; 424 when DingTalk refused for good). If not (the budget is spent),
-the relay takes the notification over, answers 202, and retries it itself with back-off until
-`max_pending_age_s`. So a notification is retried by exactly one party. A queued notification is
-lost only if the relay process dies before sending it; Alertmanager repeats firing alerts at
-`repeat_interval`.
+the relay takes the notification over: it commits it to the store (service.relay.store), answers
+202, and retries it itself with back-off until `max_pending_age_s`, also after a restart. So a
+notification is retried by exactly one party. Without a store (no `data_dir`) the relay never takes
+one over: it answers 503 and Alertmanager keeps it.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from service.relay.payload import WebhookMessage, severity_rank
 from service.relay.ratelimit import SlidingWindow
 from service.relay.render import RenderedMessage, Renderer
 from service.relay.settings import RelaySettings, RobotSettings
+from service.relay.store import NotificationStore, StoredNotification
 
 log = logging.getLogger("meterd.relay")
 
@@ -54,6 +55,7 @@ class _Entry:
     received: float
     future: asyncio.Future[tuple[Outcome, str]]
     owned: bool = False  # the request already answered 202; the relay must deliver it
+    row_id: int | None = None  # its row in the store while owned
 
 
 @dataclass
@@ -81,8 +83,10 @@ class RobotDispatcher:
         metrics: RelayMetrics,
         window_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        store: NotificationStore | None = None,
     ) -> None:
         self.name = name
+        self._store = store
         self._robot = robot
         self._settings = settings
         self._renderer = renderer
@@ -113,18 +117,70 @@ class RobotDispatcher:
         try:
             await asyncio.wait({entry.future}, timeout=self._settings.ack_timeout_s)
         except asyncio.CancelledError:
-            # The caller went away: nobody will retry unless we do.
-            self._take_over(entry)
+            # The caller went away: nobody will retry unless we do (or, without a store, nobody).
+            if not self._take_over(entry):
+                self._withdraw(entry)
             raise
         if entry.future.done():
             return entry.future.result()
-        self._take_over(entry)
-        return Outcome.QUEUED, "rate budget spent; queued for a merged message"
+        if self._take_over(entry):
+            return Outcome.QUEUED, "rate budget spent; queued for a merged message"
+        self._withdraw(entry)
+        return self._count(Outcome.RETRY, "not sent within the ack timeout; retry later")
 
-    def _take_over(self, entry: _Entry) -> None:
-        if not entry.future.done():
-            entry.owned = True
-            self._metrics.queued.labels(self.name).inc()
+    def _take_over(self, entry: _Entry) -> bool:
+        """Make the relay responsible for `entry`: True once its row is committed (or it is settled)."""
+        if entry.future.done():
+            return True
+        if self._store is None:
+            return False
+        try:
+            entry.row_id = self._store.add(self.name, entry.message.model_dump_json())
+        except Exception:
+            log.exception("relay: could not store a notification robot=%s; answering 503", self.name)
+            return False
+        entry.owned = True
+        self._metrics.queued.labels(self.name).inc()
+        return True
+
+    def _withdraw(self, entry: _Entry) -> None:
+        """Alertmanager keeps this one (it gets a 5xx): stop trying to send it ourselves."""
+        if entry in self._state.pending:
+            self._state.pending.remove(entry)
+            self._update_pending()
+
+    def restore(self, rows: list[StoredNotification]) -> None:
+        """Queue the stored notifications of this robot again and take back the budget spent
+        before the restart (start-up)."""
+        loop, now, wall = asyncio.get_running_loop(), self._clock(), time.time()
+        if self._store is not None:
+            self.limiter.preload([wall - at for at in self._store.recent_sends(self.name, self.limiter.window_s)])
+        bad: list[int] = []
+        for row in rows:
+            try:
+                message = WebhookMessage.model_validate_json(row.payload)
+            except ValueError:
+                log.error("relay: dropping an unreadable stored notification robot=%s id=%d", self.name, row.id)
+                bad.append(row.id)
+                continue
+            received = now - max(0.0, wall - row.received_at)
+            entry = _Entry(message, received, loop.create_future(), owned=True, row_id=row.id)
+            self._state.pending.append(entry)
+        if bad and self._store is not None:
+            self._store.remove(bad)
+        if self._state.pending:
+            log.info("relay: restored %d stored notifications robot=%s", len(self._state.pending), self.name)
+            self._update_pending()
+            self._ensure_worker()
+            self._wakeup.set()
+
+    def _forget(self, entries: list[_Entry]) -> None:
+        """Delete settled entries' rows (one transaction)."""
+        ids = [e.row_id for e in entries if e.row_id is not None]
+        if ids and self._store is not None:
+            self._store.remove(ids)
+            for e in entries:
+                e.row_id = None
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
@@ -204,6 +260,11 @@ class RobotDispatcher:
             result = await self._client.send(self._robot, rendered.encoded)
         finally:
             self.limiter.record()
+            if self._store is not None:
+                try:
+                    self._store.record_send(robot, keep_s=self.limiter.window_s)
+                except Exception:  # the send happened; losing its record only risks the budget
+                    log.exception("relay: could not record a send robot=%s", robot)
         m.send_seconds.labels(robot).observe(max(0.0, self._clock() - started))
 
         if result.delivery is Delivery.OK:
@@ -224,6 +285,7 @@ class RobotDispatcher:
             )
             for entry in batch:
                 self._finish(entry, Outcome.DELIVERED, "delivered")
+            self._forget(batch)
             return
 
         m.send_failures.labels(robot, result.reason).inc()
@@ -239,10 +301,12 @@ class RobotDispatcher:
             )
             for entry in batch:
                 self._finish(entry, Outcome.DROPPED if entry.owned else Outcome.REJECTED, result.detail)
+            self._forget(batch)
 
     def _retry_later(self, batch: list[_Entry], result: SendResult) -> None:
         state, now = self._state, self._clock()
         keep: list[_Entry] = []
+        given_up: list[_Entry] = []
         for entry in batch:
             if not entry.owned:
                 # The request is still waiting: answer 503 and let Alertmanager retry it.
@@ -255,8 +319,10 @@ class RobotDispatcher:
                     result.detail,
                 )
                 self._finish(entry, Outcome.DROPPED, result.detail)
+                given_up.append(entry)
             else:
                 keep.append(entry)
+        self._forget(given_up)
         state.pending = keep + state.pending
         # Back off either way: DingTalk is limiting or failing, hammering it helps nobody.
         state.retry_at = now + state.backoff
@@ -282,7 +348,8 @@ class RobotDispatcher:
         self._metrics.pending.labels(self.name).set(len(self._state.pending))
 
     async def aclose(self, grace_s: float = 5.0) -> None:
-        """Send what the budget allows within grace_s; settle the rest (503 to waiting requests)."""
+        """Send what the budget allows within grace_s; settle the rest (503 to waiting requests, stored
+        notifications stay stored)."""
         self._closing = True
         self._wakeup.set()
         if self._worker is not None and not self._worker.done():
@@ -292,9 +359,16 @@ class RobotDispatcher:
                 self._worker.cancel()
                 with contextlib.suppress(BaseException):
                     await self._worker
+        kept = 0
         for entry in self._state.pending:
+            if entry.row_id is not None:
+                kept += 1  # stays in the store: sent after the next start
+                continue
             if entry.owned:
                 log.error("relay: shutting down with an undelivered notification robot=%s", self.name)
             self._finish(entry, Outcome.DROPPED if entry.owned else Outcome.RETRY, "relay shutting down")
+        if kept:
+            log.warning("relay: shutting down; %d stored notifications wait for the next start robot=%s",
+                        kept, self.name)
         self._state.pending = []
         self._update_pending()

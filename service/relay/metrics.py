@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Final fate of one webhook notification.
-NOTIFICATION_RESULTS = ("delivered", "retry", "rejected", "dropped", "overloaded", "invalid")
+NOTIFICATION_RESULTS = ("delivered", "retry", "rejected", "dropped", "overloaded", "invalid", "unauthorized")
 SEND_FAILURE_REASONS = (
     "rate_limited",
     "busy",
@@ -44,7 +44,7 @@ class RelayMetrics:
                 "meterd_relay_notifications_total",
                 "Alertmanager notifications by final result: delivered, retry (answered 5xx so "
                 "Alertmanager retries), rejected (DingTalk refused for good), dropped (queued, then "
-                "given up), overloaded (queue full, answered 503), invalid (bad payload).",
+                "given up), overloaded (queue full, answered 503), invalid (bad payload), unauthorized (401).",
                 ["robot", "result"],
                 registry=registry,
             ),
@@ -117,4 +117,5 @@ class RelayMetrics:
             ):
                 metric.labels(robot)
         m.notifications.labels(UNKNOWN_ROBOT, "invalid")
+        m.notifications.labels(UNKNOWN_ROBOT, "unauthorized")
         return m

@@ -38,6 +38,13 @@ class SlidingWindow:
             return 0.0
         return max(0.0, self._events[0] + self.window_s - now)
 
+    def preload(self, ages: list[float]) -> None:
+        """Events that happened `age` seconds ago (sends before a restart), oldest first."""
+        now = self._clock()
+        for age in sorted(ages, reverse=True):
+            if 0 <= age < self.window_s:
+                self._events.append(now - age)
+
     def record(self) -> None:
         now = self._clock()
         self._prune(now)

@@ -1,14 +1,19 @@
-"""Run the relay on uvicorn (`meterd relay` calls `serve`)."""
+"""Run the relay (`meterd relay` calls `serve`) on meterd's hardened HTTP server: header deadline,
+header size cap and keep-alive limits (service.runtime.http_server)."""
 
 from __future__ import annotations
 
-import socket
+import asyncio
+import logging
+import signal
 
-import uvicorn
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from service.relay.app import build_relay_app
 from service.relay.settings import RelaySettings
+from service.runtime.http_server import HttpServer
+
+log = logging.getLogger("meterd.relay")
 
 
 def default_registry() -> CollectorRegistry:
@@ -20,21 +25,21 @@ def default_registry() -> CollectorRegistry:
     return registry
 
 
-async def serve(
-    settings: RelaySettings,
-    *,
-    registry: CollectorRegistry | None = None,
-    sockets: list[socket.socket] | None = None,
-) -> None:
-    """Serve until uvicorn is told to stop (SIGINT/SIGTERM). `sockets` lets tests pre-bind port 0."""
+async def serve(settings: RelaySettings, *, registry: CollectorRegistry | None = None) -> None:
+    """Serve until SIGINT/SIGTERM. Stored notifications are queued again before the port opens;
+    on stop the server closes first, then the dispatchers get their grace period."""
     app = build_relay_app(settings, registry=registry if registry is not None else default_registry())
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",
-        log_config=None,  # leave logging to the process (meterd's structured logging)
-        access_log=False,
-        server_header=False,
-    )
-    await uvicorn.Server(config).serve(sockets=sockets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # HttpServer runs without uvicorn's lifespan: the relay's start-up and shutdown run here.
+    async with app.router.lifespan_context(app):
+        server = HttpServer(app, settings.host, settings.port, name="relay",
+                            header_timeout=settings.header_timeout_s, max_header_bytes=settings.max_header_bytes)
+        await server.start()
+        log.info("relay listening on %s:%d", settings.host, server.port)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()

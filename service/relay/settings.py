@@ -8,6 +8,7 @@ Environment variable names are case-insensitive, so robot names should be lower 
 
 from __future__ import annotations
 
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -64,9 +65,48 @@ class RouteSettings(_Section):
     default: str | None = None
 
 
+class BasicAuthSettings(_Section):
+    username: str = Field(min_length=1)
+    password: SecretStr | None = None
+    # Read at start-up (Alertmanager's `password_file`); one of password / password_file.
+    password_file: Path | None = None
+
+
+class AuthSettings(_Section):
+    """Who may post notifications, matching Alertmanager's webhook `http_config`: a bearer token
+    (`authorization: {credentials_file: ...}`) and/or basic auth. Neither set: no authentication
+    (only sensible on a loopback or otherwise private address)."""
+
+    bearer_token: SecretStr | None = None
+    # A file holding the token (surrounding whitespace ignored): the same file Alertmanager's
+    # `credentials_file` points at, so the secret exists once.
+    bearer_token_file: Path | None = None
+    basic: BasicAuthSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> AuthSettings:
+        if self.bearer_token is not None and self.bearer_token_file is not None:
+            raise ValueError("set bearer_token or bearer_token_file, not both")
+        if self.basic is not None and (self.basic.password is None) == (self.basic.password_file is None):
+            raise ValueError("basic auth needs exactly one of password / password_file")
+        return self
+
+
 class RelaySettings(_Section):
-    host: str = "0.0.0.0"
+    # Loopback unless configured: the relay can page people, so exposing it is a decision.
+    host: str = "127.0.0.1"
     port: int = Field(8060, ge=0, le=65535)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    # Where notifications the relay answered 202 for are kept (notifications.sqlite3) until sent,
+    # so a restart does not lose them. None: the relay never takes a notification over; one it
+    # cannot send within ack_timeout_s is answered 503 and Alertmanager retries it.
+    data_dir: Path | None = None
+    # Whole webhook body; refused with 413 while it is being read, not after.
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # A body must arrive within this long after its headers (a trickled body holds a task).
+    body_timeout_s: float = Field(10.0, gt=0, le=300)
+    header_timeout_s: float = Field(10.0, gt=0, le=300)
+    max_header_bytes: int = Field(65536, ge=1024)
     robots: dict[str, RobotSettings] = Field(default_factory=dict)
     routes: RouteSettings = Field(default_factory=RouteSettings)
 

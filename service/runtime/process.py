@@ -1,9 +1,10 @@
 """One meterd process: the roles it runs, in start-up order, and the graceful drain on SIGINT/SIGTERM.
 
 Drain order matters for "an acknowledged record is never lost": first stop accepting (HTTP and
-gRPC servers finish in-flight requests, each of which is acknowledged only after Kafka did), then
-stop the producer (flushes anything queued), then stop the consumer (flushes aggregates and offsets
-in one transaction), then the database and the embedded broker.
+gRPC servers finish in-flight requests, each of which is acknowledged only once its log made it
+durable), then close the log's writer side (commits a queued group, flushes the producer), then
+stop the consumer (the database log: counts what the log holds, up to consumer.drain_seconds;
+Kafka: flushes sums and offsets in one transaction), then the database.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,14 +36,15 @@ from service.governance_setup import GuardedRepository, build_governance, grpc_c
 from service.grpc_writer import TrafficWriterServicer, build_grpc_server
 from service.ingest.writer import IngestService
 from service.kafka.consumer import AggregatingConsumer
-from service.kafka.embedded import EmbeddedBroker
 from service.kafka.producer import BatchProducer
 from service.kafka.topics import ensure_topics
 from service.metrics import PipelineMetrics
+from service.pipeline.db_consumer import DatabaseLogConsumer
+from service.pipeline.logs import BatchLog, DatabaseLog, KafkaLog
 from service.runtime.gc_tuning import tune_gc_for_serving
 from service.runtime.http_server import HttpServer
 from service.storage import Repository, create_database
-from service.storage.repository import OffsetConflict
+from service.storage.ledger import AlreadyApplied, Ledger, LogRowsTaken, OffsetConflict
 
 log = logging.getLogger("meterd")
 ROLES = ("api", "writer", "consumer")
@@ -52,7 +55,7 @@ class Endpoints:
     http: str | None = None
     grpc: str | None = None
     admin: str | None = None
-    kafka: str | None = None
+    log: str | None = None
 
 
 @dataclass
@@ -60,7 +63,6 @@ class MeterdProcess:
     settings: Settings
     roles: tuple[str, ...]
     admin_token: str
-    embedded_broker: bool = False
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     endpoints: Endpoints = field(default_factory=Endpoints)
 
@@ -83,12 +85,15 @@ class MeterdProcess:
         self._stops.append(("profiler", profiler.aclose))
         self.profiler = profiler
 
-        db = create_database(s.database_url(), pool_size=s.database.pool_size, echo=s.database.echo)
+        db = create_database(s.database_url(), pool_size=s.database.pool_size, echo=s.database.echo,
+                             sqlite_synchronous=s.database.sqlite_synchronous)
         self._stops.append(("database", db.close))
         await db.migrate()
+        # Losing a race to another consumer is not the database failing.
         db_breaker = outbound(gov, "database", s.governance, fail_max=5, reset_timeout=5.0,
-                              exclude=(OffsetConflict,))
+                              exclude=(OffsetConflict, LogRowsTaken, AlreadyApplied))
         repo: Repository = GuardedRepository(Repository(db), db_breaker)  # type: ignore[assignment]
+        ledger: Ledger = GuardedRepository(Ledger(db), db_breaker)  # type: ignore[assignment]
         auth = Authenticator(repo, self.admin_token)
 
         async def db_ready() -> str | None:
@@ -96,35 +101,13 @@ class MeterdProcess:
             return None
 
         readiness: list[ReadinessCheck] = [db_ready]
-        bootstrap = s.kafka.bootstrap_servers
-        if self.embedded_broker:
-            broker = EmbeddedBroker(s.kafka.embedded_port)
-            await broker.start()
-            self._stops.append(("embedded broker", broker.stop))
-            bootstrap = broker.bootstrap
-        self.endpoints.kafka = bootstrap
-        if s.kafka.create_topics:
-            await ensure_topics(bootstrap, s.kafka)
-
-        ingest = None
-        if "api" in self.roles or "writer" in self.roles:
-            kafka_breaker = outbound(gov, "kafka", s.governance, fail_max=5, reset_timeout=5.0)
-            producer = BatchProducer(bootstrap, s.kafka, self.metrics, guard=kafka_breaker.call)
-            await producer.start()
-            self._stops.append(("producer", producer.stop))
-            ingest = IngestService(s, repo, producer, self.metrics)
-
-            async def kafka_ready() -> str | None:
-                return None if await producer.partitions_ready(s.kafka.topic) else "Kafka topic metadata unavailable"
-
-            readiness.append(kafka_ready)
-
-        if "consumer" in self.roles:
-            consumer = AggregatingConsumer(bootstrap, s, repo, self.metrics)
-            await consumer.start()
-            self._stops.append(("consumer", consumer.stop))
+        if s.kafka.bootstrap_servers:
+            ingest, consumer = await self._kafka_pipeline(ledger, repo, gov, readiness)
+        else:
+            ingest, consumer = await self._database_pipeline(ledger, repo)
+        if consumer is not None:
             # "ready" should mean written usage shows up: wait for the first group assignment
-            # (Tansu takes a few seconds), but do not hang start-up on a group with no partitions.
+            # (a Kafka group takes a few seconds), but do not hang start-up on a group with no partitions.
             try:
                 await asyncio.wait_for(consumer.assigned.wait(), 30)
             except TimeoutError:
@@ -157,7 +140,7 @@ class MeterdProcess:
 
             servers_stop.append(("grpc", stop_grpc))
         if "api" in self.roles:
-            app = build_api(ApiContext(repo=repo, auth=auth, ingest=ingest, registry=self.registry,
+            app = build_api(ApiContext(repo=repo, auth=auth, ingest=ingest, registry=self.registry, ledger=ledger,
                                        max_body_bytes=s.http.max_body_bytes,
                                        body_timeout=s.http.body_timeout_seconds, readiness=readiness,
                                        extra_routes=extra_routes))
@@ -176,6 +159,51 @@ class MeterdProcess:
         # Servers stop first (reverse of list order below), then producer, consumer, db, broker.
         self._stops.extend(servers_stop)
         tune_gc_for_serving()  # start-up allocations are done: see gc_tuning for why and what it buys
+
+    async def _database_pipeline(self, ledger: Ledger, repo: Repository) -> tuple[IngestService | None, Any]:
+        """No broker configured: the log is a table in meterd's own database."""
+        s = self.settings
+        self.endpoints.log = "database table ingest_log"
+        consumer = None
+        if "consumer" in self.roles:
+            consumer = DatabaseLogConsumer(ledger, s.consumer, self.metrics)
+            await consumer.start()
+            self._stops.append(("consumer", consumer.stop))
+        ingest = None
+        if "api" in self.roles or "writer" in self.roles:
+            wake = consumer.wake if consumer is not None else (lambda: None)
+            batch_log: BatchLog = DatabaseLog(ledger, s.ingest, self.metrics, on_append=wake)
+            self._stops.append(("log writer", batch_log.aclose))
+            ingest = IngestService(s, repo, batch_log, self.metrics)
+        return ingest, consumer
+
+    async def _kafka_pipeline(self, ledger: Ledger, repo: Repository, gov: Any,
+                              readiness: list[ReadinessCheck]) -> tuple[IngestService | None, Any]:
+        s = self.settings
+        bootstrap = s.kafka.bootstrap_servers
+        self.endpoints.log = f"Kafka {bootstrap}"
+        if s.kafka.create_topics:
+            await ensure_topics(bootstrap, s.kafka)
+        ingest = None
+        if "api" in self.roles or "writer" in self.roles:
+            kafka_breaker = outbound(gov, "kafka", s.governance, fail_max=5, reset_timeout=5.0)
+            producer = BatchProducer(bootstrap, s.kafka, self.metrics, guard=kafka_breaker.call)
+            await producer.start()
+            self._stops.append(("producer", producer.stop))
+            batch_log = KafkaLog(ledger, producer, s.kafka.topic, s.ingest, self.metrics)
+            self._stops.append(("log writer", batch_log.aclose))
+            ingest = IngestService(s, repo, batch_log, self.metrics)
+
+            async def kafka_ready() -> str | None:
+                return None if await producer.partitions_ready(s.kafka.topic) else "Kafka topic metadata unavailable"
+
+            readiness.append(kafka_ready)
+        consumer = None
+        if "consumer" in self.roles:
+            consumer = AggregatingConsumer(bootstrap, s, ledger, self.metrics)
+            await consumer.start()
+            self._stops.append(("consumer", consumer.stop))
+        return ingest, consumer
 
     def _admin_check(self) -> Callable[[Request], bool]:
         expected = self.admin_token.encode()

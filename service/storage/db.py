@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import event, select, text
+from sqlalchemy import event, inspect, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -19,9 +19,20 @@ def _initial(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=tables, checkfirst=True)
 
 
+def _batches_and_log(conn: Connection) -> None:
+    # seen_batches (v1) becomes batches: the same ids, now also claimed by the writer.
+    new = [schema.batches, schema.ingest_log, schema.dead_letters]
+    schema.metadata.create_all(conn, tables=new, checkfirst=True)
+    if inspect(conn).has_table("seen_batches"):
+        conn.execute(text("INSERT INTO batches (dedupe_key, digest, records, claimed_at, applied_at_ms) "
+                          "SELECT dedupe_key, digest, 0, seen_at, seen_at * 1000 FROM seen_batches"))
+        conn.execute(text("DROP TABLE seen_batches"))
+
+
 # Append-only: (version, description, step). A step runs inside the migration transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
+    (2, "batch claims (replacing seen batches), the database log, its dead letters", _batches_and_log),
 ]
 
 
@@ -63,23 +74,30 @@ def _apply_pending(conn: Connection) -> list[int]:
     return applied
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-    # WAL lets the API read while the consumer writes; busy_timeout rides out short write locks.
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+def _sqlite_pragmas(synchronous: str) -> Callable[..., None]:
+    def on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        # WAL lets the API read while the consumer writes; busy_timeout rides out short write locks.
+        # synchronous=FULL: a commit (and so an acknowledgement) survives power loss, not only a crash.
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=10000")
+        # The WAL file is truncated back to this after a checkpoint, so a burst does not leave a
+        # large file behind for good (the log table's rows are deleted as they are counted).
+        cur.execute("PRAGMA journal_size_limit=67108864")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return on_connect
 
 
-def create_database(url: str, *, pool_size: int = 10, echo: bool = False) -> Database:
+def create_database(url: str, *, pool_size: int = 10, echo: bool = False, sqlite_synchronous: str = "FULL") -> Database:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, echo=echo)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(sqlite_synchronous))
     else:
         engine = create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size,
                                      pool_pre_ping=True)

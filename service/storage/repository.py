@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage import schema
 from service.storage.db import Database
@@ -29,10 +28,6 @@ def hash_key(key: str) -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class OffsetConflict(Exception):
-    """Another consumer moved a partition's stored offset: this one lost the partition."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,78 +130,3 @@ class Repository:
             and_(u.c.account_id == account_id, u.c.minute >= start_s))
         async with self.db.engine.connect() as conn:
             return int((await conn.execute(q)).scalar_one())
-
-    # -- ingestion bookkeeping --------------------------------------------------------------
-    async def seen_digests(self, keys: list[str]) -> dict[str, bytes]:
-        if not keys:
-            return {}
-        s = schema.seen_batches
-        async with self.db.engine.connect() as conn:
-            res = await conn.execute(select(s.c.dedupe_key, s.c.digest).where(s.c.dedupe_key.in_(keys)))
-            return {r[0]: bytes(r[1]) for r in res}
-
-    async def load_offsets(self, group_id: str, topic: str) -> dict[int, int]:
-        o = schema.consumer_offsets
-        async with self.db.engine.connect() as conn:
-            res = await conn.execute(select(o.c.partition, o.c.next_offset)
-                                     .where(and_(o.c.group_id == group_id, o.c.topic == topic)))
-            return {int(r[0]): int(r[1]) for r in res}
-
-    async def apply_batch(
-        self,
-        *,
-        group_id: str,
-        topic: str,
-        offsets: dict[int, tuple[int | None, int]],
-        usage: dict[tuple[str, int], list[int]],
-        seen: dict[str, bytes],
-    ) -> None:
-        """Writes aggregates, seen batch ids and the partitions' next offsets atomically.
-
-        ``offsets`` maps partition -> (offset stored when we got the partition, new offset).
-        The offset update is a compare-and-set: if another consumer moved it meanwhile, nothing is
-        written and OffsetConflict tells the caller it no longer owns the partition.
-        """
-        async with self.db.engine.begin() as conn:
-            await self._cas_offsets(conn, group_id, topic, offsets)
-            if seen:
-                ts = int(time.time())
-                stmt = self._insert(schema.seen_batches).on_conflict_do_nothing(index_elements=["dedupe_key"])
-                await conn.execute(stmt, [{"dedupe_key": k, "digest": d, "seen_at": ts} for k, d in seen.items()])
-            if usage:
-                await self._add_usage(conn, usage)
-
-    async def _cas_offsets(self, conn: AsyncConnection, group_id: str, topic: str,
-                           offsets: dict[int, tuple[int | None, int]]) -> None:
-        o = schema.consumer_offsets
-        for partition, (expected, new) in sorted(offsets.items()):
-            if expected is None:
-                stmt = self._insert(o).values(group_id=group_id, topic=topic, partition=partition,
-                                              next_offset=new).on_conflict_do_nothing()
-                res = await conn.execute(stmt)
-            else:
-                res = await conn.execute(
-                    update(o).where(and_(o.c.group_id == group_id, o.c.topic == topic,
-                                         o.c.partition == partition, o.c.next_offset == expected))
-                    .values(next_offset=new))
-            if res.rowcount != 1:
-                raise OffsetConflict(f"{topic}[{partition}] offset moved by another consumer")
-
-    async def _add_usage(self, conn: AsyncConnection, usage: dict[tuple[str, int], list[int]]) -> None:
-        u = schema.usage_minute
-        stmt = self._insert(u)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["account_id", "minute"],
-            set_={"bytes_in": u.c.bytes_in + stmt.excluded.bytes_in,
-                  "bytes_out": u.c.bytes_out + stmt.excluded.bytes_out,
-                  "requests": u.c.requests + stmt.excluded.requests})
-        # Sorted so concurrent consumers on PostgreSQL take row locks in the same order (no deadlock).
-        rows = [{"account_id": a, "minute": m, "bytes_in": v[0], "bytes_out": v[1], "requests": v[2]}
-                for (a, m), v in sorted(usage.items())]
-        await conn.execute(stmt, rows)
-
-    async def purge_seen(self, before_s: int) -> int:
-        s = schema.seen_batches
-        async with self.db.engine.begin() as conn:
-            res = await conn.execute(s.delete().where(s.c.seen_at < before_s))
-            return res.rowcount or 0

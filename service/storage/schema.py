@@ -52,14 +52,45 @@ usage_minute = Table(
     Column("requests", BigInteger, nullable=False),
 )
 
-seen_batches = Table(
-    "seen_batches",
+# One row per batch_id a writer accepted (the claim, made before the batch is acknowledged) and,
+# once the consumer counted it, when. The claim makes a reused batch_id with other records an
+# ALREADY_EXISTS on every writer replica; applied_at_ms makes counting it twice impossible.
+batches = Table(
+    "batches",
     metadata,
     Column("dedupe_key", String(300), primary_key=True),
     Column("digest", LargeBinary(32), nullable=False),
-    Column("seen_at", BigInteger, nullable=False),  # Unix seconds, for retention
+    Column("records", Integer, nullable=False),
+    Column("claimed_at", BigInteger, nullable=False),  # Unix seconds, for retention
+    Column("applied_at_ms", BigInteger, nullable=True),  # NULL: acknowledged, not counted yet
 )
-Index("ix_seen_batches_seen_at", seen_batches.c.seen_at)
+Index("ix_batches_claimed_at", batches.c.claimed_at)
+
+# The durable log between writer and consumer when no Kafka is configured: a row is appended (in
+# the claim's transaction) before the writer acknowledges, and deleted in the transaction that
+# counts it, so what is here is exactly what is acknowledged and not yet counted.
+ingest_log = Table(
+    "ingest_log",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("dedupe_key", String(300), nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("payload", LargeBinary, nullable=False),  # a serialized pipeline TrafficBatch
+    Column("traceparent", String(64), nullable=True),
+    Column("appended_at_ms", BigInteger, nullable=False),
+    sqlite_autoincrement=True,  # a deleted seq is never handed out again
+)
+
+# The database log's dead-letter topic: rows it could not count, with the reason.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("dedupe_key", String(300), nullable=True),
+    Column("payload", LargeBinary, nullable=False),
+    Column("reason", String(1000), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+)
 
 consumer_offsets = Table(
     "consumer_offsets",

@@ -1,19 +1,23 @@
-"""Issue 6, chaos: nothing acknowledged is lost or counted twice while every part of the pipeline fails.
+"""Issues 6 and 17, chaos: nothing acknowledged is lost or counted twice while every part of the
+pipeline fails and the consumer group rebalances.
 
-Separate `meterd api`, `meterd writer` and `meterd consumer` processes run against a durable Tansu
-broker (S3 storage on a local moto server, see tests/support/broker.py) and a PostgreSQL of the test's
-own. Several gRPC clients ingest steadily; each retries UNAVAILABLE / DEADLINE_EXCEEDED with the SAME
-batch_id until acknowledged, and some send a batch again after its ack. Meanwhile, in turn: the
-consumer is SIGKILLed and restarted, the writer is SIGKILLed and restarted, the broker is SIGKILLed
-and restarted, PostgreSQL is SIGKILLed (whole process group) and restarted after a few seconds.
+Separate `meterd api`, `meterd writer` and two `meterd consumer` processes run against a durable
+Tansu broker (S3 storage on a local moto server, see tests/support/broker.py) and a PostgreSQL of the
+test's own. Several gRPC clients ingest steadily; each retries UNAVAILABLE / DEADLINE_EXCEEDED with
+the SAME batch_id until acknowledged, and some send a batch again after its ack. Meanwhile, in turn:
+one consumer is SIGKILLed and restarted, a third consumer joins the group, the writer is SIGKILLed
+and restarted, the broker is SIGKILLed and restarted, the third consumer leaves (SIGTERM), PostgreSQL
+is SIGKILLed (whole process group) and restarted after a few seconds. Every join, leave and kill
+moves partitions between consumers.
 
 Asserted: after every fault all three roles answer /readyz 200 within READY_BOUND_S (30 s); every
 batch is eventually acknowledged (an outage must be answered UNAVAILABLE, which clients retry; any
 other status, e.g. UNKNOWN from an unmapped database error, fails the test); at the end the usage
 stored per account equals the sum of the acknowledged batches exactly (both tables are printed).
 
-Run: `.venv/bin/pytest -m chaos tests/chaos -s` (METERD_CHAOS_SECONDS, default 120;
-METERD_CHAOS_FAULTS=postgres etc. injects a subset, to narrow a failure down). Role logs are kept
+`make test` runs a 60-s version; the long run: `.venv/bin/pytest -m chaos tests/chaos -s`
+(METERD_CHAOS_SECONDS, default 120; METERD_CHAOS_FAULTS=postgres etc. injects a subset, to narrow a
+failure down). Role logs are kept
 under the test's tmp dir (path printed at the end).
 """
 
@@ -38,8 +42,10 @@ from tests.support.servers import PostgresServer, running_postgres
 from tests.support.usage import Totals, add_records, iso, stored_usage, totals_table
 
 CHAOS_SECONDS = float(os.environ.get("METERD_CHAOS_SECONDS", "120"))
-# Which faults to inject, in turn (a subset narrows down a failure): consumer,writer,broker,postgres
-FAULTS = tuple(os.environ.get("METERD_CHAOS_FAULTS", "consumer,writer,broker,postgres").split(","))
+SHORT_SECONDS = 60.0  # the version in `make test`
+# Which faults to inject, in turn (a subset narrows down a failure)
+FAULTS = tuple(os.environ.get("METERD_CHAOS_FAULTS", "consumer,join,writer,broker,leave,postgres").split(","))
+CONSUMERS = ("consumer-a", "consumer-b")  # always running; "consumer-c" joins and leaves
 CLIENTS = 4
 ACCOUNTS = 6
 RECORDS_PER_BATCH = 100
@@ -56,7 +62,6 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
                    ("grpc.max_reconnect_backoff_ms", 1000)]
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(int(CHAOS_SECONDS) + 900)]
 
 
 @dataclass
@@ -97,7 +102,7 @@ class Cluster:
     def start(self, role: str) -> MeterdProc:
         env = self.role_env.setdefault(role, {**self.env, "METERD_ADMIN__PORT": str(free_port())})
         for attempt in range(3):
-            proc = MeterdProc([role], env, self.tmp)
+            proc = MeterdProc([role.split("-")[0]], env, self.tmp)
             try:
                 proc.start(timeout=90)
                 break
@@ -116,6 +121,13 @@ class Cluster:
         proc.kill()
         self._save(role, proc)
 
+    def leave(self, role: str) -> None:
+        """A graceful stop (SIGTERM): the consumer flushes, then leaves the group."""
+        proc = self.procs.pop(role)
+        code = proc.stop(60)
+        self._save(role, proc)
+        assert code == 0, f"{role} exited {code} on SIGTERM"
+
     def _save(self, role: str, proc: MeterdProc) -> None:
         logs = self.tmp / "logs"
         logs.mkdir(exist_ok=True)
@@ -128,8 +140,9 @@ class Cluster:
         return self.tmp / "logs"
 
     def ready_urls(self) -> dict[str, str]:
-        return {"api": f"{self.procs['api'].http}/readyz", "writer": f"{self.procs['writer'].admin}/readyz",
-                "consumer": f"{self.procs['consumer'].admin}/readyz"}
+        urls = {"api": f"{self.procs['api'].http}/readyz"}
+        urls.update({role: f"{proc.admin}/readyz" for role, proc in self.procs.items() if role != "api"})
+        return urls
 
     @property
     def grpc_target(self) -> str:
@@ -257,10 +270,16 @@ class FaultLog:
                 "fault ended, worst per kind: " + ", ".join(f"{k} {max(v):.1f} s" for k, v in sorted(resumed.items())))
 
 
-async def _inject(kind: str, cluster: Cluster, broker: TansuBroker, pg: PostgresServer) -> None:
+async def _inject(kind: str, cluster: Cluster, broker: TansuBroker, pg: PostgresServer, n: int) -> None:
     if kind in ("consumer", "writer"):
-        cluster.kill(kind)  # SIGKILL: no drain, whatever it held in memory is gone
-        await asyncio.to_thread(cluster.start, kind)
+        role = CONSUMERS[n % len(CONSUMERS)] if kind == "consumer" else kind
+        cluster.kill(role)  # SIGKILL: no drain, whatever it held in memory is gone
+        await asyncio.to_thread(cluster.start, role)
+    elif kind == "join":
+        await asyncio.to_thread(cluster.start, "consumer-c")
+    elif kind == "leave":
+        if "consumer-c" in cluster.procs:
+            await asyncio.to_thread(cluster.leave, "consumer-c")
     elif kind == "broker":
         broker.kill()
         await asyncio.sleep(BROKER_DOWN_S)
@@ -273,22 +292,34 @@ async def _inject(kind: str, cluster: Cluster, broker: TansuBroker, pg: Postgres
         raise ValueError(kind)
 
 
+@pytest.mark.chaos
+@pytest.mark.timeout(int(CHAOS_SECONDS) + 900)
 async def test_chaos_acknowledged_usage_survives_kills_and_outages(tmp_path: Path) -> None:
+    await _chaos(tmp_path, CHAOS_SECONDS)
+
+
+@pytest.mark.timeout(int(SHORT_SECONDS) + 600)
+async def test_chaos_short(tmp_path: Path) -> None:
+    """The same run for 60 s, in `make test`: every fault kind, and rebalances, once."""
+    await _chaos(tmp_path, SHORT_SECONDS)
+
+
+async def _chaos(tmp_path: Path, seconds: float) -> None:
     with running_postgres(database="meterd_chaos") as pg, running_durable_tansu(tmp_path) as broker:
         env = meterd_env(tmp_path, METERD_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap,
                          METERD_DATABASE__URL=pg.url, METERD_CONSUMER__FLUSH_INTERVAL_SECONDS="0.5",
                          METERD_KAFKA__REQUEST_TIMEOUT_MS="5000")
         cluster = Cluster(tmp_path, env)
         try:
-            await _run(cluster, broker, pg)
+            await _run(cluster, broker, pg, seconds)
         finally:
             for proc in cluster.procs.values():
                 proc.kill()
             print(f"\nrole logs: {cluster.save_all()}")
 
 
-async def _run(cluster: Cluster, broker: TansuBroker, pg: PostgresServer) -> None:
-    for role in ("api", "writer", "consumer"):
+async def _run(cluster: Cluster, broker: TansuBroker, pg: PostgresServer, seconds: float) -> None:
+    for role in ("api", "writer", *CONSUMERS):
         await asyncio.to_thread(cluster.start, role)
     with cluster.procs["api"].client() as http:
         accounts = [http.post("/v1/accounts", json={"name": f"chaos-{i}"}).json()["id"] for i in range(ACCOUNTS)]
@@ -299,7 +330,7 @@ async def _run(cluster: Cluster, broker: TansuBroker, pg: PostgresServer) -> Non
     tasks = [asyncio.create_task(c.run(drain_deadline)) for c in clients]
 
     kinds = FAULTS
-    end = time.monotonic() + CHAOS_SECONDS
+    end = time.monotonic() + seconds
     try:
         i = 0
         # Until the time is up, and at least once through every kind of fault however short the run.
@@ -308,12 +339,12 @@ async def _run(cluster: Cluster, broker: TansuBroker, pg: PostgresServer) -> Non
             kind = kinds[i % len(kinds)]
             i += 1
             started = time.monotonic()
-            await _inject(kind, cluster, broker, pg)
+            await _inject(kind, cluster, broker, pg, i)
             fault_ended = time.monotonic()
             ready = await _wait_ready(cluster, fault_ended)
             faults.events.append((kind, fault_ended - started, ready))
             faults.ended.append(fault_ended)
-            print(f"[{time.monotonic() - end + CHAOS_SECONDS:6.1f} s] {kind}: fault {fault_ended - started:.1f} s, "
+            print(f"[{time.monotonic() - end + seconds:6.1f} s] {kind}: fault {fault_ended - started:.1f} s, "
                   f"all roles ready {ready:.2f} s later; acked so far {len(ledger.acked)} batches", flush=True)
         await asyncio.sleep(max(0.0, end - time.monotonic()))
     finally:
@@ -337,7 +368,7 @@ async def _run(cluster: Cluster, broker: TansuBroker, pg: PostgresServer) -> Non
     await asyncio.sleep(3.0)  # and it stays equal: nothing is applied a second time later
     stored = await asyncio.to_thread(stored_usage, cluster.procs["api"].http, accounts, start, stop_at)
 
-    print(f"\nchaos run: {CHAOS_SECONDS:.0f} s, {CLIENTS} clients, {len(ledger.acked)} batches / {ledger.records} "
+    print(f"\nchaos run: {seconds:.0f} s, {CLIENTS} clients, {len(ledger.acked)} batches / {ledger.records} "
           f"records acknowledged, {ledger.attempts} write attempts, retries {dict(ledger.retried)}, "
           f"{ledger.answered_duplicate} first acks answered duplicate, {ledger.post_ack_resends} resent after ack "
           f"({ledger.post_ack_duplicate} answered duplicate), {len(ledger.rejected)} rejected")

@@ -48,6 +48,10 @@ EMITTED: dict[str, tuple[str, tuple[str, ...], str]] = {
     "meterd_consumer_lag_messages": (GAUGE, ("partition",), "consumer"),
     "meterd_consumer_flush_seconds": (HISTOGRAM, (), "consumer"),
     "meterd_consumer_dlq_total": (COUNTER, (), "consumer"),
+    "meterd_log_append_seconds": (HISTOGRAM, ("log",), "api, writer"),
+    "meterd_consumer_lag_seconds": (GAUGE, (), "consumer"),
+    "meterd_consumer_stale_offsets_total": (COUNTER, ("policy",), "consumer"),
+    "meterd_usage_saturated_total": (COUNTER, (), "consumer"),
     "meterd_consumer_buffer_records": (GAUGE, (), "consumer"),
     # service/relay
     "meterd_relay_notifications_total": (COUNTER, ("robot", "result"), "relay"),

@@ -26,7 +26,6 @@ from typing import Any
 
 import grpc
 import httpx
-import psutil
 import yaml
 from aiokafka import AIOKafkaProducer
 
@@ -41,23 +40,6 @@ TRAFFIC_TOPIC = "meterd.traffic.v1"
 BALANCE_QUOTA = "2/second"
 
 # --- faults -------------------------------------------------------------------------------------
-
-
-def kill_embedded_broker(meterd_pid: int) -> list[int]:
-    """SIGKILL the Tansu broker `meterd up` runs as its child: Kafka is gone, meterd is not."""
-    killed = []
-    for child in psutil.Process(meterd_pid).children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if "tansu" in child.name():
-                child.kill()
-                killed.append(child.pid)
-                # Not our child: it stays a zombie until meterd reaps it, which is dead enough.
-                psutil.wait_procs([child], timeout=0.5)
-                if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
-                    raise RuntimeError(f"tansu (pid {child.pid}) survived SIGKILL")
-    if not killed:
-        raise RuntimeError(f"no tansu process among the children of meterd (pid {meterd_pid})")
-    return killed
 
 
 def produce_undecodable(bootstrap: str, topic: str = TRAFFIC_TOPIC, value: bytes = b"\xff" * 16) -> None:

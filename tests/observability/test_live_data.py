@@ -1,7 +1,7 @@
 """Issue 5, acceptance 2: every dashboard query and every rule reads series a loaded meterd emits.
 
-One scenario for the module: a real `meterd up` (embedded Kafka) with a tight quota on the balance
-route, a real `meterd relay` with two robots (fake DingTalk endpoints, one of them failing), and a
+One scenario for the module: a real `meterd up` on a Kafka-protocol broker (Tansu) with a tight
+quota on the balance route, a real `meterd relay` with two robots (fake DingTalk endpoints, one of them failing), and a
 real Prometheus scraping both every second with the shipped rule files (groups every 1 s, alert
 `for:` removed so alerts fire within the test). Traffic covers HTTP and gRPC (including 4xx,
 429 and WriteStream), usage reads, a profile capture, a dead letter and relay notifications
@@ -39,7 +39,6 @@ from tests.observability.artifacts import RULE_FILES, dashboard_expressions, gra
 from tests.observability.faults import (
     RobotServer,
     Traffic,
-    kill_embedded_broker,
     produce_undecodable,
     running_meterd_up,
     running_relay,
@@ -49,6 +48,7 @@ from tests.observability.faults import (
 from tests.observability.promstack import Proc, running_prometheus
 from tests.relay.fake_dingtalk import FakeDingTalk
 from tests.relay.helpers import SECRET
+from tests.support.broker import running_tansu
 from tests.support.meterd import meterd_env
 from tests.support.require import require_binary
 from tests.support.servers import free_port
@@ -56,7 +56,7 @@ from tests.support.servers import free_port
 # Faults the scenario injects, and what each one is.
 FAULTS = {
     "capture_failure": "profile directory swapped for a symlink; POST /debug/profiles/start fails (unsafe_directory)",
-    "kafka_outage": "embedded Kafka broker SIGKILLed; writes fail with UNAVAILABLE / 503 and the kafka breaker opens",
+    "kafka_outage": "the broker (Tansu) SIGKILLed; writes fail with UNAVAILABLE / 503 and the kafka breaker opens",
 }
 _SLI_GRPC_FAILURE = 'grpc_code=~"Unknown|Internal|Unavailable|DataLoss|DeadlineExceeded"'
 # Selectors (canonical form, see `selectors`) that have data only because of an injected fault.
@@ -331,7 +331,8 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
         with (
             running_prometheus(config, tmp / "prometheus") as prometheus,
             running_relay(tmp, {"oncall": oncall, "broken": broken}, relay_port) as relay,
-            running_meterd_up(tmp, env) as meterd,
+            running_tansu(tmp / "tansu") as tansu,
+            running_meterd_up(tmp, {**env, "METERD_KAFKA__BOOTSTRAP_SERVERS": tansu.bootstrap}) as meterd,
             ThreadPoolExecutor(8) as pool,
         ):
             _wait_scraped(prometheus)
@@ -343,7 +344,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
                 healthy_traffic(traffic, broken, tmp / "profiles", injected)
                 lap("healthy traffic")
                 injected["kafka_outage"] = time.time()
-                kill_embedded_broker(meterd.pid)
+                tansu.kill()
                 outage_answers = trip_kafka_breaker(traffic)
                 lap("kafka outage")
             finally:

@@ -273,7 +273,7 @@ def test_alertmanager_receivers_reach_configured_relay_robots() -> None:
 
 # --- docker-compose --------------------------------------------------------------------------------
 
-COMPOSE_ENV = {"METERD_ADMIN_TOKEN": "compose-test-token-0123456789"}
+COMPOSE_ENV = {"METERD_ADMIN_TOKEN": "compose-test-token-0123456789", "GRAFANA_ADMIN_PASSWORD": "compose-test-pw"}
 
 
 def test_docker_compose_config_is_valid() -> None:
@@ -284,7 +284,9 @@ def test_docker_compose_config_is_valid() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # Without the admin token the stack refuses to render: no default secret in production.
-    missing = _run([compose, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], cwd=ROOT, env=env)
+    env = {k: v for k, v in env.items() if k != "GRAFANA_ADMIN_PASSWORD"}
+    missing = _run([compose, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], cwd=ROOT,
+                   env={**env, "GRAFANA_ADMIN_PASSWORD": "x"})
     assert missing.returncode != 0 and "METERD_ADMIN_TOKEN" in missing.stderr
 
 

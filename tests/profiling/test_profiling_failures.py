@@ -3,12 +3,15 @@ process keeps serving."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from profiling import Profiler, ProfilingSettings, PySpyNotFound, PySpyPermissio
 from tests.profiling.profiling_helpers import process_alive, wait_for_capture
 from tests.support.require import require_binary
 
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 # What py-spy 0.4 prints when ptrace is refused (copied from a real run as an unprivileged user).
 PY_SPY_DENIED = (
     "Permission Denied: Try running again with elevated permissions by going "
@@ -86,23 +90,40 @@ def nobody_py_spy(tmp_path: Path, real: Path, runuser: str) -> tuple[Path, Path]
     return bindir, wrapper
 
 
+@contextlib.contextmanager
+def not_dumpable() -> Iterator[None]:
+    """This process non-dumpable for a while: the kernel then refuses ptrace to any tracer without
+    CAP_SYS_PTRACE, even one of the same user (how an unprivileged run gets a real refusal)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+
+
 async def test_real_py_spy_refused_as_an_unprivileged_user(tmp_path, caplog):
-    """The real py-spy, run as `nobody` against this root-owned process, is refused by the kernel."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch to the nobody user with runuser")
-    runuser = require_binary("runuser")
+    """The real py-spy is refused by the kernel: as root, py-spy runs as `nobody` against this
+    root-owned process; as any other user, this process is made non-dumpable first."""
     real = Path(sys.executable).with_name("py-spy")
     if not real.exists():
         real = Path(shutil.which("py-spy") or "")
     assert real.is_file(), "py-spy is a dependency of the project and must be installed"
-    bindir, wrapper = nobody_py_spy(tmp_path, real, runuser)
-    try:
-        caplog.set_level(logging.INFO, logger="profiling")
-        profiler, registry = profiler_with(tmp_path, str(wrapper))
-        with pytest.raises(PySpyPermissionDenied) as err:
+    caplog.set_level(logging.INFO, logger="profiling")
+    if os.geteuid() == 0:
+        runuser = require_binary("runuser")
+        bindir, wrapper = nobody_py_spy(tmp_path, real, runuser)
+        try:
+            profiler, registry = profiler_with(tmp_path, str(wrapper))
+            with pytest.raises(PySpyPermissionDenied) as err:
+                await profiler.start_capture("api")
+        finally:
+            shutil.rmtree(bindir, ignore_errors=True)
+    else:
+        profiler, registry = profiler_with(tmp_path, str(real))
+        with not_dumpable(), pytest.raises(PySpyPermissionDenied) as err:
             await profiler.start_capture("api")
-    finally:
-        shutil.rmtree(bindir, ignore_errors=True)
     assert "cap_add: [SYS_PTRACE]" in str(err.value)
     assert "Permission Denied" in err.value.message  # py-spy's own words are kept
     assert len(error_lines(caplog)) == 1

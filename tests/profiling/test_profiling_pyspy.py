@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from profiling import pyspy
+from tests.support.require import require_binary
 
 
 async def _create(path: Path) -> None:
@@ -27,7 +28,8 @@ def test_spawned_files_are_private_on_both_loops(tmp_path, monkeypatch, shell):
     old = os.umask(0o022)  # a typical service umask: files would be 0644
     try:
         asyncio.run(_create(tmp_path / "asyncio.txt"))
-        uvloop = pytest.importorskip("uvloop")
+        import uvloop  # a dependency of meterd (pyproject.toml): missing is a failure, not a skip
+
         uvloop.run(_create(tmp_path / "uvloop.txt"))
     finally:
         os.umask(old)
@@ -42,8 +44,7 @@ def test_umask_wrapper_keeps_the_child_pid(tmp_path):
         out, _ = await proc.communicate()
         return proc.pid, out.decode().strip()
 
-    if not os.path.exists("/bin/sh"):
-        pytest.skip("no /bin/sh")
+    require_binary("/bin/sh")  # skips locally without it, fails under CI=true
     pid, reported = asyncio.run(run())
     assert str(pid) == reported  # exec, not a child of the shell: PR_SET_PTRACER names py-spy itself
 

@@ -119,11 +119,11 @@ class FakeDingTalk:
             best = max(best, end - start + 1)
         return best
 
-    async def start(self) -> str:
-        """Serve on a random loopback port (real HTTP); returns the base URL."""
+    async def start(self, port: int = 0) -> str:
+        """Serve on a loopback port (real HTTP; random unless given); returns the base URL."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)

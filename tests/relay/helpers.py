@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +17,8 @@ from service.relay import RelaySettings, build_relay_app
 from tests.relay.fake_dingtalk import FakeDingTalk
 
 SECRET = "SEC0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd"
+# Set per test by tests/relay/conftest.py (a tmp_path): relay_settings' default data_dir.
+DATA_DIR: Path | None = None
 
 
 def relay_settings(fake: FakeDingTalk, **overrides: Any) -> RelaySettings:
@@ -23,6 +28,7 @@ def relay_settings(fake: FakeDingTalk, **overrides: Any) -> RelaySettings:
         "merge_window_s": 0.0,
         "alertmanager_url": "http://alertmanager.example:9093",
         "dashboard_url": "http://grafana.example:3000",
+        "data_dir": DATA_DIR,
         **overrides,
     }
     return RelaySettings.model_validate(data)
@@ -87,7 +93,6 @@ def alert(
 @contextlib.asynccontextmanager
 async def serving(app: Any) -> AsyncIterator[str]:
     """Serve an ASGI app on a random loopback port with real uvicorn; yields the base URL."""
-    import asyncio
     import socket
 
     import uvicorn
@@ -107,3 +112,81 @@ async def serving(app: Any) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+
+
+def meterd_cli() -> list[str]:
+    import sys
+
+    script = Path(sys.executable).with_name("meterd")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from service.cli import main; main()"]
+
+
+@dataclass
+class RelayProcess:
+    url: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def relay_process(workdir: Path, relay: dict[str, Any], env: dict[str, str] | None = None,
+                        *, log_name: str = "relay.log") -> AsyncIterator[RelayProcess]:
+    """`meterd relay --config ...` as a child process (its own session), ready on /readyz; killed
+    with SIGTERM (then SIGKILL) on exit unless the test already ended it. `relay` gets a free port
+    unless it names one."""
+    import os
+    import signal
+    import time
+
+    import pytest
+    import yaml
+
+    from tests.support.servers import free_port
+
+    fixed_port = "port" in relay
+    for _attempt in range(1 if fixed_port else 3):
+        port = relay["port"] if fixed_port else free_port()
+        config = {"relay": {"host": "127.0.0.1", **relay, "port": port}}
+        config_path = workdir / "meterd.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("METERD_")}
+        child_env.update(env or {})
+        log_path = workdir / log_name
+        with log_path.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                *meterd_cli(), "relay", "--config", str(config_path),
+                stdout=log, stderr=asyncio.subprocess.STDOUT, env=child_env, start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            ready = False
+            async with httpx.AsyncClient(timeout=1) as client:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and process.returncode is None:
+                    with contextlib.suppress(httpx.HTTPError):
+                        ready = (await client.get(url + "/readyz")).status_code == 200
+                    if ready:
+                        break
+                    await asyncio.sleep(0.1)
+            if ready:
+                yield RelayProcess(url, process, log_path)
+                return
+            text = log_path.read_text(errors="replace")
+            if "address already in use" not in text or fixed_port:
+                pytest.fail(f"meterd relay did not become ready:\n{text[-3000:]}")
+        finally:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), 10)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    await process.wait()
+    pytest.fail("meterd relay: no free port after 3 tries")

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.relay import RelaySettings, build_relay_app
+from service.relay.store import NotificationStore
 from tests.relay.fake_dingtalk import FakeDingTalk
 from tests.relay.helpers import alert, notification, relay_client, relay_settings
 
@@ -185,8 +186,56 @@ async def test_full_queue_answers_503_overloaded(fake_robot: FakeDingTalk) -> No
         r = await client.post("/alerts/oncall", json=notification(alert("D", fingerprint="d")))
         assert r.status_code == 503 and r.json()["type"].endswith("overloaded")
         assert _value(registry, "meterd_relay_pending_notifications", robot="oncall") == 2
-    # Shutting down with queued, relay-owned notifications and no budget: counted as dropped.
-    assert _value(registry, "meterd_relay_notifications_total", robot="oncall", result="dropped") == 2
+    # Shutting down with queued, relay-owned notifications and no budget: they stay stored, not dropped.
+    assert _value(registry, "meterd_relay_notifications_total", robot="oncall", result="dropped") == 0
+    assert settings.data_dir is not None
+    assert [r.robot for r in NotificationStore(settings.data_dir).load()] == ["oncall", "oncall"]
+    # The next start (same data_dir, fresh budget) sends them, and the store empties.
+    restarted = relay_settings(fake_robot, max_messages_per_minute=20)
+    async with relay_client(restarted, fake_robot) as (_client, app, registry):
+        for _ in range(50):
+            if len(fake_robot.messages) == 2 and app.state.relay.dispatchers["oncall"].pending == 0:
+                break
+            await asyncio.sleep(0.1)
+    assert "B" in fake_robot.messages[1].text and "C" in fake_robot.messages[1].text
+    assert NotificationStore(settings.data_dir).load() == []
+    assert _value(registry, "meterd_relay_notifications_total", robot="oncall", result="delivered") == 2
+
+
+async def test_a_restarted_relay_keeps_the_send_budget_spent_before(fake_robot: FakeDingTalk) -> None:
+    # Budget 1 per 2 s: A spends it, B is stored; the relay restarts at once. B must wait for A's
+    # send to leave the window, as it would have without the restart (DingTalk throttles a robot
+    # that goes over its budget).
+    fake_robot.window_s = 2.0
+    fake_robot.max_per_minute = 1
+    settings = relay_settings(fake_robot, max_messages_per_minute=1, ack_timeout_s=0.05)
+    async with relay_client(settings, fake_robot, window_s=2.0) as (client, _app, _registry):
+        assert (await client.post("/alerts/oncall", json=notification(alert("A", fingerprint="a")))).status_code == 200
+        r = await client.post("/alerts/oncall", json=notification(alert("B", fingerprint="b")))
+        assert r.status_code == 202
+    async with relay_client(settings, fake_robot, window_s=2.0) as (_client, app, _registry):
+        dispatcher = app.state.relay.dispatchers["oncall"]
+        assert dispatcher.limiter.remaining() == 0  # A's send, from the store
+        for _ in range(60):
+            if len(fake_robot.messages) == 2:
+                break
+            await asyncio.sleep(0.1)
+    first, second = fake_robot.messages
+    assert "A" in first.text and "B" in second.text
+    assert second.at - first.at >= 2.0
+    assert fake_robot.violations == []
+
+
+async def test_without_data_dir_the_relay_answers_503_instead_of_202(fake_robot: FakeDingTalk) -> None:
+    # No store: the relay cannot keep a promise across a restart, so Alertmanager keeps the notification.
+    settings = relay_settings(fake_robot, max_messages_per_minute=1, ack_timeout_s=0.05, data_dir=None)
+    async with relay_client(settings, fake_robot) as (client, app, registry):
+        assert (await client.post("/alerts/oncall", json=notification(alert("A", fingerprint="a")))).status_code == 200
+        r = await client.post("/alerts/oncall", json=notification(alert("B", fingerprint="b")))
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert app.state.relay.dispatchers["oncall"].pending == 0  # not sent behind Alertmanager's back
+    assert _value(registry, "meterd_relay_notifications_queued_total", robot="oncall") == 0
+    assert [("A" in m.text) for m in fake_robot.messages] == [True]
 
 
 async def test_default_path_routes_by_receiver_then_severity_then_default() -> None:

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -30,9 +27,8 @@ from starlette.routing import Route
 
 from tests.observability.promstack import Proc, running_alertmanager, running_prometheus
 from tests.relay.fake_dingtalk import FakeDingTalk
-from tests.relay.helpers import SECRET, serving
+from tests.relay.helpers import SECRET, relay_process, serving
 from tests.support.require import require_binary
-from tests.support.servers import free_port
 
 MOBILE = "13800000000"
 
@@ -46,78 +42,32 @@ async def _until(predicate: Callable[[], bool], timeout: float, what: str, logs:
     pytest.fail(f"timed out after {timeout}s waiting for {what}\n{logs()}")
 
 
-def _meterd_cli() -> list[str]:
-    script = Path(sys.executable).with_name("meterd")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from service.cli import main; main()"]
+TOKEN_FILE = "webhook-token"
 
 
 @contextlib.asynccontextmanager
 async def running_relay(workdir: Path, fake: FakeDingTalk, alertmanager_url: str) -> AsyncIterator[str]:
-    """`meterd relay --config ...` as a child process; the robot secret comes from the environment."""
-    for _attempt in range(3):
-        port = free_port()
-        config = {
-            "relay": {
-                "host": "127.0.0.1",
-                "port": port,
-                "merge_window_s": 0.3,
-                "ack_timeout_s": 5,
-                "alertmanager_url": alertmanager_url,
-                "robots": {
-                    "oncall": {
-                        "webhook_url": fake.webhook_url,
-                        "mentions": {"mobiles": [MOBILE], "at_all_for_severities": ["critical"]},
-                    }
-                },
+    """`meterd relay` as a child process; the robot secret comes from the environment and the
+    webhook bearer token from the file Alertmanager's http_config reads too."""
+    (workdir / TOKEN_FILE).write_text("e2e-webhook-token-0123456789\n")
+    config = {
+        "merge_window_s": 0.3,
+        "ack_timeout_s": 5,
+        "alertmanager_url": alertmanager_url,
+        "data_dir": str(workdir / "data"),
+        "auth": {"bearer_token_file": str(workdir / TOKEN_FILE)},
+        "robots": {
+            "oncall": {
+                "webhook_url": fake.webhook_url,
+                "mentions": {"mobiles": [MOBILE], "at_all_for_severities": ["critical"]},
             }
-        }
-        (workdir / "meterd.yaml").write_text(yaml.safe_dump(config))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("METERD_")}
-        env["METERD_RELAY__ROBOTS__ONCALL__SECRET"] = fake.secret
-        log_path = workdir / "relay.log"
-        with log_path.open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                *_meterd_cli(),
-                "relay",
-                "--config",
-                str(workdir / "meterd.yaml"),
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            async with httpx.AsyncClient(timeout=1) as client:
-                deadline = time.monotonic() + 20
-                ready = False
-                while time.monotonic() < deadline and process.returncode is None:
-                    with contextlib.suppress(httpx.HTTPError):
-                        ready = (await client.get(url + "/readyz")).status_code == 200
-                    if ready:
-                        break
-                    await asyncio.sleep(0.1)
-            if ready:
-                yield url
-                return
-            text = log_path.read_text(errors="replace")
-            if "address already in use" not in text:
-                pytest.fail(f"meterd relay did not become ready:\n{text[-3000:]}")
-        finally:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), 10)
-                except TimeoutError:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    await process.wait()
-    pytest.fail("meterd relay: no free port after 3 tries")
+        },
+    }
+    async with relay_process(workdir, config, {"METERD_RELAY__ROBOTS__ONCALL__SECRET": fake.secret}) as relay:
+        yield relay.url
 
 
-def _alertmanager_config(relay_url: str) -> dict:
+def _alertmanager_config(relay_url: str, token_file: Path) -> dict:
     return {
         "route": {
             "receiver": "dingtalk-oncall",
@@ -129,7 +79,15 @@ def _alertmanager_config(relay_url: str) -> dict:
         "receivers": [
             {
                 "name": "dingtalk-oncall",
-                "webhook_configs": [{"url": f"{relay_url}/alerts/oncall", "send_resolved": True}],
+                "webhook_configs": [
+                    {
+                        "url": f"{relay_url}/alerts/oncall",
+                        "send_resolved": True,
+                        # The relay refuses unauthenticated webhooks: this proves Alertmanager's
+                        # own http_config is what it accepts.
+                        "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}},
+                    }
+                ],
             },
         ],
     }
@@ -184,7 +142,8 @@ async def test_prometheus_alertmanager_relay_dingtalk(tmp_path: Path) -> None:
             for d in (am_dir, prom_dir, relay_dir):
                 d.mkdir()
             async with running_relay(relay_dir, fake, "http://alertmanager.example:9093") as relay_url:
-                (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(_alertmanager_config(relay_url)))
+                am_config = _alertmanager_config(relay_url, relay_dir / TOKEN_FILE)
+                (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(am_config))
                 am: Proc = await asyncio.to_thread(
                     stack.enter_context, running_alertmanager(am_dir / "alertmanager.yml", am_dir)
                 )

@@ -49,3 +49,13 @@ def test_rejects_nonsense_limits() -> None:
         SlidingWindow(0)
     with pytest.raises(ValueError):
         SlidingWindow(1, 0)
+
+
+def test_preloaded_sends_count_until_they_leave_the_window() -> None:
+    clock = Clock()
+    window = SlidingWindow(3, 60.0, clock)
+    window.preload([50.0, 10.0, 90.0, 59.0])  # 90 s ago is outside the window already
+    assert window.remaining() == 0
+    assert window.wait_time() == pytest.approx(1.0)  # the send 59 s ago leaves in 1 s
+    clock.now += 1.0
+    assert window.remaining() == 1

@@ -5,7 +5,7 @@
 - METERD_ADMIN_TOKEN is set, so no token is generated and printed: the admin token must then never
   appear in the output at all.
 - It records the HTTP routes and gRPC methods it really serves (tests/support/served_routes.py).
-- A separate `meterd writer` role (same database, the embedded broker of the `up` process) covers
+- A separate `meterd writer` role (same database, so the same database log as the `up` process) covers
   the admin HTTP server that roles without the user API serve.
 Limits (body, message, batch, header deadline) are small so the limit tests stay cheap.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.meterd import MeterdProc, free_port, meterd_env, running_meterd
-from tests.support.meterd_client import Meterd, shared_meterd
+from tests.support.meterd_client import Meterd, record, shared_meterd, unique
 from tests.support.served_routes import ServedSurface, introspection_env
 
 MAX_BODY_BYTES = 64 * 1024
@@ -79,6 +79,7 @@ class Principals:
     revoked_key: str  # a key of `account`, revoked
     admin_token: str
     wrong_token: str  # shaped like a key, never issued
+    own_batch: str  # a batch_id written with own_key
 
     def authorization(self, credential: str) -> str | None:
         """The Authorization header value for a credential column; None sends no header."""
@@ -109,11 +110,10 @@ def sec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurityMeterd]:
 
 @pytest.fixture(scope="session")
 def sec_writer(sec: SecurityMeterd) -> Iterator[MeterdProc]:
-    """`meterd writer` on the same database and broker: its admin HTTP server is part of the surface."""
-    assert sec.m.proc.kafka, sec.m.proc.output()
+    """`meterd writer` on the same database (and so the same database log): its admin HTTP server is
+    part of the surface."""
     surface = sec.tmp / "surface-writer.json"
-    env = introspection_env({**sec.env, "METERD_KAFKA__BOOTSTRAP_SERVERS": sec.m.proc.kafka,
-                             "METERD_GRPC__PORT": str(free_port()), "METERD_ADMIN__PORT": str(free_port()),
+    env = introspection_env({**sec.env, "METERD_GRPC__PORT": str(free_port()), "METERD_ADMIN__PORT": str(free_port()),
                              "METERD_HTTP__PORT": str(free_port())}, surface)
     with running_meterd(sec.tmp, "writer", env=env) as proc:
         assert proc.admin, proc.output()
@@ -129,9 +129,12 @@ def principals(sec: SecurityMeterd) -> Principals:
     revoked = sec.new_key(account)
     resp = sec.m.admin.delete(f"/v1/accounts/{account}/keys/{revoked['id']}")
     assert resp.status_code == 204, resp.text
+    own_batch = unique("matrix-own")
+    resp = sec.m.proc.client(own_key).post("/v1/traffic", json={"batch_id": own_batch, "records": [record(account)]})
+    assert resp.status_code == 202, resp.text
     return Principals(account=account, own_key=own_key, other_account=other_account, other_key=other_key,
                       revoked_key=revoked["key"], admin_token=sec.m.admin_token,
-                      wrong_token="mk_" + secrets.token_urlsafe(32))
+                      wrong_token="mk_" + secrets.token_urlsafe(32), own_batch=own_batch)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import grpc
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.security.conftest import HEADER_TIMEOUT_S, MAX_BODY_BYTES, MAX_MESSAGE_BYTES, SecurityMeterd
 from tests.support.meterd_client import assert_problem, bearer, pb, record, unique
@@ -200,6 +201,26 @@ def test_partial_requests_are_closed_within_a_bound(sec: SecurityMeterd) -> None
 
 
 SLOW_BODIES = 20
+
+
+def _wait_until_limiter_is_idle(sec: SecurityMeterd, timeout: float = 30.0) -> None:
+    """Until the adaptive limiter has no recent history (its 10 s window): 20 requests at once on a
+    server that just served a handful look like a queue to it (Little's law) and it refuses most
+    with 503, which never reach the body deadline this test is about. /metrics is not governed."""
+    deadline = time.monotonic() + timeout
+    values: dict[str, list[float]] = {}
+    with sec.m.client("") as c:
+        while time.monotonic() < deadline:
+            families = text_string_to_metric_families(c.get("/metrics").text)
+            values = {f.name: [s.value for s in f.samples] for f in families
+                      if f.name in ("governance_adaptive_limit", "governance_adaptive_overloaded")}
+            assert len(values) == 2, f"adaptive limiter gauges missing from /metrics: {values}"
+            if not any(v for series in values.values() for v in series):
+                return
+            time.sleep(0.5)
+    pytest.fail(f"the adaptive limiter still holds a concurrency limit after {timeout} s: {values}")
+
+
 # Generous next to the 10 s body deadline proposed in the report.
 SLOW_BODY_BOUND_S = 12.0
 
@@ -208,6 +229,7 @@ def test_slow_request_bodies_are_cut_off_within_a_bound(sec: SecurityMeterd) -> 
     """Slow POST: complete headers, then a body that never finishes. (Without credentials the server
     answers 401 at once and never reads the body, so this needs a key.)"""
     _, key = sec.new_account("slow-body")
+    _wait_until_limiter_is_idle(sec)
     head = (f"POST /v1/traffic HTTP/1.1\r\nHost: meterd\r\nAuthorization: Bearer {key}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {MAX_BODY_BYTES}\r\n\r\n{{").encode()
     ended: dict[int, bytes] = {}
@@ -223,13 +245,21 @@ def test_slow_request_bodies_are_cut_off_within_a_bound(sec: SecurityMeterd) -> 
             for i, s in enumerate(socks):
                 if i in ended:
                     continue
+                # Read before sending: a reply already here is taken before a reset could hide it.
                 try:
-                    s.send(b" ")
-                    ended[i] = s.recv(4096)[:12]
+                    ended[i] = s.recv(4096)[:12]  # the status line, or b"" for a close without one
+                    continue
                 except BlockingIOError:
                     pass
-                except OSError:
-                    ended[i] = b""
+                except OSError as exc:
+                    ended[i] = f"recv: {type(exc).__name__}".encode()
+                    continue
+                try:
+                    s.send(b" ")
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    ended[i] = f"send: {type(exc).__name__}".encode()
             time.sleep(1.0)
     finally:
         for s in socks:
@@ -238,6 +268,8 @@ def test_slow_request_bodies_are_cut_off_within_a_bound(sec: SecurityMeterd) -> 
     print(f"\nslow bodies: {still_open}/{SLOW_BODIES} still being read {time.monotonic() - started:.1f} s "
           "after their headers")
     assert still_open == 0, f"{still_open} of {SLOW_BODIES} slow bodies still open after {SLOW_BODY_BOUND_S} s"
+    # Each one was answered 408 (the body deadline), not merely dropped or reset.
+    assert set(ended.values()) == {b"HTTP/1.1 408"}, ended
     _healthy(sec)
 
 

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # Where credentials are checked or passed around: authentication, key storage, both transports,
 # and the process wiring (where the profiling routes get their admin check).
 AUTH_MODULES = ["service/auth.py", "service/storage/repository.py", "service/grpc_writer.py",
-                "service/api/app.py", "service/runtime/process.py"]
+                "service/api/app.py", "service/runtime/process.py", "service/cli.py",
+                "service/relay/auth.py", "service/relay/signing.py", "service/relay/client.py",
+                "service/relay/settings.py"]
 
 
 def _database_bytes(data_dir: Path) -> bytes:
@@ -52,7 +54,7 @@ def test_tokens_compared_only_in_constant_time(module: str) -> None:
         f"  {f.path}:{f.line}: {f.source}" for f in findings)
 
 
-@pytest.mark.parametrize("module", ["service/auth.py", "service/storage/repository.py"])
+@pytest.mark.parametrize("module", ["service/auth.py", "service/storage/repository.py", "service/relay/auth.py"])
 def test_token_checks_use_compare_digest(module: str) -> None:
     assert compare_digest_calls((ROOT / module).read_text()) >= 1
 
@@ -65,9 +67,33 @@ def test_token_checks_use_compare_digest(module: str) -> None:
     "ok = request.headers.get('authorization') == f'Bearer {admin}'",
     "ok = api_key == expected",
     "ok = secret == other",
+    "ok = key == expected",
+    # Whatever the variables are called: the value came from a secret source.
+    "x = settings.relay.get_secret_value()\nok = x == y",
+    "x = s.get_secret_value()\nok = y != x",
+    "given = bearer_token(header)\nok = given == admin",
+    "got = bearer_token(header).encode()\nok = expected == got",
+    "stored = hash_key(k)\nok = stored in rows",
+    "mac = hmac.new(k, m, 'sha256').digest()\nok = mac == sent",
+    "a = s.get_secret_value()\nb = a.strip()\nc = b[:8]\nok = c == guess",
+    "a, b = s.get_secret_value(), 1\nok = a == guess",
+    "def check(v: SecretStr, guess):\n    return v == guess",
+    "def check(v: SecretStr | None, guess):\n    w = v\n    return guess == w",
+    "x = os_env.get('METERD_ADMIN_TOKEN')\nok = x == guess",
+    "ok = (t := bearer_token(h)) == admin",
+    "def outer(s):\n    x = s.get_secret_value()\n    def inner(y):\n        return x == y\n    return inner",
+    "async def f(r):\n    x = await r.get_secret_value()\n    return x == y",
+    "x = str(settings.token)\nok = x == y",
+    "x = f'Bearer {t}'\nok = x == header_value",
 ])
 def test_checker_flags_early_exit_comparisons(snippet: str) -> None:
-    assert len(check_source(snippet)) == 1
+    assert len(check_source(snippet)) == 1, snippet
+
+
+def test_checker_names_the_line_of_a_flowed_secret() -> None:
+    source = "def check(s, y):\n    x = s.get_secret_value()\n    z = 1\n    return x == y\n"
+    [finding] = check_source(source)
+    assert finding.line == 4 and finding.source == "x == y"
 
 
 @pytest.mark.parametrize("snippet", [
@@ -78,6 +104,14 @@ def test_checker_flags_early_exit_comparisons(snippet: str) -> None:
     "ok = key_id == other_id",
     "ok = self.account_id == account_id",
     "ok = len(token) > 200",
+    # Values that did not come from a secret, compared to constants, or results of other calls.
+    "x = compute()\nok = x == y",
+    "scheme, _, rest = authorization.partition(' ')\nok = scheme.lower() != 'basic'",
+    "ok = key not in ('batch_id', 'records')",
+    "ok = kind in KNOWN_KINDS",
+    "p = await auth.authenticate(request.headers.get('authorization'))\nok = p.account_id == account_id",
+    "x = s.get_secret_value()\nok = len(x) == 32",
+    "x = s.get_secret_value()\nok = x is None",
 ])
 def test_checker_leaves_other_comparisons_alone(snippet: str) -> None:
     assert check_source(snippet) == []

@@ -35,6 +35,18 @@ MAX_PAST_SECONDS = 7 * 24 * 3600  # the default, stated here so tests can aim ju
 MAX_FUTURE_SECONDS = 300
 
 
+@pytest.fixture
+async def sqlite_ledger(tmp_path):  # type: ignore[no-untyped-def]
+    """The pipeline's bookkeeping on a fresh SQLite file."""
+    from service.storage import create_database
+    from service.storage.ledger import Ledger
+
+    db = create_database(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    await db.migrate()
+    yield Ledger(db)
+    await db.close()
+
+
 @pytest.fixture(scope="session")
 def meterd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Meterd]:
     tmp = tmp_path_factory.mktemp("meterd-shared")

@@ -263,7 +263,9 @@ def test_health_ready_metrics_need_no_token(meterd: Meterd) -> None:
     with meterd.client("") as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         wait_until(lambda: c.get("/readyz").status_code == 200, message="/readyz 200")
-        assert c.get("/readyz").json() == {"status": "ready"}
+        ready = c.get("/readyz").json()
+        assert ready["status"] == "ready" and {"db", "kafka"} <= set(ready["checks"])
+        assert set(ready["checks"].values()) == {"ok"}
         metrics = c.get("/metrics")
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")

@@ -406,14 +406,17 @@ async def test_oversized_batch_is_rejected_before_any_lookup(tmp_path, request, 
     from service.ingest.errors import InvalidBatch
     from service.ingest.writer import IngestService
     from service.metrics import PipelineMetrics
+    from service.pipeline.logs import DatabaseLog
     from service.storage import Repository, create_database
+    from service.storage.ledger import Ledger
 
     url = (f"sqlite+aiosqlite:///{tmp_path / 'm.db'}" if dialect == "sqlite"
            else request.getfixturevalue("fresh_postgres_db").url)
     db = create_database(url)
     await db.migrate()
     settings = Settings(data_dir=tmp_path)
-    ingest = IngestService(settings, Repository(db), None, PipelineMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+    metrics = PipelineMetrics(CollectorRegistry())
+    ingest = IngestService(settings, Repository(db), DatabaseLog(Ledger(db), settings.ingest, metrics), metrics)
     n = 40_000
     records = pb([record(f"acc_{i}") for i in range(n)], "big").records
     try:

@@ -1,5 +1,5 @@
-"""Undecodable Kafka messages go to the dead-letter topic with an error header; the consumer keeps
-going and later valid batches are still counted."""
+"""Kafka mode: undecodable messages go to the dead-letter topic with an error header; the consumer
+keeps going and later valid batches are still counted."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tests.support.meterd import running_meterd, wait_until
+from tests.support.broker import running_tansu
+from tests.support.meterd import meterd_env, running_meterd, wait_until
 
 
 async def test_garbage_goes_to_dlq_and_consumer_continues(tmp_path: Path) -> None:
-    with running_meterd(tmp_path, "up") as m:
+    with running_tansu(tmp_path) as tansu, running_meterd(
+            tmp_path, "up", env=meterd_env(tmp_path, METERD_KAFKA__BOOTSTRAP_SERVERS=tansu.bootstrap)) as m:
         with m.client() as c:
             acc = c.post("/v1/accounts", json={"name": "dlq"}).json()["id"]
         producer = AIOKafkaProducer(bootstrap_servers=m.kafka, acks="all")

@@ -18,6 +18,7 @@ import pytest
 
 from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc
 from tests.support.broker import running_tansu
+from tests.support.grpc_write import write_retrying
 from tests.support.meterd import ADMIN_TOKEN, MeterdProc, free_port, meterd_env, wait_until
 from tests.support.usage import add_records, iso, stored_usage
 
@@ -37,18 +38,6 @@ def _role(tmp: Path, role: str, env: dict[str, str]) -> MeterdProc:
     return MeterdProc([role], env, tmp)
 
 
-async def _write(stub, req, md):
-    """Write as a real client does: UNAVAILABLE (the writer shedding load, or the broker away) is
-    retried with the same batch_id, whether it is the first attempt or a retry of a lost ack."""
-    while True:
-        try:
-            return await stub.Write(req, metadata=md, timeout=30)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            await asyncio.sleep(0.2)
-
-
 async def _client(stub, n: int, accounts: list[str], sent: dict, retries: list, t0_ms: int,
                   progress: list[int]) -> None:
     rng = random.Random(n)
@@ -60,12 +49,12 @@ async def _client(stub, n: int, accounts: list[str], sent: dict, retries: list, 
                             timestamp_ms=t0_ms - rng.randrange(0, 3_600_000),
                             bytes_in=rng.randrange(0, 10_000), bytes_out=rng.randrange(0, 50_000),
                             requests=rng.randrange(1, 20))
-        resp = await _write(stub, req, md)
+        resp = await write_retrying(stub, req, md)
         assert resp.accepted == RECORDS_PER_BATCH
         if not resp.duplicate:
             add_records(sent, req.records)
         if rng.random() < 0.15:  # the ack was "lost": retry the very same batch
-            again = await _write(stub, req, md)
+            again = await write_retrying(stub, req, md)
             retries.append((req.batch_id, again.duplicate, again.accepted))
         progress[0] += 1
         await asyncio.sleep(0)

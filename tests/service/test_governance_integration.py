@@ -3,6 +3,7 @@ by two processes through a real Redis, and traces from HTTP/gRPC through Kafka i
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -15,6 +16,7 @@ import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc
+from tests.support.broker import running_tansu
 from tests.support.meterd import ADMIN_TOKEN, meterd_env, running_meterd, wait_until
 
 
@@ -132,14 +134,23 @@ class _OtlpHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_trace_follows_http_and_grpc_writes_through_kafka_into_the_consumer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("log", ["database", "kafka"])
+def test_trace_follows_http_and_grpc_writes_through_the_log_into_the_consumer(tmp_path: Path, log: str) -> None:
+    """Both logs carry the trace context: Kafka in message headers, the database log in its row."""
+    broker = running_tansu(tmp_path) if log == "kafka" else contextlib.nullcontext()
+    with broker as tansu:
+        env = meterd_env(tmp_path, **({"METERD_KAFKA__BOOTSTRAP_SERVERS": tansu.bootstrap} if tansu else {}))
+        _check_trace(tmp_path, env, "process meterd.traffic.v1" if tansu else "process ingest_log")
+
+
+def _check_trace(tmp_path: Path, env: dict[str, str], consumer_span: str) -> None:
     receiver = _OtlpReceiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     cfg = _config(tmp_path, {"tracing": {"exporter": "otlp-http", "endpoint": receiver.url, "ratio": 1.0,
                                          "schedule_delay_millis": 200}})
     http_trace, grpc_trace = "0af7651916cd43dd8448eb211c80319c", "4bf92f3577b34da6a3ce929d0e0e4736"
     try:
-        with running_meterd(tmp_path, "up", "--config", str(cfg)) as m, m.client() as c:
+        with running_meterd(tmp_path, "up", "--config", str(cfg), env=env) as m, m.client() as c:
             acc = c.post("/v1/accounts", json={"name": "traced"}).json()["id"]
             r = c.post("/v1/traffic", json={"batch_id": "traced-http", "records": [_record(acc)]},
                        headers={"traceparent": f"00-{http_trace}-b7ad6b7169203331-01"})
@@ -175,5 +186,5 @@ def test_trace_follows_http_and_grpc_writes_through_kafka_into_the_consumer(tmp_
         assert len(server) == 1 and len(producer) == 1 and len(consumer) == 1, [(s.name, s.kind) for s in spans]
         assert server[0].parent_span_id.hex() == caller_span  # continues the caller's trace
         assert producer[0].parent_span_id == server[0].span_id  # produce happens inside the request
-        assert consumer[0].parent_span_id == producer[0].span_id  # Kafka headers carried the context
-        assert consumer[0].name == "process meterd.traffic.v1"
+        assert consumer[0].parent_span_id == producer[0].span_id  # the log carried the context
+        assert consumer[0].name == consumer_span

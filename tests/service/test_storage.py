@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from service.storage import Database, Repository, create_database, schema
-from service.storage.repository import OffsetConflict, now_ms
+from service.storage.db import MIGRATIONS
+from service.storage.ledger import Flush, Ledger
 
-GROUP, TOPIC = "g", "t"
+ALL_VERSIONS = [v for v, _, _ in MIGRATIONS]
 T0 = 1_700_000_000 // 86400 * 86400  # a UTC midnight
 
 
@@ -31,8 +32,13 @@ async def db(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Database
 
 @pytest.fixture
 async def repo(db: Database) -> Repository:
-    assert await db.migrate() == [1]
+    assert await db.migrate() == ALL_VERSIONS
     return Repository(db)
+
+
+async def put_usage(repo: Repository, usage: dict[tuple[str, int], list[int]]) -> None:
+    """Usage written the way the consumer writes it: through the one flush transaction."""
+    await Ledger(repo.db).apply(Flush(usage=usage))
 
 
 async def dump(db: Database) -> dict[str, list[tuple]]:
@@ -45,13 +51,13 @@ async def dump(db: Database) -> dict[str, list[tuple]]:
 
 
 async def test_migrations_idempotent(db: Database) -> None:
-    assert await db.migrate() == [1]
+    assert await db.migrate() == ALL_VERSIONS
     assert await db.migrate() == []
     assert await db.migrate() == []
     await db.ping()
     async with db.engine.connect() as conn:
         versions = [r[0] for r in await conn.execute(select(schema.schema_migrations.c.version))]
-    assert versions == [1]
+    assert versions == ALL_VERSIONS
 
 
 async def test_account_crud(repo: Repository) -> None:
@@ -110,22 +116,17 @@ async def test_revoked_key(repo: Repository) -> None:
 
 
 async def test_usage_upsert_adds_up(repo: Repository) -> None:
-    await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (None, 3)},
-                           usage={("a", T0): [1, 2, 3], ("a", T0 + 60): [10, 20, 30]}, seen={"a/b1": b"1" * 16})
-    await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (3, 7), 1: (None, 2)},
-                           usage={("a", T0): [100, 200, 300], ("b", T0): [5, 5, 5]}, seen={"a/b2": b"2" * 16})
+    await put_usage(repo, {("a", T0): [1, 2, 3], ("a", T0 + 60): [10, 20, 30]})
+    await put_usage(repo, {("a", T0): [100, 200, 300], ("b", T0): [5, 5, 5]})
     rows = await repo.usage("a", T0, T0 + 120, 60)
     assert [(r.ts, r.bytes_in, r.bytes_out, r.requests) for r in rows] == [(T0, 101, 202, 303),
                                                                           (T0 + 60, 10, 20, 30)]
     assert [(r.ts, r.bytes_in) for r in await repo.usage("b", T0, T0 + 60, 60)] == [(T0, 5)]
-    assert await repo.load_offsets(GROUP, TOPIC) == {0: 7, 1: 2}
-    assert await repo.load_offsets(GROUP, "other") == {}
 
 
 async def test_usage_bucketing(repo: Repository) -> None:
     minutes = {T0: 1, T0 + 60: 2, T0 + 3540: 4, T0 + 3600: 8, T0 + 86340: 16, T0 + 86400: 32, T0 + 90000: 64}
-    await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (None, 1)},
-                           usage={("a", m): [v, 2 * v, 1] for m, v in minutes.items()}, seen={})
+    await put_usage(repo, {("a", m): [v, 2 * v, 1] for m, v in minutes.items()})
 
     def pts(rows):  # type: ignore[no-untyped-def]
         return [(r.ts, r.bytes_in, r.bytes_out, r.requests) for r in rows]
@@ -141,52 +142,10 @@ async def test_usage_bucketing(repo: Repository) -> None:
     assert await repo.usage("b", T0, end, 60) == []
 
 
-async def test_offset_conflict_writes_nothing(repo: Repository, db: Database) -> None:
-    await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (None, 5), 1: (None, 9)},
-                           usage={("a", T0): [1, 1, 1]}, seen={"a/b1": b"x" * 16})
-    before = await dump(db)
-    attempts = [
-        {0: (4, 8)},  # stale expected offset
-        {0: (5, 8), 1: (8, 12)},  # partition 0 fine, partition 1 stale: partition 0 must not move either
-        {2: (None, 1), 0: (None, 6)},  # "first time" for a partition someone already stored
-    ]
-    for offsets in attempts:
-        with pytest.raises(OffsetConflict):
-            await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets=offsets,
-                                   usage={("a", T0): [100, 100, 100], ("c", T0): [7, 7, 7]},
-                                   seen={"a/b2": b"y" * 16})
-        assert await dump(db) == before
-    assert await repo.load_offsets(GROUP, TOPIC) == {0: 5, 1: 9}
-    assert await repo.seen_digests(["a/b2"]) == {}
-    assert [r.bytes_in for r in await repo.usage("a", T0, T0 + 60, 60)] == [1]
-    # The owner (right expected offsets) still commits.
-    await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (5, 8), 1: (9, 12)},
-                           usage={("a", T0): [2, 2, 2]}, seen={"a/b2": b"y" * 16})
-    assert await repo.load_offsets(GROUP, TOPIC) == {0: 8, 1: 12}
-    assert [r.bytes_in for r in await repo.usage("a", T0, T0 + 60, 60)] == [3]
-
-
-async def test_seen_digests_and_purge(repo: Repository, db: Database) -> None:
-    assert await repo.seen_digests([]) == {}
-    await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (None, 1)}, usage={},
-                           seen={"a/b1": b"1" * 16, "a/b2": b"2" * 16})
-    # Marking an id again keeps the first digest (a duplicate never overwrites).
-    await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (1, 2)}, usage={},
-                           seen={"a/b1": b"9" * 16, "a/b3": b"3" * 16})
-    assert await repo.seen_digests(["a/b1", "a/b2", "a/b3", "a/nope"]) == {
-        "a/b1": b"1" * 16, "a/b2": b"2" * 16, "a/b3": b"3" * 16}
-    now_s = now_ms() // 1000
-    assert await repo.purge_seen(now_s - 3600) == 0
-    assert len(await repo.seen_digests(["a/b1", "a/b2", "a/b3"])) == 3
-    assert await repo.purge_seen(now_s + 3600) == 3
-    assert await repo.seen_digests(["a/b1", "a/b2", "a/b3"]) == {}
-
-
 async def test_bytes_used_since(repo: Repository) -> None:
     assert await repo.bytes_used_since("a", T0) == 0
-    await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (None, 1)},
-                           usage={("a", T0 - 60): [1000, 1000, 1], ("a", T0): [1, 2, 100],
-                                  ("a", T0 + 86400 * 20): [4, 8, 100], ("b", T0): [50, 50, 1]}, seen={})
+    await put_usage(repo, {("a", T0 - 60): [1000, 1000, 1], ("a", T0): [1, 2, 100],
+                                  ("a", T0 + 86400 * 20): [4, 8, 100], ("b", T0): [50, 50, 1]})
     assert await repo.bytes_used_since("a", T0) == 15  # bytes in + out, requests not counted
     assert await repo.bytes_used_since("a", T0 - 60) == 2015
     assert await repo.bytes_used_since("a", T0 + 86400 * 21) == 0
@@ -196,10 +155,8 @@ async def test_bytes_used_since(repo: Repository) -> None:
 async def test_large_values_survive(repo: Repository) -> None:
     """Per-minute sums are BIGINT: values past 2**32 must round-trip on both databases."""
     big = (1 << 44) * 100
-    await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (None, 1)}, usage={("a", T0): [big, big, 1]},
-                           seen={})
-    await repo.apply_batch(group_id=GROUP, topic=TOPIC, offsets={0: (1, 2)}, usage={("a", T0): [big, 0, 1]},
-                           seen={})
+    await put_usage(repo, {("a", T0): [big, big, 1]})
+    await put_usage(repo, {("a", T0): [big, 0, 1]})
     (row,) = await repo.usage("a", T0, T0 + 60, 60)
     assert (row.bytes_in, row.bytes_out, row.requests) == (2 * big, big, 2)
     assert await repo.bytes_used_since("a", T0) == 3 * big

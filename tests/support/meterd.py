@@ -37,8 +37,10 @@ class MeterdProc:
 
     def start(self, timeout: float = 60.0) -> MeterdProc:
         self.lines = []
+        # Its own session: a test can SIGKILL the whole process tree (os.killpg) as a crash would.
         self.proc = subprocess.Popen([MeterdBin, *self.args], cwd=self.cwd, env=self.env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1,
+                                     start_new_session=True)
         ready = threading.Event()
 
         def pump() -> None:
@@ -89,6 +91,12 @@ class MeterdProc:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def kill_group(self) -> None:
+        """SIGKILL of meterd's whole process group (meterd and every child): a crash, no drain."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
     def client(self, token: str | None = None) -> httpx.Client:
         assert self.http is not None

@@ -137,5 +137,5 @@ def shared_meterd(tmp: Path, env: dict[str, str]) -> Iterator[Meterd]:
         finally:
             channel.close()
             admin.close()
-            # SIGTERM, not the context manager's SIGKILL: a graceful stop also stops the embedded broker.
+            # SIGTERM, not the context manager's SIGKILL: the graceful drain runs (and must exit 0).
             assert proc.stop(30) == 0, proc.output()[-3000:]
