@@ -29,6 +29,7 @@ proto: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy  # strict on governance/ and profiling/ (pyproject.toml [tool.mypy])
 
 clean:
 	rm -rf $(VENV) .pytest_cache

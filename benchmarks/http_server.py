@@ -9,9 +9,7 @@ between them in `--duration` slices, `--rounds` times per connection count:
 
 - uvicorn: `uvicorn.Server` with uvloop + httptools, as an app would run it by default.
 - meterd: `service.runtime.http_server.HttpServer`, what `meterd up` serves with (uvicorn's protocol
-  plus a header deadline, a header size cap, eager accept and one send per response).
-- meterd-two-writes: the same with `coalesce_writes=False` (uvicorn's head-then-body writes), to
-  isolate what sending each response in one write is worth.
+  plus a header deadline and a header size cap, as a thin subclass).
 
 CPU per request is the server process's utime/stime over the slice divided by the requests wrk
 completed in it. Kernel time is where a saved send() shows; on this shared VM the absolute numbers
@@ -42,7 +40,7 @@ except ImportError:  # imported as benchmarks.<module>
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "http-server.md"
-ARMS = ["uvicorn", "meterd", "meterd-two-writes"]
+ARMS = ["uvicorn", "meterd"]
 
 
 def _app() -> Any:
@@ -70,7 +68,7 @@ async def _serve(arm: str, port: int) -> None:
         while not server.started:
             await asyncio.sleep(0.01)
     else:
-        meterd = HttpServer(app, "127.0.0.1", port, name="bench", coalesce_writes=arm == "meterd")
+        meterd = HttpServer(app, "127.0.0.1", port, name="bench")
         await meterd.start()
         task = asyncio.create_task(asyncio.Event().wait())
     tune_gc_for_serving()  # the same GC settings for every arm, as meterd applies them

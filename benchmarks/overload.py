@@ -17,8 +17,7 @@ minutes; each run's rate and goodput ratio use the capacity probed just before i
 is measured on the same probe server, at 0.2x, before every run too.
 
 The server is meterd's own HTTP server for every arm (service.runtime.http_server: uvicorn on uvloop
-with its guarded protocol and eager accept); --server uvicorn runs the plain uvicorn CLI instead,
-whose libuv accept takes one connection per loop iteration (see service/runtime/eager_accept.py).
+with its guarded protocol); --server uvicorn runs the plain uvicorn CLI instead.
 
 Results go to benchmarks/results/governance-overload.md.
 """
@@ -153,8 +152,7 @@ def create_app() -> Any:
     io_s = float(os.environ.get("OVERLOAD_IO_MS", "20")) / 1000
     downstream = asyncio.Semaphore(io_cap)
 
-    # /cpu service time, and refusals the server made before a task existed (early_reply), read by the
-    # generator via /_served
+    # /cpu service time, read by the generator via /_served ("early" stays 0: no server-side refusals)
     served = {"calls": 0, "busy": 0.0, "early": 0}
 
     async def cpu(request: Any) -> PlainTextResponse:
@@ -184,7 +182,6 @@ def create_app() -> Any:
         from governance import Governance
 
         governed = Governance.from_config({"plugins": [{"type": "adaptive"}]}).asgi(app)
-        early = governed.early_reply
     else:
         governed = app
 
@@ -198,17 +195,6 @@ def create_app() -> Any:
             return
         await governed(scope, receive, send)
 
-    if arm == "governance":
-        # meterd's server asks the governed app before starting each request (the limiter's early
-        # refusal); /_served stays outside it here too. The governance-in-app arm (not run by
-        # default) leaves that out: every refusal is made inside the app, for an A/B.
-        def early_reply(scope: Any) -> Any:
-            reply = None if scope["path"] == "/_served" else early(scope)
-            if reply is not None:
-                served["early"] += 1
-            return reply
-
-        outer.early_reply = early_reply  # type: ignore[attr-defined]
     return outer
 
 
@@ -518,8 +504,8 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine()}",
-        ("- server: meterd's HTTP server (uvicorn + uvloop, guarded protocol, eager accept, "
-         "one write per response, one timer per connection)" if args.server == "meterd"
+        ("- server: meterd's HTTP server (uvicorn + uvloop with a header deadline and size cap)"
+         if args.server == "meterd"
          else "- server: the plain uvicorn CLI (uvloop: libuv accepts one connection per loop iteration)")
         + ", 1 worker, pinned to CPU 0; open-loop generator (this script, asyncio) on CPU 1",
         f"- routes: /cpu = {args.cpu_iters} iterations of pure-Python arithmetic per call on the event loop; "
@@ -533,8 +519,7 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         "replies measured from the scheduled send time; reaction = time after the step until the first shed / "
         "until every 250 ms window's admitted p99 stays <= 2x unloaded p99 with no timeouts; generator lag = how "
         "late the generator itself started requests (a generator falling behind adds that much to every latency); "
-        "shed (N before a task) = of the refusals, those meterd's server made before starting the request's ASGI "
-        "task (the adaptive limiter's early refusal, governance.asgi early_reply)",
+        "shed = refusals",
         "",
     ]
     for route in data["capacity"]:

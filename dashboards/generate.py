@@ -18,11 +18,11 @@ J = 'job=~"$job"'
 RI = "$__rate_interval"
 
 
-def q(expr: str, legend: str = "") -> dict[str, str]:
-    return {"expr": expr, "legend": legend}
+def q(expr: str, legend: str = "", *, exemplar: bool = False) -> dict[str, Any]:
+    return {"expr": expr, "legend": legend, "exemplar": exemplar}
 
 
-def panel(title: str, targets: list[dict[str, str]], unit: str = "short", *, kind: str = "timeseries",
+def panel(title: str, targets: list[dict[str, Any]], unit: str = "short", *, kind: str = "timeseries",
           description: str = "", width: int = 12, height: int = 8, mappings: list[Any] | None = None,
           stack: bool = False, max_value: float | None = None) -> dict[str, Any]:
     return {"title": title, "targets": targets, "unit": unit, "kind": kind, "description": description,
@@ -33,11 +33,13 @@ def row(title: str) -> dict[str, Any]:
     return {"row": title}
 
 
-def quantiles(metric: str, by: str, selector: str = J, qs: tuple[float, ...] = (0.5, 0.99)) -> list[dict[str, str]]:
+def quantiles(metric: str, by: str, selector: str = J, qs: tuple[float, ...] = (0.5, 0.99),
+              exemplars: bool = False) -> list[dict[str, Any]]:
+    """exemplars: show the histogram's exemplars (trace ids of sampled calls) on the panel."""
     legend_by = "".join(f"{{{{{label}}}}} " for label in by.split(", ") if label != "le")
     return [
         q(f"histogram_quantile({x}, sum by ({by}) (rate({metric}_bucket{{{selector}}}[{RI}])))",
-          f"{legend_by}p{int(x * 100)}")
+          f"{legend_by}p{int(x * 100)}", exemplar=exemplars)
         for x in qs
     ]
 
@@ -82,7 +84,8 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
                 f" / sum by (route) (rate(http_server_request_duration_seconds_count{{{J}}}[{RI}]))",
                 "{{route}}")], "percentunit"),
             panel("HTTP latency by route", quantiles("http_server_request_duration_seconds", "route, le",
-                                                     qs=(0.5, 0.95, 0.99)), "s"),
+                                                     qs=(0.5, 0.95, 0.99), exemplars=True), "s",
+                  description="Dots are exemplars: the trace id of a sampled request in that bucket."),
             row("gRPC"),
             panel("RPCs/s by method and code",
                   [q(f"sum by (grpc_method, grpc_code) (rate(grpc_server_handled_total{{{J}}}[{RI}]))",
@@ -92,7 +95,8 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
                 f'Unavailable|DataLoss|DeadlineExceeded"}}[{RI}])) / sum by (grpc_method) '
                 f"(rate(grpc_server_handled_total{{{J}}}[{RI}]))", "{{grpc_method}}")], "percentunit"),
             panel("gRPC latency by method", quantiles("grpc_server_handling_seconds", "grpc_method, le",
-                                                      qs=(0.5, 0.95, 0.99)), "s"),
+                                                      qs=(0.5, 0.95, 0.99), exemplars=True), "s",
+                  description="Dots are exemplars: the trace id of a sampled RPC in that bucket."),
             panel("Started RPCs and stream messages/s", [
                 q(f"sum by (grpc_method) (rate(grpc_server_started_total{{{J}}}[{RI}]))", "started {{grpc_method}}"),
                 q(f"sum by (grpc_method) (rate(grpc_server_msg_received_total{{{J}}}[{RI}]))",
@@ -262,7 +266,7 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
 def _panel_json(spec: dict[str, Any], pid: int, x: int, y: int) -> dict[str, Any]:
     targets = [
         {"refId": chr(ord("A") + i), "datasource": DS, "expr": t["expr"], "legendFormat": t["legend"] or "__auto",
-         "range": True}
+         "range": True, "exemplar": t.get("exemplar", False)}
         for i, t in enumerate(spec["targets"])
     ]
     defaults: dict[str, Any] = {"unit": spec["unit"], "mappings": spec["mappings"]}

@@ -9,6 +9,7 @@ thread (reads are of ints/floats, and a torn read is at worst off by one in-flig
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 
@@ -29,7 +31,7 @@ class _Family(Collector):
         if registry is not None:
             registry.register(self)
 
-    def labels(self, *values: str) -> Any:
+    def labels(self, *values: str) -> Any:  # the child type depends on the family
         child = self._children.get(values)
         if child is None:
             child = self._children[values] = self._new_child()
@@ -58,46 +60,50 @@ class _Value:
         self.value -= amount
 
 
-class FastCounter(_Family):
+class _ValueFamily(_Family):
+    """A counter or gauge: one number per label set."""
+
+    family_type: type[CounterMetricFamily] | type[GaugeMetricFamily] = GaugeMetricFamily
+
     def _new_child(self) -> _Value:
         return _Value()
 
-    def _family(self) -> CounterMetricFamily:
-        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+    def _family(self) -> CounterMetricFamily | GaugeMetricFamily:
+        return self.family_type(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         fam = self._family()
         for values, child in list(self._children.items()):
             fam.add_metric(values, child.value)
         yield fam
 
 
-class FastGauge(_Family):
-    def _new_child(self) -> _Value:
-        return _Value()
+class FastCounter(_ValueFamily):
+    family_type = CounterMetricFamily
 
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        fam = self._family()
-        for values, child in list(self._children.items()):
-            fam.add_metric(values, child.value)
-        yield fam
+class FastGauge(_ValueFamily):
+    family_type = GaugeMetricFamily
 
 
 class _HistChild:
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "sum", "exemplars")
 
     def __init__(self, bounds: list[float]) -> None:
         self.bounds = bounds
         self.counts = [0] * len(bounds)
         self.sum = 0.0
+        self.exemplars: dict[int, Exemplar] | None = None  # bucket index -> latest exemplar
 
-    def observe(self, amount: float) -> None:
+    def observe(self, amount: float, trace_id: str | None = None) -> None:
         # bounds ends with +Inf, so the index always exists; `le` semantics via bisect_left.
-        self.counts[bisect_left(self.bounds, amount)] += 1
+        i = bisect_left(self.bounds, amount)
+        self.counts[i] += 1
         self.sum += amount
+        if trace_id is not None:  # OpenMetrics keeps one exemplar per bucket: the latest wins
+            if self.exemplars is None:
+                self.exemplars = {}
+            self.exemplars[i] = Exemplar({"trace_id": trace_id}, amount, time.time())
 
 
 class FastHistogram(_Family):
@@ -117,11 +123,13 @@ class FastHistogram(_Family):
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         fam = self._family()
-        les = [floatToGoString(b) for b in self.bounds]
+        les = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
         for values, child in list(self._children.items()):
             total, cumulative = 0, []
-            for le, n in zip(les, list(child.counts), strict=True):
+            exemplars = dict(child.exemplars or {})
+            for i, (le, n) in enumerate(zip(les, list(child.counts), strict=True)):
                 total += n
-                cumulative.append((le, total))
+                ex = exemplars.get(i)
+                cumulative.append((le, total) if ex is None else (le, total, ex))
             fam.add_metric(values, cumulative, child.sum)
         yield fam

@@ -15,21 +15,20 @@ from typing import Any
 from governance.core import (
     CANCELLED,
     FAILURE,
-    SUCCESS,
     Call,
     Chain,
     Outcome,
-    Plan,
+    OutcomeKind,
     Rejection,
+    outcome_kind,
     rejection_status,
 )
 from governance.outbound import DependencyUnavailable
-from governance.problem import PROBLEM_TYPE, problem_body, problem_headers, rejection_reply, retry_after_seconds
+from governance.problem import dependency_reply, rejection_reply
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 UNMATCHED = "<unmatched>"
-_NO_METHODS: dict[str, Any] = {}
 
 
 class StarletteRouteResolver:
@@ -87,38 +86,6 @@ class GovernanceMiddleware:
         self.chain = chain
         self.client_key = client_key
         self.route_resolver = route_resolver or _default_resolver(app)
-        # path -> method -> (route, plan) when the resolver is the path-cached Starlette one: one
-        # lookup per request instead of a resolver call plus a plan lookup. Same bound as its cache.
-        self._by_path: dict[str, dict[str, tuple[str, Plan]]] | None = \
-            {} if isinstance(self.route_resolver, StarletteRouteResolver) else None
-
-    def _route_plan(self, scope: Scope, method: str) -> tuple[str, Plan]:
-        route = self.route_resolver(scope)
-        found = route, self.chain.plan("http", method, route)
-        by_path = self._by_path
-        if by_path is not None:
-            if len(by_path) >= 4096:
-                by_path.clear()
-            by_path.setdefault(scope["path"], {})[method] = found
-        return found
-
-    def early_reply(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-        """For a server, before it starts handling an HTTP request: (status, headers, body) of a
-        refusal decided now (see core.Plan.early), or None to handle the request as usual. The
-        refused call is accounted for as any refusal (metrics, rejection counters, traces)."""
-        method = scope["method"]
-        by_path = self._by_path
-        found = by_path.get(scope["path"], _NO_METHODS).get(method) if by_path is not None else None
-        route, plan = found if found is not None else self._route_plan(scope, method)
-        early = plan.early
-        if early is None:
-            return None
-        refused = early[1]()
-        if refused is None:
-            return None
-        call = Call("http", route, method, self.client_key(scope) if self.client_key else None, time.perf_counter(),
-                    {"carrier": scope["headers"]})
-        return refusal_response(self.chain.refuse_early(call, plan, refused))
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -126,75 +93,54 @@ class GovernanceMiddleware:
             return
         start = time.perf_counter()
         method = scope["method"]
-        by_path = self._by_path
-        found = by_path.get(scope["path"], _NO_METHODS).get(method) if by_path is not None else None
-        route, plan = found if found is not None else self._route_plan(scope, method)
-        chain = self.chain
+        route = self.route_resolver(scope)
+        plan = self.chain.plan("http", method, route)
         call = Call("http", route, method, self.client_key(scope) if self.client_key else None, start,
-                    {"carrier": scope["headers"]})
-        sync = plan.sync
-        refused: Rejection | None = None
-        if sync:
-            refused = chain.try_admit_sync(call, plan)  # no exception: refusals are common under overload
-        else:
-            try:
-                await chain.admit(call, plan)
-            except Rejection as rej:
-                refused = rej
-        if refused is not None:
-            await _send_reply(send, *refusal_response(refused))
+                    scope["headers"])
+        admitted = self.chain.admit(call, plan) if plan.sync else await self.chain.admit_async(call, plan)
+        if isinstance(admitted, Rejection):
+            await _send_reply(send, *refusal_response(admitted))
             return
-
         status = 0
 
-        # A plain function handing back send's awaitable: the app awaits that directly, so the
-        # wrapper costs no coroutine of its own per message.
+        # A plain function handing back send's awaitable: no coroutine of its own per message.
         def send_wrapper(message: MutableMapping[str, Any]) -> Awaitable[None]:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                extra = call.response_headers
-                if extra:
-                    message["headers"] = [*message.get("headers", ()), *extra]
-            return send(message)
+                if call.response_headers:
+                    message["headers"] = [*message.get("headers", ()), *call.response_headers]
+            result: Awaitable[None] = send(message)
+            return result
 
+        kind: OutcomeKind | None = None
         try:
             await self.app(scope, receive, send_wrapper)
         except asyncio.CancelledError:
-            await chain.release(call, plan, Outcome(CANCELLED, status or 499, time.perf_counter() - start))
+            kind, status = CANCELLED, status or 499
             raise
         except DependencyUnavailable as exc:
-            if status == 0:  # nothing sent yet: answer 503 like any other "unavailable"
-                body = problem_body(503, None, str(exc), dependency=exc.name)
-                await _send_reply(send, 503, list(problem_headers(body, retry_after_seconds(exc.retry_after))), body)
-                await chain.release(call, plan, Outcome(FAILURE, 503, time.perf_counter() - start))
-                return
-            await chain.release(call, plan, Outcome(FAILURE, status, time.perf_counter() - start))
-            raise
+            kind = FAILURE
+            if status:
+                raise
+            status = 503  # nothing sent yet: answer like any other "unavailable"
+            await _send_reply(send, 503, *dependency_reply(exc))
         except BaseException:
-            await chain.release(call, plan, Outcome(FAILURE, status or 500, time.perf_counter() - start))
+            kind, status = FAILURE, status or 500
             raise
-        outcome = Outcome(FAILURE if status >= 500 or status == 0 else SUCCESS, status or 500,
-                          time.perf_counter() - start)
-        if sync:
-            chain.release_sync(call, plan, outcome)
-        else:
-            await chain.release(call, plan, outcome)
-
-
-def encode_headers(pairs: list[tuple[Any, Any]]) -> list[tuple[bytes, bytes]]:
-    """Plugin response headers as ASGI wants them. Plugins may hand over (str, str) pairs, or
-    pre-encoded (lowercase bytes, bytes) pairs to save the encoding on every call."""
-    return [(k, v) if type(k) is bytes else (k.lower().encode(), v.encode()) for k, v in pairs]
+        finally:
+            if kind is None:
+                status = status or 500
+                kind = outcome_kind("http", status)
+            self.chain.unwind(admitted, Outcome(kind, status, time.perf_counter() - start, call))
 
 
 def refusal_response(refused: Rejection) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """(status, headers, body) of a rejection's HTTP reply, the plugin's own headers included: what
-    the adapter sends, and what `early_reply` hands a server."""
+    """(status, headers, body) of a rejection's HTTP reply, the plugin's own headers included."""
     code = int(rejection_status("http", refused))
     body, headers = rejection_reply(refused, code)
-    extra = refused.headers
-    return code, [*headers, *encode_headers(extra)] if extra else list(headers), body
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in refused.headers]
+    return code, [*headers, *extra], body
 
 
 async def _send_reply(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -207,6 +153,6 @@ async def dependency_unavailable_handler(request: Any, exc: Exception) -> Any:
     from starlette.responses import Response
 
     assert isinstance(exc, DependencyUnavailable)
-    retry = retry_after_seconds(exc.retry_after)
-    return Response(problem_body(503, None, str(exc), dependency=exc.name), status_code=503,
-                    media_type=PROBLEM_TYPE, headers={"Retry-After": str(retry)})
+    headers, body = dependency_reply(exc)
+    return Response(body, status_code=503, headers={k.decode(): v.decode() for k, v in headers
+                                                    if k != b"content-length"})

@@ -10,6 +10,7 @@ consumes/produces through iterators.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -19,7 +20,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from governance.core import CANCELLED, FAILURE, GRPC_FAILURE_CODES, SUCCESS, Call, Chain, Outcome, Plan, Rejection
+from governance.core import CANCELLED, FAILURE, Call, Chain, Outcome, OutcomeKind, Rejection, outcome_kind
 from governance.outbound import DependencyUnavailable
 from governance.problem import retry_after_seconds
 
@@ -32,32 +33,33 @@ def _code_name(code: Any) -> str:
     if code is None:
         return "OK"
     if isinstance(code, grpc.StatusCode):
-        return code.name
+        return str(code.name)
     for sc in grpc.StatusCode:  # cygrpc may hand back the raw int
         if sc.value[0] == code:
-            return sc.name
+            return str(sc.name)
     return "UNKNOWN"
 
 
-def _kind(code: str) -> str:
-    return FAILURE if code in GRPC_FAILURE_CODES else SUCCESS
-
-
-def _error_code(exc: BaseException, context: Any) -> tuple[str, str]:
+def _error_code(exc: BaseException, context: Any) -> tuple[str, OutcomeKind]:
     """(code name, outcome kind) for a handler that raised."""
     if isinstance(exc, asyncio.CancelledError):
         return "CANCELLED", CANCELLED
     if isinstance(exc, aio.AbortError):  # context.abort(): the code is on the context
         code = _code_name(context.code())
-        return code, _kind(code)
+        return code, outcome_kind("grpc", code)
+    if isinstance(exc, DependencyUnavailable):
+        return "UNAVAILABLE", FAILURE
     return "UNKNOWN", FAILURE
 
 
+def retry_metadata(retry_after: float) -> tuple[tuple[str, str], ...]:
+    """The gRPC side of Retry-After: a `retry-after` trailer in whole seconds (hosts use it too)."""
+    return (("retry-after", str(retry_after_seconds(retry_after))),)
+
+
 async def _abort(context: Any, status: grpc.StatusCode, details: str, retry_after: float,
-                 headers: list[tuple[str, str]] | None = None) -> None:
-    md: list[tuple[str, str]] = [("retry-after", str(retry_after_seconds(retry_after)))]
-    if headers:
-        md.extend((k.lower(), v) for k, v in headers)
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+    md = [*retry_metadata(retry_after), *((k.lower(), v) for k, v in headers)]
     await context.abort(status, details, trailing_metadata=tuple(md))
 
 
@@ -71,7 +73,18 @@ async def _counted(it: AsyncIterator[Any], call: Call) -> AsyncIterator[Any]:
         yield msg
 
 
-class GovernanceInterceptor(aio.ServerInterceptor):
+_FACTORIES = {
+    "unary": grpc.unary_unary_rpc_method_handler,
+    "server_stream": grpc.unary_stream_rpc_method_handler,
+    "client_stream": grpc.stream_unary_rpc_method_handler,
+    "bidi_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
+class GovernanceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    """Governs each RPC as one call. `admit`/`end` take any `Call`, so a stream handler can govern
+    each message the same way (a Call per message)."""
+
     def __init__(self, chain: Chain, client_key: ClientKey | None = None) -> None:
         self.chain = chain
         self.client_key = client_key
@@ -85,90 +98,73 @@ class GovernanceInterceptor(aio.ServerInterceptor):
         return self._wrap(handler, handler_call_details.method, key,
                           handler_call_details.invocation_metadata or ())
 
-    # -- shared steps ---------------------------------------------------------------------------
-    async def _enter(self, method: str, rpc_type: str, key: str | None, metadata: Any,
-                     context: Any) -> tuple[Call, Plan]:
-        call = Call("grpc", method, rpc_type, key, time.perf_counter())
-        call.attributes["carrier"] = metadata
-        plan = self.chain.plan("grpc", rpc_type, method)
+    @contextlib.asynccontextmanager
+    async def governed(self, call: Call, context: Any) -> AsyncIterator[Call]:
+        """Admit `call` (or abort the RPC with the refusal), run the block, release with its outcome.
+        Takes any Call, so a stream handler can govern each message as a call of its own."""
+        plan = self.chain.plan("grpc", call.method, call.route)
+        admitted = self.chain.admit(call, plan) if plan.sync else await self.chain.admit_async(call, plan)
+        if isinstance(admitted, Rejection):
+            await _abort(context, _reject_code(admitted), str(admitted), admitted.retry_after, admitted.headers)
+            raise AssertionError("context.abort returned")  # it always raises
+        error: BaseException | None = None
         try:
-            await self.chain.admit(call, plan)
-        except Rejection as rej:
-            await _abort(context, _reject_code(rej), str(rej), rej.retry_after, rej.headers)
-        return call, plan
+            yield call
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            code, kind = _error_code(error, context) if error is not None else _ok_code(context)
+            self.chain.unwind(admitted, Outcome(kind, code, time.perf_counter() - call.start, call))
+            if isinstance(error, DependencyUnavailable):
+                await _abort(context, grpc.StatusCode.UNAVAILABLE, str(error), error.retry_after)
 
-    async def _fail(self, call: Call, plan: Plan, exc: BaseException, context: Any) -> None:
-        """Release after a handler exception; turn DependencyUnavailable into UNAVAILABLE."""
-        if isinstance(exc, DependencyUnavailable):
-            await self.chain.release(call, plan, Outcome(FAILURE, "UNAVAILABLE", time.perf_counter() - call.start))
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc), exc.retry_after)
-        code, kind = _error_code(exc, context)
-        await self.chain.release(call, plan, Outcome(kind, code, time.perf_counter() - call.start))
-
-    async def _done(self, call: Call, plan: Plan, context: Any) -> None:
-        code = _code_name(context.code())
-        await self.chain.release(call, plan, Outcome(_kind(code), code, time.perf_counter() - call.start))
-
-    # -- per RPC type ---------------------------------------------------------------------------
     def _wrap(self, handler: Any, method: str, key: str | None, md: Any) -> Any:
-        kwargs = {"request_deserializer": handler.request_deserializer,
-                  "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            behavior, rpc_type = handler.unary_unary, "unary"
-        elif handler.unary_stream is not None:
-            behavior, rpc_type = handler.unary_stream, "server_stream"
-        elif handler.stream_unary is not None:
-            behavior, rpc_type = handler.stream_unary, "client_stream"
-        else:
-            behavior, rpc_type = handler.stream_stream, "bidi_stream"
+        behavior, rpc_type = _behavior(handler)
         if not (inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)):
             if method not in self._warned:
                 self._warned.add(method)
                 log.warning("governance: %s has a synchronous handler; it is not governed", method)
             return handler
-        enter, fail, done = self._enter, self._fail, self._done
         streaming_in = rpc_type in ("client_stream", "bidi_stream")
+        unary_out = rpc_type in ("unary", "client_stream")
 
-        if inspect.isasyncgenfunction(behavior):
-            async def gen_wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
-                call, plan = await enter(method, rpc_type, key, md, context)
-                if streaming_in:
-                    request = _counted(request, call)
-                else:
-                    call.msgs_in = 1
-                try:
-                    async for resp in behavior(request, context):
-                        call.msgs_out += 1
-                        yield resp
-                except BaseException as exc:
-                    await fail(call, plan, exc, context)
-                    raise
-                await done(call, plan, context)
+        def start(request: Any) -> tuple[Call, Any]:
+            call = Call("grpc", method, rpc_type, key, time.perf_counter(), md)
+            if streaming_in:
+                return call, _counted(request, call)
+            call.msgs_in = 1
+            return call, request
 
-            wrapper: Any = gen_wrapper
-        else:
-            async def coro_wrapper(request: Any, context: Any) -> Any:
-                call, plan = await enter(method, rpc_type, key, md, context)
-                if streaming_in:
-                    request = _counted(request, call)
-                else:
-                    call.msgs_in = 1
-                try:
-                    resp = await behavior(request, context)
-                except BaseException as exc:
-                    await fail(call, plan, exc, context)
-                    raise
-                if rpc_type in ("unary", "client_stream"):
-                    call.msgs_out = 1
-                await done(call, plan, context)
-                return resp
+        async def gen_wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
+            call, request = start(request)
+            async with self.governed(call, context):
+                async for resp in behavior(request, context):
+                    call.msgs_out += 1
+                    yield resp
 
-            wrapper = coro_wrapper
+        async def coro_wrapper(request: Any, context: Any) -> Any:
+            call, request = start(request)
+            async with self.governed(call, context):
+                resp = await behavior(request, context)
+                call.msgs_out = 1 if unary_out else call.msgs_out
+            return resp
 
-        factory = {
-            "unary": grpc.unary_unary_rpc_method_handler,
-            "server_stream": grpc.unary_stream_rpc_method_handler,
-            "client_stream": grpc.stream_unary_rpc_method_handler,
-            "bidi_stream": grpc.stream_stream_rpc_method_handler,
-        }[rpc_type]
-        return factory(wrapper, **kwargs)
+        wrapper = gen_wrapper if inspect.isasyncgenfunction(behavior) else coro_wrapper
+        return _FACTORIES[rpc_type](wrapper, request_deserializer=handler.request_deserializer,
+                                    response_serializer=handler.response_serializer)
+
+
+def _ok_code(context: Any) -> tuple[str, OutcomeKind]:
+    code = _code_name(context.code())
+    return code, outcome_kind("grpc", code)
+
+
+def _behavior(handler: Any) -> tuple[Any, str]:
+    if handler.unary_unary is not None:
+        return handler.unary_unary, "unary"
+    if handler.unary_stream is not None:
+        return handler.unary_stream, "server_stream"
+    if handler.stream_unary is not None:
+        return handler.stream_unary, "client_stream"
+    return handler.stream_stream, "bidi_stream"

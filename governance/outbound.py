@@ -1,18 +1,19 @@
 """Circuit breaker for outbound calls (Kafka produce, database): fail fast while a dependency is down.
 
-Wraps aiobreaker's CircuitBreaker (consecutive-failure count, reset timeout, half-open trial) and adds
-what a service needs around it: a typed `DependencyUnavailable` raised in microseconds while open,
-an optional per-call timeout (a hung dependency is a failed dependency), and the state as a metric.
+A small breaker of our own: `fail_max` consecutive failures open it; while open every call raises
+`DependencyUnavailable` at once; after `reset_timeout` one trial call goes through (half-open) and
+its result closes or re-opens the breaker. An optional per-call timeout makes a hung dependency a
+failed one. State is exported as a metric.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Any, TypeVar
 
-from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerState
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,10 +25,10 @@ STATE_VALUES = {"closed": 0, "open": 1, "half_open": 2}
 
 
 class DependencyUnavailable(Exception):  # noqa: N818 - domain name, read as "dependency unavailable"
-    """The named dependency's breaker is open: do not call it, answer UNAVAILABLE/503 now."""
+    """The named dependency is down (its breaker is open, or it just failed): answer UNAVAILABLE/503."""
 
     def __init__(self, name: str, retry_after: float) -> None:
-        super().__init__(f"dependency {name!r} unavailable (circuit open), retry after {retry_after:.1f}s")
+        super().__init__(f"dependency {name!r} unavailable, retry after {retry_after:.1f}s")
         self.name = name
         self.retry_after = retry_after
 
@@ -43,15 +44,18 @@ class OutboundBreaker:
     """`async with breaker: ...` or `await breaker.call(fn, *args)`."""
 
     def __init__(self, name: str, settings: OutboundSettings | None = None, *,
-                 registry: CollectorRegistry | None = None,
-                 exclude: Iterable[type[BaseException]] = ()) -> None:
+                 registry: CollectorRegistry | None = None, exclude: Iterable[type[BaseException]] = (),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
-        self.settings = s = settings or OutboundSettings()
-        self._cb = CircuitBreaker(fail_max=s.fail_max, timeout_duration=timedelta(seconds=s.reset_timeout),
-                                  exclude=list(exclude), name=name)
-        self._rejected: Any = None
+        self.settings = settings or OutboundSettings()
+        self.fail_counter = 0
+        self._exclude = tuple(exclude)
+        self._clock = clock
+        self._opened_at: float | None = None  # None while closed
+        self._trial = False  # a half-open trial call is running
         # Per-task timeout contexts: concurrent `async with` blocks on one breaker need their own timer.
-        self._timers: dict[Any, list[Any]] = {}
+        self._timers: dict[asyncio.Task[Any] | None, list[asyncio.Timeout]] = {}
+        self._rejected: Any = None
         if registry is not None:
             metric(registry, Gauge, "governance_breaker_state",
                    "Outbound circuit breaker state: 0 closed, 1 open, 2 half-open.",
@@ -60,76 +64,65 @@ class OutboundBreaker:
                                     "Outbound calls refused fast because the breaker was open.",
                                     ("breaker",)).labels(name)
 
-    # -- state ----------------------------------------------------------------------------------
-    def _open_remaining(self) -> float:
-        opened = self._cb._state_storage.opened_at  # aiobreaker stores naive UTC
-        if opened is None:
-            return 0.0
-        until = opened + self._cb.timeout_duration - datetime.utcnow()
-        return max(0.0, until.total_seconds())
-
     @property
     def state(self) -> str:
-        cur = self._cb.current_state
-        if cur is CircuitBreakerState.CLOSED:
+        if self._opened_at is None:
             return "closed"
-        if cur is CircuitBreakerState.HALF_OPEN or self._open_remaining() <= 0:
-            return "half_open"  # open with the timeout elapsed: the next call is the trial
-        return "open"
+        return "open" if self._open_remaining() > 0 else "half_open"
 
-    @property
-    def fail_counter(self) -> int:
-        return self._cb.fail_counter
+    def _open_remaining(self) -> float:
+        if self._opened_at is None:
+            return 0.0
+        return max(0.0, self._opened_at + self.settings.reset_timeout - self._clock())
 
-    def _unavailable(self, cause: BaseException | None = None, *, refused: bool = False) -> DependencyUnavailable:
-        if refused and self._rejected is not None:
-            self._rejected.inc()
-        err = DependencyUnavailable(self.name, max(self._open_remaining(), 0.001))
-        err.__cause__ = cause
-        return err
+    def _unavailable(self) -> DependencyUnavailable:
+        return DependencyUnavailable(self.name, max(self._open_remaining(), 0.001))
 
-    # -- use ------------------------------------------------------------------------------------
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         async with self:
             return await fn(*args, **kwargs)
 
     async def __aenter__(self) -> OutboundBreaker:
-        cb = self._cb
-        if cb.current_state is CircuitBreakerState.OPEN:
-            try:
-                cb.state.before_call(None)
-            except CircuitBreakerError:
-                raise self._unavailable(refused=True) from None
-            cb.half_open()
+        if self._opened_at is not None:
+            if self._open_remaining() > 0 or self._trial:
+                if self._rejected is not None:
+                    self._rejected.inc()
+                raise self._unavailable()
+            self._trial = True  # half-open: this call is the trial
         if self.settings.timeout is not None:
             timer = asyncio.timeout(self.settings.timeout)
             self._timers.setdefault(asyncio.current_task(), []).append(timer)
             await timer.__aenter__()
         return self
 
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        timed_out = False
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         if self.settings.timeout is not None:
-            task = asyncio.current_task()
-            stack = self._timers[task]
-            timer = stack.pop()
-            if not stack:
-                del self._timers[task]
-            try:
-                await timer.__aexit__(exc_type, exc, tb)
-            except TimeoutError as timeout_exc:  # the timer cancelled the body: a failed call
-                exc, timed_out = timeout_exc, True
-        state = self._cb.state
-        if exc is None:
-            state._handle_success()
-            return False
+            exc = await self._exit_timer(exc_type, exc, tb)
+        trial, self._trial = self._trial, False
+        if exc is None or isinstance(exc, self._exclude):
+            self.fail_counter, self._opened_at = 0, None
+            return None
         if not isinstance(exc, Exception):  # cancellation is not the dependency's fault
-            return False
+            return None
+        self.fail_counter += 1
+        if trial or self.fail_counter >= self.settings.fail_max:
+            self._opened_at = self._clock()
+            raise self._unavailable() from exc
+        if isinstance(exc, TimeoutError) and exc_type is not TimeoutError:
+            raise exc  # the timer cancelled the body: surface the timeout, not the cancellation
+        return None
+
+    async def _exit_timer(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                          tb: TracebackType | None) -> BaseException | None:
+        """Leave this task's innermost timer; a timeout it caused becomes the call's exception."""
+        task = asyncio.current_task()
+        stack = self._timers[task]
+        timer = stack.pop()
+        if not stack:
+            del self._timers[task]
         try:
-            state._handle_error(None, exc)  # type: ignore[arg-type]
-        except CircuitBreakerError as tripped:
-            raise self._unavailable(exc) from tripped.__cause__ or exc
-        except Exception as same:
-            if same is not exc or timed_out:
-                raise  # the body's own exception propagates by returning False below
-        return False
+            await timer.__aexit__(exc_type, exc, tb)
+        except TimeoutError as timed_out:
+            return timed_out
+        return exc

@@ -127,7 +127,7 @@ def format_report(
 
 def _rss() -> int:
     try:
-        return psutil.Process().memory_info().rss
+        return int(psutil.Process().memory_info().rss)
     except psutil.Error:
         return 0
 

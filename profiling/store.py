@@ -6,11 +6,13 @@ kind is the capture id that groups a capture's files.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
 import re
 import stat
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -175,7 +177,8 @@ class CaptureStore:
 
     # -- retention -----------------------------------------------------------------------------
 
-    def enforce_retention(self, max_files: int, max_bytes: int, keep: set[str] = frozenset()) -> list[str]:
+    def enforce_retention(self, max_files: int, max_bytes: int,
+                          keep: AbstractSet[str] = frozenset()) -> builtins.list[str]:
         """Delete whole captures, oldest first, until both limits hold. Returns the deleted ids."""
         groups = self._groups()
         files = sum(len(g.files) for g in groups)

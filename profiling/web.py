@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from governance.problem import problem_body
+
 from .errors import ProfilingError
 from .info import KINDS, CaptureInfo
 
@@ -34,14 +36,13 @@ _HTML_CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; 
 _MAX_DURATION_S = 3600.0
 
 
-def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem document."""
-    body = {"type": f"urn:problem-type:profiling:{slug}", "title": title, "status": status, "detail": detail}
-    body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers={"Cache-Control": "no-store"})
+def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> Response:
+    """An RFC 9457 problem document, from the one renderer (governance.problem: one `type` convention)."""
+    body = problem_body(status, detail, title=title, slug=f"profiling-{slug}", **extra)
+    return Response(body, status_code=status, media_type=PROBLEM, headers={"Cache-Control": "no-store"})
 
 
-def _error_response(err: ProfilingError) -> JSONResponse:
+def _error_response(err: ProfilingError) -> Response:
     titles = {409: "Conflict", 503: "Profiling unavailable", 500: "Profiling failed"}
     return problem(
         err.http_status,
@@ -53,7 +54,7 @@ def _error_response(err: ProfilingError) -> JSONResponse:
 
 
 def _base(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/")
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 def _same_origin(request: Request) -> bool:
@@ -85,7 +86,8 @@ def routes(profiler: Profiler, authorize: Authorize) -> list[BaseRoute]:
             if request.method == "POST" and not _same_origin(request):
                 # A cross-site form post riding on a browser's cookies: refuse it.
                 return problem(403, "Forbidden", "cross-origin requests may not start or stop captures", "forbidden")
-            return await handler(request)
+            handled: Response = await handler(request)
+            return handled
 
         return endpoint
 

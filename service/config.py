@@ -13,6 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from governance import GovernanceSettings
+from profiling import ProfilingSettings
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -133,9 +136,9 @@ class Settings(BaseSettings):
     consumer: ConsumerSettings = ConsumerSettings()
     webhooks: WebhookSettings = WebhookSettings()
     log: LogSettings = LogSettings()
-    # Validated by the governance, profiling and relay libraries' own models.
-    governance: dict[str, Any] = Field(default_factory=dict)
-    profiling: dict[str, Any] = Field(default_factory=dict)
+    # The governance and profiling libraries' own models; relay is validated by service.relay.
+    governance: GovernanceSettings = GovernanceSettings()
+    profiling: ProfilingSettings = ProfilingSettings()
     relay: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod

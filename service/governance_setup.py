@@ -1,8 +1,9 @@
 """meterd's use of the governance library: the default chain, client keys, tracing, outbound breakers.
 
-The `governance:` config section holds three optional parts:
+The `governance:` config section is governance.GovernanceSettings:
   plugins  - the chain (governance.config format); default below
-  tracing  - governance.tracing.TracingSettings for the process's tracer provider
+  tracing  - governance.tracing.TracingSettings for the process's tracer provider (meterd's defaults:
+             10 % sampling, no exporter unless an endpoint is configured)
   outbound - {"kafka": {...}, "database": {...}} OutboundSettings for the dependency breakers
 """
 
@@ -15,15 +16,15 @@ from typing import Any
 
 import sqlalchemy.exc
 
-from governance import DependencyUnavailable, Governance, OutboundBreaker
-from governance.tracing import setup_tracing
+from governance import DependencyUnavailable, Governance, GovernanceSettings, OutboundBreaker, OutboundSettings
+from governance.tracing import TracingSettings, setup_tracing
 
 # Probes and scrapes must keep answering under overload, and never count against a quota.
 _OPS_ROUTES = {"/metrics": {"enabled": False}, "/healthz": {"enabled": False}, "/readyz": {"enabled": False},
                "/debug/profiles*": {"enabled": False}, "/grpc.health.v1.Health/*": {"enabled": False},
                "/grpc.reflection.*": {"enabled": False}}
 
-DEFAULT_PLUGINS: list[dict[str, Any]] = [
+DEFAULT_PLUGINS: list[dict[str, Any]] = [  # validated into PluginSpecs by GovernanceSettings
     {"type": "metrics"},
     {"type": "tracing"},
     {"type": "adaptive", "routes": _OPS_ROUTES},
@@ -54,19 +55,22 @@ def grpc_client_key(handler_call_details: Any) -> str | None:
     return None
 
 
-def build_governance(cfg: dict[str, Any], *, registry: Any, service_name: str) -> Governance:
-    plugins = cfg.get("plugins", DEFAULT_PLUGINS)
-    tracing = dict(cfg.get("tracing") or {})
-    if "exporter" not in tracing and not tracing.get("endpoint") and not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        tracing["exporter"] = "none"  # no collector configured: sample and propagate, export nothing
-    tracing.setdefault("ratio", 0.1)
-    setup_tracing(tracing, service_name=service_name)
-    return Governance.from_config({"plugins": plugins}, registry=registry, service_name=service_name)
+def build_governance(cfg: GovernanceSettings, *, registry: Any, service_name: str) -> Governance:
+    given = cfg.tracing.model_dump(exclude_unset=True) if cfg.tracing is not None else {}
+    if "exporter" not in given and not given.get("endpoint") and not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        given["exporter"] = "none"  # no collector configured: sample and propagate, export nothing
+    given.setdefault("ratio", 0.1)
+    setup_tracing(TracingSettings(**given), service_name=service_name)
+    plugins = cfg.plugins if cfg.plugins is not None else DEFAULT_PLUGINS
+    return Governance.from_config(GovernanceSettings(plugins=plugins), registry=registry, service_name=service_name)
 
 
-def outbound(gov: Governance, name: str, cfg: dict[str, Any], **defaults: Any) -> OutboundBreaker:
-    settings = {**defaults, **(cfg.get("outbound", {}).get(name) or {})}
-    return gov.outbound_breaker(name, **settings)
+def outbound(gov: Governance, name: str, cfg: GovernanceSettings, **defaults: Any) -> OutboundBreaker:
+    """The breaker for dependency `name`: meterd's defaults, then what the config sets."""
+    exclude = defaults.pop("exclude", ())
+    configured = cfg.outbound.get(name)
+    given = configured.model_dump(exclude_unset=True) if configured is not None else {}
+    return gov.outbound_breaker(name, OutboundSettings(**{**defaults, **given}), exclude=exclude)
 
 
 class GuardedRepository:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from governance import DependencyUnavailable
+from governance.grpc_aio import retry_metadata
 from service.auth import Authenticator, Principal
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
@@ -22,6 +24,13 @@ from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc
 
 log = logging.getLogger("meterd.grpc")
 SERVICE_NAME = traffic_pb2.DESCRIPTOR.services_by_name["TrafficWriter"].full_name
+
+
+@dataclass(frozen=True)
+class _RichStatus(grpc.Status):  # type: ignore[misc]
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
 def _status(code: grpc.StatusCode, rpc_code: int, message: str, details: Sequence[Any] = ()) -> grpc.Status:
@@ -43,10 +52,12 @@ def status_for(exc: IngestError) -> grpc.Status:
         return _status(grpc.StatusCode.PERMISSION_DENIED, code_pb2.PERMISSION_DENIED, exc.detail)
     if isinstance(exc, BatchConflict):
         return _status(grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS, exc.detail)
-    if isinstance(exc, DependencyDown):
+    if isinstance(exc, DependencyDown):  # as governance answers DependencyUnavailable, plus RetryInfo
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(int(exc.retry_after * 1000))
-        return _status(grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, exc.detail, [retry])
+        status = _status(grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, exc.detail, [retry])
+        return _RichStatus(status.code, status.details,
+                           (*status.trailing_metadata, *retry_metadata(exc.retry_after)))
     return _status(grpc.StatusCode.INTERNAL, code_pb2.INTERNAL, "internal error")
 
 

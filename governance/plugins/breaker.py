@@ -18,7 +18,7 @@ from prometheus_client import Gauge
 from pydantic import BaseModel, ConfigDict, Field
 
 from governance._prom import metric
-from governance.core import FAILURE, SUCCESS, Call, Outcome, Rejection
+from governance.core import FAILURE, SUCCESS, Call, Outcome, Rejection, Token
 from governance.plugins import PluginContext
 
 
@@ -42,6 +42,8 @@ class RouteWindow:
         self.idx, self.bstart = 0, now
 
     def advance(self, now: float) -> None:
+        if now - self.bstart < self.blen:  # the common case: still in the current bucket
+            return
         steps = int((now - self.bstart) / self.blen)
         if steps <= 0:
             return
@@ -61,7 +63,8 @@ class RouteWindow:
 
 
 class SreBreaker:
-    """Decision logic with injectable clock and RNG (tests make it deterministic)."""
+    """The SRE adaptive-throttling decision per route, with injectable clock and RNG (tests make it
+    deterministic). This is what the plugin runs: `allow` on admission, `record` on release."""
 
     def __init__(self, settings: BreakerSettings | None = None, clock: Callable[[], float] = time.monotonic,
                  rng: Callable[[], float] = random.random) -> None:
@@ -97,6 +100,20 @@ class SreBreaker:
         w.record(success)
 
 
+class _RouteToken:
+    """Ends every admitted call to one route: successes and failures are evidence, the rest not."""
+
+    __slots__ = ("sre", "route")
+
+    def __init__(self, sre: SreBreaker, route: str) -> None:
+        self.sre, self.route = sre, route
+
+    def release(self, outcome: Outcome) -> None:
+        kind = outcome.kind
+        if kind is SUCCESS or kind is FAILURE:
+            self.sre.record(self.route, kind is SUCCESS)
+
+
 class BreakerPlugin:
     name = "breaker"
 
@@ -104,75 +121,24 @@ class BreakerPlugin:
                  breaker: SreBreaker | None = None) -> None:
         self.settings = settings or BreakerSettings()
         self.breaker = breaker or SreBreaker(self.settings)
-        self._ctx = ctx
         self._ratio = metric(ctx.registry, Gauge, "governance_breaker_drop_ratio",
                              "Probability the inbound SRE breaker rejects a call, per route.", ("route",))
-        self._children: dict[str, Any] = {}
-        self._bound: dict[str, tuple[Any, Any]] = {}  # route -> hooks, for calls outside a Plan
-        self._retry = max(1.0, self.settings.window / 2)
-        self._min_requests = self.breaker.settings.min_requests
-        self._k = self.breaker.settings.k
+        self._routes: dict[str, tuple[_RouteToken, Any]] = {}  # route -> (token, drop-ratio gauge)
+        self._published: dict[str, float] = {}  # route -> drop ratio last set (the gauge takes a lock)
+        self._refusal = Rejection("breaker", "failure_ratio", "unavailable", max(1.0, self.settings.window / 2))
 
-    @classmethod
-    def from_config(cls, settings: dict[str, Any], ctx: PluginContext) -> BreakerPlugin:
-        return cls(ctx, BreakerSettings(**settings))
+    def admit(self, call: Call) -> Token | Rejection:
+        found = self._routes.get(call.route)
+        if found is None:
+            found = self._routes[call.route] = (_RouteToken(self.breaker, call.route),
+                                                self._ratio.labels(call.route))
+        token, gauge = found
+        admitted, p = self.breaker.allow(call.route)
+        if self._published.get(call.route) != p:
+            self._published[call.route] = p
+            gauge.set(p)
+        return token if admitted else self._refusal
 
-    def derive(self, overrides: dict[str, Any], label: str) -> BreakerPlugin:
-        return BreakerPlugin(self._ctx, BreakerSettings(**{**self.settings.model_dump(), **overrides}))
 
-    def _gauge(self, route: str) -> Any:
-        g = self._children.get(route)
-        if g is None:
-            g = self._children[route] = self._ratio.labels(route)
-        return g
-
-    async def before(self, call: Call) -> None:
-        self.before_sync(call)
-
-    async def after(self, call: Call, outcome: Outcome) -> None:
-        self.after_sync(call, outcome)
-
-    def bind_sync(self, transport: str, method: str, route: str) -> tuple[Any, Any]:
-        """The route's hooks with its window captured: SreBreaker.allow()/record() inlined, because
-        they run on every call (one clock read each, no lookups)."""
-        sre, min_requests, k, retry = self.breaker, self._min_requests, self._k, self._retry
-        w = sre._window(route)
-        children = self._children
-
-        def before(call: Call) -> None:
-            now = sre._clock()
-            if now - w.bstart >= w.blen:
-                w.advance(now)
-            req = w.total_req
-            if req < min_requests:
-                return
-            p = (req - k * w.total_acc) / (req + 1)
-            if p > 0.0:
-                self._gauge(route).set(p)
-                if sre._rng() < p:
-                    w.record(False)
-                    raise Rejection("breaker", "failure_ratio", "unavailable", retry)
-            elif route in children:
-                children[route].set(0.0)
-
-        def after(call: Call, outcome: Outcome) -> None:
-            kind = outcome.kind
-            if kind == SUCCESS or kind == FAILURE:
-                now = sre._clock()
-                if now - w.bstart >= w.blen:
-                    w.advance(now)
-                w.record(kind == SUCCESS)
-
-        return before, after
-
-    def _route_hooks(self, route: str) -> tuple[Any, Any]:
-        hooks = self._bound.get(route)
-        if hooks is None:
-            hooks = self._bound[route] = self.bind_sync("", "", route)
-        return hooks
-
-    def before_sync(self, call: Call) -> None:
-        self._route_hooks(call.route)[0](call)
-
-    def after_sync(self, call: Call, outcome: Outcome) -> None:
-        self._route_hooks(call.route)[1](call, outcome)
+def create(settings: dict[str, Any], ctx: PluginContext, label: str) -> BreakerPlugin:
+    return BreakerPlugin(ctx, BreakerSettings(**settings))

@@ -3,7 +3,8 @@
 Names follow the design so off-the-shelf dashboards work: the HTTP histogram uses OTel's default
 bucket boundaries, and the gRPC family uses go-grpc-prometheus names, labels and code spellings
 ("OK", "InvalidArgument", ...). Children are cached per route and the families are the lock-free
-ones from `governance._fastmetrics`, so the hot path is two dict lookups and plain arithmetic.
+ones from `governance._fastmetrics`, so the hot path is a dict lookup and plain arithmetic. Latency
+observations of sampled calls carry the trace id as an OpenMetrics exemplar.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from governance._fastmetrics import FastCounter, FastGauge, FastHistogram
 from governance._prom import metric
-from governance.core import Call, Outcome
+from governance.core import Call, Outcome, Rejection, Token
 from governance.plugins import PluginContext
 
 # OTel semantic-conventions default for http.server.request.duration, in seconds.
@@ -39,41 +40,47 @@ class MetricsSettings(BaseModel):
     grpc_buckets: tuple[float, ...] = GRPC_BUCKETS
 
 
-class _HttpRoute:
-    """Cached children for one (route, method): the in-flight gauge and a histogram per status."""
+class _HttpToken:
+    """The token of every call to one (method, route): its in-flight gauge and duration children."""
 
     __slots__ = ("active", "by_status", "family", "method", "route")
 
     def __init__(self, plugin: MetricsPlugin, method: str, route: str) -> None:
-        self.active = plugin._http_active.labels(method, route)
-        self.family, self.method, self.route = plugin._http_duration, method, route
+        self.active = plugin.http_active.labels(method, route)
+        self.family, self.method, self.route = plugin.http_duration, method, route
         self.by_status: dict[int | str, Any] = {}
 
-    def duration(self, status: int | str) -> Any:
-        child = self.by_status.get(status)
+    def release(self, outcome: Outcome) -> None:
+        self.active.value -= 1
+        child = self.by_status.get(outcome.status)
         if child is None:
-            child = self.by_status[status] = self.family.labels(self.method, self.route, str(status))
-        return child
+            child = self.by_status[outcome.status] = self.family.labels(self.method, self.route, str(outcome.status))
+        child.observe(outcome.duration, outcome.call.trace_id)
 
 
-class _GrpcMethod:
+class _GrpcToken:
     __slots__ = ("started", "seconds", "rx", "tx", "handled", "family", "labels")
 
     def __init__(self, plugin: MetricsPlugin, rpc_type: str, full_method: str) -> None:
         service, _, method = full_method.lstrip("/").partition("/")
         self.labels = labels = (rpc_type, service or "unknown", method or "unknown")
-        self.started = plugin._grpc_started.labels(*labels)
-        self.seconds = plugin._grpc_seconds.labels(*labels)
-        self.rx = plugin._grpc_rx.labels(*labels)
-        self.tx = plugin._grpc_tx.labels(*labels)
-        self.family = plugin._grpc_handled
+        self.started = plugin.grpc_started.labels(*labels)
+        self.seconds = plugin.grpc_seconds.labels(*labels)
+        self.rx = plugin.grpc_rx.labels(*labels)
+        self.tx = plugin.grpc_tx.labels(*labels)
+        self.family = plugin.grpc_handled
         self.handled: dict[str, Any] = {}
 
-    def handled_child(self, code: str) -> Any:
+    def release(self, outcome: Outcome) -> None:
+        code = str(outcome.status)
         child = self.handled.get(code)
         if child is None:
             child = self.handled[code] = self.family.labels(*self.labels, GO_GRPC_CODES.get(code, code))
-        return child
+        child.value += 1
+        call = outcome.call
+        self.seconds.observe(outcome.duration, call.trace_id)
+        self.rx.value += call.msgs_in
+        self.tx.value += call.msgs_out
 
 
 class MetricsPlugin:
@@ -84,101 +91,49 @@ class MetricsPlugin:
     def __init__(self, ctx: PluginContext, settings: MetricsSettings | None = None) -> None:
         s = settings or MetricsSettings()
         reg = ctx.registry
-        self._ctx, self._settings = ctx, s
-        self._http_duration = metric(
+        self.http_duration = metric(
             reg, FastHistogram, "http_server_request_duration_seconds", "Duration of HTTP server requests.",
             ("method", "route", "status_code"), buckets=s.http_buckets)
-        self._http_active = metric(
+        self.http_active = metric(
             reg, FastGauge, "http_server_active_requests", "Number of active HTTP server requests.",
             ("method", "route"))
         grpc_labels = ("grpc_type", "grpc_service", "grpc_method")
-        self._grpc_started = metric(
+        self.grpc_started = metric(
             reg, FastCounter, "grpc_server_started", "Total number of RPCs started on the server.", grpc_labels)
-        self._grpc_handled = metric(
+        self.grpc_handled = metric(
             reg, FastCounter, "grpc_server_handled", "Total number of RPCs completed on the server, regardless "
             "of success or failure.", (*grpc_labels, "grpc_code"))
-        self._grpc_seconds = metric(
+        self.grpc_seconds = metric(
             reg, FastHistogram, "grpc_server_handling_seconds", "Histogram of response latency (seconds) of gRPC "
             "that had been application-level handled by the server.", grpc_labels, buckets=s.grpc_buckets)
-        self._grpc_rx = metric(
+        self.grpc_rx = metric(
             reg, FastCounter, "grpc_server_msg_received", "Total number of RPC stream messages received on the "
             "server.", grpc_labels)
-        self._grpc_tx = metric(
+        self.grpc_tx = metric(
             reg, FastCounter, "grpc_server_msg_sent", "Total number of gRPC stream messages sent by the server.",
             grpc_labels)
-        # route -> method -> cached children; nested so a lookup allocates no key tuple.
-        self._http: dict[str, dict[str, _HttpRoute]] = {}
-        self._grpc: dict[str, dict[str, _GrpcMethod]] = {}
+        # (transport, method, route) -> the token for its calls; route labels are bounded.
+        self._tokens: dict[tuple[str, str, str], _HttpToken | _GrpcToken] = {}
 
-    @classmethod
-    def from_config(cls, settings: dict[str, Any], ctx: PluginContext) -> MetricsPlugin:
-        return cls(ctx, MetricsSettings(**settings))
+    def _token(self, call: Call) -> _HttpToken | _GrpcToken:
+        key = (call.transport, call.method, call.route)
+        token = self._tokens.get(key)
+        if token is None:
+            token = self._tokens[key] = _HttpToken(self, call.method, call.route) if call.transport == "http" \
+                else _GrpcToken(self, call.method, call.route)
+        return token
 
-    def derive(self, overrides: dict[str, Any], label: str) -> MetricsPlugin:
-        # Collectors are per registry, so a variant only differs in nothing that matters per route.
-        return self
-
-    def _http_route(self, method: str, route: str) -> _HttpRoute:
-        by_method = self._http.get(route)
-        if by_method is None:
-            by_method = self._http[route] = {}
-        rec = by_method.get(method)
-        if rec is None:
-            rec = by_method[method] = _HttpRoute(self, method, route)
-        return rec
-
-    def bind_sync(self, transport: str, method: str, route: str) -> tuple[Any, Any] | None:
-        """HTTP hooks with the route's children captured, so a call looks nothing up but its status."""
-        if transport != "http" or not route:
-            return None
-        rec = self._http_route(method, route)
-        active, by_status, duration = rec.active, rec.by_status, rec.duration
-
-        def before(call: Call) -> None:
-            active.value += 1
-
-        def after(call: Call, outcome: Outcome) -> None:
-            active.value -= 1
-            child = by_status.get(outcome.status)
-            (child if child is not None else duration(outcome.status)).observe(outcome.duration)
-
-        return before, after
-
-    def _grpc_method(self, call: Call) -> _GrpcMethod:
-        by_type = self._grpc.get(call.route)
-        if by_type is None:
-            by_type = self._grpc[call.route] = {}
-        rec = by_type.get(call.method)
-        if rec is None:
-            rec = by_type[call.method] = _GrpcMethod(self, call.method, call.route)
-        return rec
-
-    # -- plugin protocol (sync fast path + the async protocol) -----------------------------------
-    def before_sync(self, call: Call) -> None:
-        if call.transport == "http":
-            self._http_route(call.method, call.route).active.value += 1
+    def admit(self, call: Call) -> Token:
+        token = self._token(call)
+        if isinstance(token, _HttpToken):
+            token.active.value += 1
         else:
-            self._grpc_method(call).started.value += 1
+            token.started.value += 1
+        return token
 
-    def after_sync(self, call: Call, outcome: Outcome) -> None:
-        if call.transport == "http":
-            rec = self._http_route(call.method, call.route)
-            rec.active.value -= 1
-            rec.duration(outcome.status).observe(outcome.duration)
-            return
-        g = self._grpc_method(call)
-        g.handled_child(str(outcome.status)).value += 1
-        g.seconds.observe(outcome.duration)
-        if call.msgs_in:
-            g.rx.value += call.msgs_in
-        if call.msgs_out:
-            g.tx.value += call.msgs_out
 
-    async def before(self, call: Call) -> None:
-        self.before_sync(call)
-
-    async def after(self, call: Call, outcome: Outcome) -> None:
-        self.after_sync(call, outcome)
+def create(settings: dict[str, Any], ctx: PluginContext, label: str) -> MetricsPlugin:
+    return MetricsPlugin(ctx, MetricsSettings(**settings))
 
 
 class DecisionMetrics:
@@ -191,7 +146,7 @@ class DecisionMetrics:
             "Calls refused by a governance plugin, by plugin and reason.", ("plugin", "reason", "transport"))
         self._children: dict[tuple[str, str, str], Any] = {}
 
-    def on_reject(self, call: Call, rej: Any) -> None:
+    def on_reject(self, call: Call, rej: Rejection) -> None:
         key = (rej.plugin, rej.reason, call.transport)
         child = self._children.get(key)
         if child is None:

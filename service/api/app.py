@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,6 +19,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from governance import DependencyUnavailable
+from governance.problem import MEDIA_TYPE, problem_body, retry_after_seconds
 from service.api.batches import batch_lookup
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.export import JSON, export_response, negotiate
@@ -69,9 +71,10 @@ def ingest_problem(exc: IngestError) -> Problem:
         return Problem(403, "Forbidden", exc.detail, slug="foreign-records")
     if isinstance(exc, BatchConflict):
         return Problem(409, "Batch Conflict", exc.detail, slug="batch-conflict")
-    if isinstance(exc, DependencyDown):
-        return Problem(503, "Service Unavailable", exc.detail, slug="broker-unavailable",
-                       headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+    if isinstance(exc, DependencyDown):  # the same reply as governance's DependencyUnavailable
+        retry = retry_after_seconds(exc.retry_after)
+        return Problem(503, "Dependency Unavailable", exc.detail, headers={"Retry-After": str(retry)},
+                       retry_after=retry)
     return Problem(500, "Internal Server Error", "internal error")
 
 
@@ -261,9 +264,8 @@ async def readiness_response(readiness: Readiness) -> Response:
     checks = await readiness.status()
     failing = [name for name, state in checks.items() if state != "ok"]
     if failing:
-        return Response(orjson.dumps({"type": "about:blank", "title": "Not Ready", "status": 503,
-                                      "detail": f"not ready: {', '.join(failing)}", "checks": checks}),
-                        status_code=503, media_type="application/problem+json")
+        return Response(problem_body(503, f"not ready: {', '.join(failing)}", title="Not Ready", checks=checks),
+                        status_code=503, media_type=MEDIA_TYPE)
     return json_response({"status": "ready", "checks": checks})
 
 
@@ -276,8 +278,9 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
 
 async def _dependency_down(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DependencyUnavailable)
-    return problem_response(ingest_problem(DependencyDown(f"{exc.name} unavailable", exc.retry_after)),
-                            request.url.path)
+    retry = retry_after_seconds(exc.retry_after)
+    return problem_response(Problem(503, "Dependency Unavailable", str(exc), headers={"Retry-After": str(retry)},
+                                    dependency=exc.name, retry_after=retry), request.url.path)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -337,7 +340,9 @@ def ops_routes(registry: CollectorRegistry, readiness: Sequence[ReadinessCheck])
         return await readiness_response(checked)
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # OpenMetrics when the scraper asks for it (Prometheus does): the format that carries exemplars.
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(registry), headers={"Content-Type": content_type})
 
     return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"])]

@@ -1,13 +1,15 @@
-"""RFC 9457 problem details."""
+"""RFC 9457 problem details, rendered by the one renderer in governance.problem (one `type` URI
+convention for the API, the governance adapters and the HTTP server)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.responses import Response
 
-PROBLEM_TYPE = "https://meterd.dev/problems/"
+from governance.problem import MEDIA_TYPE, TYPE_BASE, problem_body, slug_of
+
+PROBLEM_TYPE = TYPE_BASE
 
 
 class Problem(Exception):
@@ -17,19 +19,14 @@ class Problem(Exception):
         self.status = status
         self.title = title
         self.detail = detail
-        self.slug = slug or title.lower().replace(" ", "-")
+        self.slug = slug or slug_of(title)
         self.headers = headers or {}
         self.extra = extra
 
 
 def problem_response(p: Problem, instance: str | None = None) -> Response:
-    body: dict[str, Any] = {"type": PROBLEM_TYPE + p.slug, "title": p.title, "status": p.status,
-                            "detail": p.detail}
-    if instance:
-        body["instance"] = instance
-    body.update(p.extra)
-    return Response(orjson.dumps(body), status_code=p.status, headers=p.headers,
-                    media_type="application/problem+json")
+    body = problem_body(p.status, p.detail, title=p.title, slug=p.slug, instance=instance, **p.extra)
+    return Response(body, status_code=p.status, headers=p.headers, media_type=MEDIA_TYPE)
 
 
 def unauthorized() -> Problem:

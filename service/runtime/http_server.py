@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import Generator
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from service.runtime.eager_accept import EagerAccept
-from service.runtime.http_protocol import EarlyReply, guarded_protocol
+from service.runtime.http_protocol import guarded_protocol
 
 
 class _Server(uvicorn.Server):
@@ -23,23 +21,14 @@ class _Server(uvicorn.Server):
 
 class HttpServer:
     def __init__(self, app: ASGIApp, host: str, port: int, *, name: str, header_timeout: float = 10.0,
-                 max_header_bytes: int = 65536, eager_accept: bool = True, coalesce_writes: bool = True,
-                 keep_alive_timeout: float = 5.0, early_reply: EarlyReply | None = None) -> None:
-        """early_reply: see service.runtime.http_protocol.guarded_protocol; by default the app's own
-        `early_reply` when it has one (governance.asgi.GovernanceMiddleware), so a governed app sheds
-        under overload before a task exists."""
+                 max_header_bytes: int = 65536, keep_alive_timeout: float = 5.0) -> None:
         if header_timeout <= 0 or keep_alive_timeout <= 0:
-            # both run from one re-arming timer per connection; a zero wait would re-arm it forever
             raise ValueError("header_timeout and keep_alive_timeout must be positive")
         self.name = name
-        # Eager accept: see service.runtime.eager_accept (libuv accepts one connection per loop turn).
-        self.eager_accept = EagerAccept() if eager_accept else None
         config = uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_config=None,
                                 server_header=False, timeout_graceful_shutdown=10,
-                                timeout_keep_alive=keep_alive_timeout,
-                                http=guarded_protocol(header_timeout, max_header_bytes, self.eager_accept,
-                                                      coalesce_writes,
-                                                      early_reply or getattr(app, "early_reply", None)))
+                                timeout_keep_alive=keep_alive_timeout,  # type: ignore[arg-type]
+                                http=guarded_protocol(header_timeout, max_header_bytes))
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
@@ -50,11 +39,6 @@ class HttpServer:
                 self._task.result()  # raises the bind error
                 raise RuntimeError(f"{self.name} HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
-        if self.eager_accept is not None:
-            server, config = self._server, self._server.config
-            factory = functools.partial(config.http_protocol_class, config=config,
-                                        server_state=server.server_state, app_state=server.lifespan.state)
-            self.eager_accept.attach([sock.fileno() for srv in server.servers for sock in srv.sockets], factory)
 
     @property
     def port(self) -> int:
@@ -65,8 +49,6 @@ class HttpServer:
 
     async def stop(self) -> None:
         # should_exit: stop accepting, let in-flight requests finish (bounded by the graceful timeout).
-        if self.eager_accept is not None:
-            self.eager_accept.close()
         self._server.should_exit = True
         if self._task is not None:
             await self._task

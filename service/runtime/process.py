@@ -24,7 +24,6 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Router
 
@@ -32,7 +31,7 @@ from profiling import Profiler, ProfilingSettings
 from service.api.admin_guard import AdminOnly
 from service.api.app import ApiContext, ReadinessCheck, build_admin_app, build_api
 from service.auth import Authenticator, bearer_token
-from service.config import ConfigError, Settings
+from service.config import Settings
 from service.governance_setup import GuardedRepository, build_governance, grpc_client_key, http_client_key, outbound
 from service.grpc_writer import TrafficWriterServicer, build_grpc_server
 from service.ingest.writer import IngestService
@@ -243,10 +242,9 @@ class MeterdProcess:
 
 
 def _profiling_settings(s: Settings) -> ProfilingSettings:
-    try:
-        return ProfilingSettings.model_validate({"service_name": s.service_name, **s.profiling})
-    except ValidationError as exc:
-        raise ConfigError(f"invalid profiling configuration: {exc}") from None
+    if "service_name" in s.profiling.model_fields_set:
+        return s.profiling
+    return s.profiling.model_copy(update={"service_name": s.service_name})
 
 
 def _serving() -> int:

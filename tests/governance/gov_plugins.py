@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from governance import Call, Outcome, Rejection
+from governance import NOOP, Call, Outcome, Rejection, Token
+
+
+class _Seen:
+    def __init__(self, plugin: DenyList) -> None:
+        self.plugin = plugin
+
+    def release(self, outcome: Outcome) -> None:
+        self.plugin.outcomes.append((outcome.call.transport, outcome.kind.value))
 
 
 class DenyList:
@@ -17,18 +25,29 @@ class DenyList:
         self.seen: list[tuple[str, str]] = []
         self.outcomes: list[tuple[str, str]] = []
 
-    async def before(self, call: Call) -> None:
+    def admit(self, call: Call) -> Token | Rejection:
         self.seen.append((call.transport, call.route))
         if call.client_key in self.keys:
-            raise Rejection(self.name, "denied_key", self.status, self.retry_after)  # type: ignore[arg-type]
+            return Rejection(self.name, "denied_key", self.status, self.retry_after)  # type: ignore[arg-type]
+        return _Seen(self)
 
-    async def after(self, call: Call, outcome: Outcome) -> None:
-        self.outcomes.append((call.transport, outcome.kind))
+
+class AsyncAudit:
+    """The async variant of the protocol: admits everything after awaiting."""
+
+    name = "audit"
+
+    def __init__(self) -> None:
+        self.admitted = 0
+
+    async def admit(self, call: Call) -> Token | Rejection:
+        self.admitted += 1
+        return NOOP
 
 
 class NotAPlugin:
     def __init__(self) -> None:
         pass
 
-    def before(self, call: Call) -> None:  # not async: config must refuse it
+    def before(self, call: Call) -> None:  # no `admit`: config must refuse it
         return None

@@ -34,9 +34,9 @@ def lim(clock: FakeClock) -> AdaptiveLimiter:
 def test_window_estimates_little_law_capacity(lim: AdaptiveLimiter, clock: FakeClock) -> None:
     fill_history(lim, clock, seconds=2, per_bucket=10, rt=0.05)
     lim.tick(0.0, 0.0)
-    assert lim.max_pass == 10
-    assert lim.min_rt == pytest.approx(0.05)
-    assert lim.max_inflight == 5  # 10 per 100 ms x 50 ms
+    assert lim.estimator.max_pass == 10
+    assert lim.estimator.min_rt == pytest.approx(0.05)
+    assert lim.estimator.max_inflight == 5  # 10 per 100 ms x 50 ms
 
 
 def test_hot_cpu_sheds_beyond_capacity_bbr_rule(lim: AdaptiveLimiter, clock: FakeClock) -> None:
@@ -72,7 +72,7 @@ def test_latency_gradient_sheds_io_bound_overload_with_idle_cpu(lim: AdaptiveLim
     fill_history(lim, clock, seconds=1, per_bucket=10, rt=0.08)  # queueing downstream: 4x latency
     heat(lim, clock, cpu=0.1, lag=0.0, ticks=1)
     assert lim.conc_armed and lim.cpu < 0.8
-    assert lim.max_inflight == 2
+    assert lim.estimator.max_inflight == 2
     assert [lim.acquire() for _ in range(3)] == [None, None, None]
     assert lim.acquire() == "concurrency"
 
@@ -100,7 +100,7 @@ def test_failures_are_not_passes(lim: AdaptiveLimiter, clock: FakeClock) -> None
             lim.on_mark(clock())
         clock.advance(0.1)
     lim.tick(1.0, 0.0)
-    assert lim.max_pass == 0 and lim.max_inflight == 0 and lim.inflight == 0
+    assert lim.estimator.max_pass == 0 and lim.estimator.max_inflight == 0 and lim.inflight == 0
 
 
 @dataclass
@@ -116,11 +116,6 @@ class LoopModel:
     r: float = 0.0001  # uvicorn parse + a canned 503, measured ~0.1 ms
     busy: float = 0.0  # CPU seconds since the last tick
     last_tick: float = 0.0
-    # The server asks refuse_early for every request it reads, before the batch runs (meterd's
-    # HttpServer with a governed app); such a refusal costs `e` instead of `r`.
-    early: bool = False
-    e: float = 0.00003
-    early_shed: int = 0
 
     def __post_init__(self) -> None:
         self.lim.cpu_now = self.cpu_now
@@ -147,17 +142,6 @@ class LoopModel:
             while next_arrival <= self.clock.now:
                 batch.append(next_arrival)
                 next_arrival += 1.0 / rate
-            if self.early:  # the server's read phase, in arrival order
-                passed = []
-                for arrived in batch:
-                    if self.lim.refuse_early() is None:
-                        passed.append(arrived)
-                    else:
-                        self.clock.advance(self.e)
-                        self.busy += self.e
-                        shed += 1
-                        self.early_shed += 1
-                batch = passed
             for arrived in batch:
                 if self.lim.acquire() is None:
                     self.clock.advance(self.s)
@@ -169,7 +153,7 @@ class LoopModel:
                     self.clock.advance(self.r)
                     self.busy += self.r
                     shed += 1
-            if self.lim.in_batch:  # the marker, queued by the batch's first call, runs before the next read
+            if self.lim.queue.in_batch:  # the marker, queued by the batch's first call, runs before the next read
                 self.lim.on_mark(self.clock.now)
             if next_tick <= self.clock.now:
                 self.lim.tick(self.cpu_now(), 0.0)
@@ -256,9 +240,9 @@ def test_short_burst_is_absorbed_not_shed(clock: FakeClock) -> None:
 def test_queue_shedding_disarms_after_cooloff(clock: FakeClock) -> None:
     model = warmed_model(clock)
     _, shed, _ = model.run(rate=3.0 / model.s, seconds=2.0)
-    assert shed > 0 and model.lim.queue_armed
+    assert shed > 0 and model.lim.queue.armed
     _, shed, _ = model.run(rate=0.5 / model.s, seconds=2.0)
-    assert not model.lim.queue_armed
+    assert not model.lim.queue.armed
 
 
 def test_lag_below_noise_floor_is_not_overload(clock: FakeClock) -> None:
@@ -343,56 +327,3 @@ def test_a_queue_seen_only_in_batches_too_long_to_sample_in_still_arms(
             clock.advance(0.005)
             lim.release(0.005, success=True)
     assert ("queueing" in decisions) is shed
-
-
-# -- early refusal: the queue rule asked by the server before a request's task exists ------------
-def test_early_refusal_only_while_the_queue_rule_is_armed(lim: AdaptiveLimiter, clock: FakeClock) -> None:
-    lim.loop_per_call = 0.010  # each admitted call holds the loop 10 ms; the target is 5 ms
-    assert [lim.refuse_early() for _ in range(5)] == [None] * 5
-    assert lim.early_ahead == 0 and lim.drops == 0  # not armed: nothing counted, nothing refused
-    lim.queue_armed = True
-    clock.advance(1.0)
-    assert [lim.refuse_early() for _ in range(4)] == [None, "queueing", "queueing", "queueing"]
-    assert lim.early_ahead == 1 and lim.drops == 3 and lim.last_drop == clock()
-
-
-def test_early_refusal_predicts_the_wait_from_calls_already_passed(lim: AdaptiveLimiter, clock: FakeClock) -> None:
-    lim.queue_armed = True
-    lim.loop_per_call = 0.001  # 1 ms per call: the 5 ms target allows five calls ahead
-    assert [lim.refuse_early() for _ in range(7)] == [None] * 6 + ["queueing"]
-    lim.on_mark(clock())  # the read requests' batch begins: nothing is ahead of the next read
-    assert lim.early_ahead == 0 and lim.refuse_early() is None
-
-
-def test_loop_time_per_call_is_the_last_batch_over_its_admissions(lim: AdaptiveLimiter, clock: FakeClock) -> None:
-    for _ in range(3):
-        assert lim.acquire() is None
-        clock.advance(0.004)
-        lim.release(0.004, success=True)
-    lim.on_mark(clock())
-    assert lim.loop_per_call == pytest.approx(0.004)
-    lim.on_mark(clock())  # a mark with no batch behind it keeps the estimate
-    assert lim.loop_per_call == pytest.approx(0.004)
-
-
-@pytest.mark.parametrize("load", [0.5, 0.8, 0.95])
-def test_early_refusal_makes_no_false_rejections_up_to_capacity(clock: FakeClock, load: float) -> None:
-    model = warmed_model(clock)
-    model.early = True
-    admitted, shed, _ = model.run(rate=load / model.s, seconds=5.0)
-    assert shed == 0 and admitted > 0
-
-
-@pytest.mark.parametrize("load", [2.0, 5.0])
-def test_early_refusal_takes_most_refusals_and_keeps_goodput_and_latency(clock: FakeClock, load: float) -> None:
-    late = warmed_model(clock)
-    late_admitted, late_shed, _ = late.run(rate=load / late.s, seconds=5.0)
-    model = warmed_model(FakeClock())
-    model.early = True
-    admitted, shed, latencies = model.run(rate=load / model.s, seconds=5.0)
-    assert admitted / 5.0 >= 0.9 / model.s
-    assert model.early_shed >= 0.8 * shed  # most refusals never reach acquire ...
-    assert admitted > late_admitted  # ... and the loop time they no longer take goes to admitted calls
-    steady = latencies[2 * len(latencies) // 5:]
-    assert p99(steady) <= 2 * model.s + 0.001
-    assert shed == pytest.approx(late_shed, rel=0.1)  # the same calls are refused, only sooner

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from governance import Governance
 from governance.asgi import GovernanceMiddleware
-from governance.core import Call, Chain, Outcome
+from governance.core import NOOP, Call, Chain, Token
 from tests.governance.gov_helpers import AppState, client_for, header_key, make_starlette
 
 DENY = "tests.governance.gov_plugins:DenyList"
@@ -40,7 +40,8 @@ async def test_quota_429_problem_json_retry_after_and_ratelimit_fields(registry:
     assert denied.headers["ratelimit"].startswith('"2-per-minute";r=0;t=')
     body = json.loads(denied.content)
     assert body["status"] == 429 and body["title"] == "Too Many Requests"
-    assert body["type"] == "about:blank" and body["plugin"] == "quota" and body["reason"] == "limit_exceeded"
+    assert body["type"] == "https://meterd.dev/problems/rate-limited"
+    assert body["plugin"] == "quota" and body["reason"] == "limit_exceeded"
     assert other.status_code == 200
     assert duration_count(registry, "GET", "/hello", "429") == 1
     assert registry.get_sample_value("governance_rejections_total",
@@ -216,11 +217,9 @@ async def test_plugin_response_headers_reach_the_reply() -> None:
     class Stamp:
         name = "stamp"
 
-        async def before(self, call: Call) -> None:
+        async def admit(self, call: Call) -> Token:
             call.add_response_header("X-Governed-By", "Stamp")
-
-        async def after(self, call: Call, outcome: Outcome) -> None:
-            return None
+            return NOOP
 
     async def raw_app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]})
@@ -241,7 +240,7 @@ async def test_adaptive_refusals_are_one_shared_decision_rendered_fresh_each_tim
     gov = Governance.from_config({"plugins": [{"type": "metrics"}, {"type": "adaptive"}]}, registry=registry)
     adaptive = gov.plugin("adaptive")
     adaptive.limiter.acquire = lambda: "queueing"  # type: ignore[method-assign]  # shed everything
-    refusals = {id(adaptive.before_sync(Call("http", "/hello", "GET", None, 0.0))) for _ in range(3)}
+    refusals = {id(adaptive.admit(Call("http", "/hello", "GET", None, 0.0))) for _ in range(3)}
     assert len(refusals) == 1
     async with client_for(gov.asgi(make_starlette())) as http:
         replies = [await http.get("/hello") for _ in range(3)]

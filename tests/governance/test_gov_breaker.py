@@ -82,23 +82,31 @@ def test_routes_are_independent(clock: FakeClock) -> None:
     assert b.drop_probability("/healthy") == 0.0
 
 
-async def test_plugin_counts_outcomes_and_rejects_as_unavailable(clock: FakeClock) -> None:
+def test_plugin_counts_outcomes_and_rejects_as_unavailable(clock: FakeClock) -> None:
     reg = CollectorRegistry()
     roll = [0.999]  # the RNG first admits everything, then rejects whenever p > 0
     sre = SreBreaker(BreakerSettings(min_requests=5), clock=clock, rng=lambda: roll[0])
     plugin = BreakerPlugin(PluginContext(reg, "t"), BreakerSettings(min_requests=5), breaker=sre)
     call = Call("http", ROUTE, "POST", None, 0.0)
     for _ in range(10):
-        await plugin.before(call)
-        await plugin.after(call, Outcome(FAILURE, 503, 0.01))
+        token = plugin.admit(call)
+        assert not isinstance(token, Rejection)
+        token.release(Outcome(FAILURE, 503, 0.01, call))
     # Rejections by other plugins are not evidence either way.
-    await plugin.before(call)
-    await plugin.after(call, Outcome(REJECTED, 429, 0.0))
+    token = plugin.admit(call)
+    assert not isinstance(token, Rejection)
+    token.release(Outcome(REJECTED, 429, 0.0, call))
     assert sre.windows[ROUTE].total_req == 10
     roll[0] = 0.0
-    with pytest.raises(Rejection) as info:
-        await plugin.before(call)
-    assert info.value.status == "unavailable" and info.value.plugin == "breaker"
-    assert info.value.retry_after >= 1
+    refused = plugin.admit(call)
+    assert isinstance(refused, Rejection)
+    assert refused.status == "unavailable" and refused.plugin == "breaker"
+    assert refused.retry_after >= 1
     assert reg.get_sample_value("governance_breaker_drop_ratio", {"route": ROUTE}) == pytest.approx(10 / 11)
-    await plugin.after(call, Outcome(SUCCESS, 200, 0.01))
+    # ... and the refused attempt counted as a request, as SreBreaker.allow does.
+    assert sre.windows[ROUTE].total_req == 11
+    roll[0] = 0.999
+    token = plugin.admit(call)
+    assert not isinstance(token, Rejection)
+    token.release(Outcome(SUCCESS, 200, 0.01, call))
+    assert sre.windows[ROUTE].total_acc == 1

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from governance import Governance
@@ -56,3 +61,27 @@ async def test_exposition_after_traffic(registry: CollectorRegistry) -> None:
     assert {s.labels["limiter"] for s in families["governance_adaptive_limit"].samples} == {"default"}
     assert [s.value for s in families["governance_adaptive_inflight"].samples] == [0.0]
     assert families["governance_breaker_state"].samples[0].labels == {"breaker": "kafka"}
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.0])
+async def test_sampled_calls_leave_exemplars_on_both_latency_histograms(ratio: float) -> None:
+    registry = CollectorRegistry()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+    gov = Governance.from_config({"plugins": [{"type": "metrics"}, {"type": "tracing"}]}, registry=registry,
+                                 tracer_provider=provider)
+    env = await start_grpc(gov.grpc_interceptor())
+    try:
+        async with client_for(gov.asgi(make_starlette())) as http:
+            await http.get("/hello")
+        await env.unary()(b"x")
+    finally:
+        await stop_grpc(env)
+        await gov.aclose()
+    exemplars = {s.name: s.exemplar for f in openmetrics_families(openmetrics_latest(registry).decode())
+                 for s in f.samples if s.exemplar is not None}
+    if ratio == 0.0:
+        assert exemplars == {}  # unsampled calls have no trace to point at
+        return
+    assert set(exemplars) == {"http_server_request_duration_seconds_bucket", "grpc_server_handling_seconds_bucket"}
+    for exemplar in exemplars.values():
+        assert len(exemplar.labels["trace_id"]) == 32 and int(exemplar.labels["trace_id"], 16)

@@ -1,5 +1,5 @@
-"""Outbound breaker (aiobreaker based): opens after consecutive failures, fails fast with a typed
-error while open, lets a trial through after the reset timeout and closes on success."""
+"""Outbound breaker (governance's own): opens after consecutive failures, fails fast with a typed
+error while open, lets one trial through after the reset timeout and closes on its success."""
 
 from __future__ import annotations
 
@@ -114,3 +114,26 @@ async def test_cancellation_is_not_a_dependency_failure() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert breaker.state == "closed"
+
+
+async def test_half_open_lets_exactly_one_trial_through() -> None:
+    breaker = Governance.from_config({"plugins": []}, registry=CollectorRegistry()).outbound_breaker(
+        "db3", fail_max=1, reset_timeout=0.05)
+    dep = Dependency()
+    with pytest.raises(DependencyUnavailable):
+        await breaker.call(dep.produce, 1)
+    await asyncio.sleep(0.06)
+    dep.up = True
+    gate = asyncio.Event()
+
+    async def slow_trial() -> int:
+        await gate.wait()
+        return await dep.produce(1)
+
+    trial = asyncio.create_task(breaker.call(slow_trial))
+    await asyncio.sleep(0)
+    with pytest.raises(DependencyUnavailable):  # a second caller while the trial runs
+        await breaker.call(dep.produce, 2)
+    gate.set()
+    assert await trial == 1
+    assert breaker.state == "closed" and await breaker.call(dep.produce, 3) == 3

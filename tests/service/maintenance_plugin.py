@@ -7,9 +7,8 @@ the reason so a test can prove that one instance governs both HTTP and gRPC.
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from governance import Call, Outcome, Rejection
+from governance import NOOP, Call, Rejection, Token
 
 
 class MaintenanceSwitch:
@@ -19,12 +18,8 @@ class MaintenanceSwitch:
         self.flag_path = flag_path
         self.exempt = tuple(exempt_prefixes or ("/metrics", "/healthz", "/readyz"))
 
-    async def before(self, call: Call) -> None:
-        if call.route.startswith(self.exempt):
-            return
-        if os.path.exists(self.flag_path):  # noqa: ASYNC240 - one stat(), cheaper than a thread hop
-            raise Rejection(self.name, f"maintenance window (plugin instance {id(self):x})", "unavailable",
-                            retry_after=7)
-
-    async def after(self, call: Call, outcome: Outcome) -> Any:
-        return None
+    def admit(self, call: Call) -> Token | Rejection:
+        if not call.route.startswith(self.exempt) and os.path.exists(self.flag_path):  # one stat()
+            return Rejection(self.name, f"maintenance window (plugin instance {id(self):x})", "unavailable",
+                             retry_after=7)
+        return NOOP

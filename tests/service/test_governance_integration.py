@@ -164,6 +164,17 @@ def _check_trace(tmp_path: Path, env: dict[str, str], consumer_span: str) -> Non
             for trace_hex in (http_trace, grpc_trace):
                 wait_until(lambda t=trace_hex: {s.kind for s in spans_of(t)} >= {2, 4, 5}, timeout=30,
                            message=f"server, producer and consumer spans of trace {trace_hex}")
+
+            # Exemplars: the sampled calls' trace ids on the latency histograms, in OpenMetrics.
+            scrape = c.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+            assert scrape.headers["content-type"].startswith("application/openmetrics-text")
+            text = scrape.text
+            assert re.search(r'^http_server_request_duration_seconds_bucket\{[^}]*route="/v1/traffic"[^}]*\} '
+                             rf'\S+ # \{{trace_id="{http_trace}"\}} ', text, re.M), text
+            assert re.search(r'^grpc_server_handling_seconds_bucket\{[^}]*grpc_method="Write"[^}]*\} '
+                             rf'\S+ # \{{trace_id="{grpc_trace}"\}} ', text, re.M), text
+            # The classic text format (no Accept) has no exemplars.
+            assert "trace_id" not in c.get("/metrics").text
     finally:
         receiver.shutdown()
 

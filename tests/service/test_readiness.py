@@ -47,7 +47,7 @@ async def test_body_has_a_short_status_per_dependency_and_no_exception_text(
     async with _client(app) as client:
         r = await client.get("/readyz")
     assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
-    assert r.json() == {"type": "about:blank", "title": "Not Ready", "status": 503,
+    assert r.json() == {"type": "https://meterd.dev/problems/not-ready", "title": "Not Ready", "status": 503,
                         "detail": "not ready: db, kafka",
                         "checks": {"db": "failing", "kafka": "failing", "consumer": "ok"}}
     for leak in ("hunter2", "db.internal", "ConnectionRefusedError", "kafka-3.internal", "metadata"):
