@@ -142,7 +142,7 @@ def test_process_keeps_serving_when_py_spy_is_denied(profiled_app, tmp_path):
         assert response.headers["content-type"] == "application/problem+json"
         body = response.json()
         assert body["status"] == 503 and "cap_add: [SYS_PTRACE]" in body["detail"]
-        assert body["type"].startswith("urn:") and body["title"]
+        assert body["type"] == "https://meterd.dev/problems/profiling-permission-denied" and body["title"]
         assert client.get("/debug/profiles/").status_code == 200
         assert client.get("/healthz").status_code == 200
     time.sleep(0.2)
