@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from service.metrics import PipelineMetrics
 from service.pb.meterd.v1 import pipeline_pb2
 from service.storage.ledger import BatchState
-from service.storage.rollup import UsageDelta
+from service.storage.rollup import UsageDelta, add_into
 from service.storage.usage_write import MAX_SUM
 
 
@@ -76,13 +76,7 @@ def merged_usage(aggregates: Iterable[Aggregate]) -> tuple[UsageDelta, int]:
     out: UsageDelta = {}
     for agg in aggregates:
         for k, v in agg.usage.items():
-            row = out.get(k)
-            if row is None:
-                out[k] = list(v)
-            else:
-                row[0] += v[0]
-                row[1] += v[1]
-                row[2] += v[2]
+            add_into(out, k, v)
     saturated = sum(1 for v in out.values() for x in v if x > MAX_SUM)
     return out, saturated
 

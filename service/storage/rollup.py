@@ -13,7 +13,8 @@ BIGINT_MAX = (1 << 63) - 1
 UsageDelta = dict[tuple[str, str, int], list[int]]
 
 
-def _add(into: dict, key: tuple, v: list[int]) -> None:
+def add_into(into: dict, key: tuple, v: list[int]) -> None:
+    """Adds the three counters ``v`` to ``into[key]`` (a copy when the key is new)."""
     row = into.get(key)
     if row is None:
         into[key] = list(v)
@@ -30,9 +31,9 @@ def rollup_rows(usage: UsageDelta) -> Iterator[tuple[Table, list[dict]]]:
     by_node: dict[int, dict] = {w: {} for w, _ in schema.NODE_ROLLUPS}
     for (account, node, minute), v in usage.items():
         for w, into in by_account.items():
-            _add(into, (account, minute - minute % w), v)
+            add_into(into, (account, minute - minute % w), v)
         for w, into in by_node.items():
-            _add(into, (account, node, minute - minute % w), v)
+            add_into(into, (account, node, minute - minute % w), v)
 
     def values(v: list[int]) -> dict[str, int]:
         return {"bytes_in": min(v[0], BIGINT_MAX), "bytes_out": min(v[1], BIGINT_MAX),
