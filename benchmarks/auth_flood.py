@@ -1,0 +1,119 @@
+"""Issue 18: does a flood of made-up API keys slow a legitimate client down?
+
+One `meterd up` (database log). A legitimate client writes one-record batches over gRPC `Write`,
+one at a time, for --seconds without a flood, then for --seconds while flood_bad_tokens.py (its own
+process, from another loopback address) posts --rate requests per second, each with a fresh random
+`mk_` token. The result is the ratio of the client's p99 latency with the flood to without it.
+`measure()` is also what tests/service/test_auth_flood.py runs. Writes benchmarks/results/auth-flood.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc  # noqa: E402
+
+FLOOD = Path(__file__).resolve().parent / "flood_bad_tokens.py"
+
+
+def _p(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _legit(stub: traffic_pb2_grpc.TrafficWriterStub, key: str, account: str, seconds: float) -> list[float]:
+    md = (("authorization", f"Bearer {key}"),)
+    out: list[float] = []
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        rec = traffic_pb2.TrafficRecord(account_id=account, node_id="n1", timestamp_ms=int(time.time() * 1000),
+                                        bytes_in=1, bytes_out=1, requests=1)
+        t0 = time.perf_counter()
+        stub.Write(traffic_pb2.WriteRequest(batch_id=uuid.uuid4().hex, records=[rec]), metadata=md, timeout=30)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measure(grpc_target: str, http_port: int, key: str, account: str, *, seconds: float = 10.0,
+            rate: float = 1000.0, source: str = "127.0.0.2") -> dict[str, Any]:
+    with grpc.insecure_channel(grpc_target) as ch:
+        stub = traffic_pb2_grpc.TrafficWriterStub(ch)
+        _legit(stub, key, account, 1.0)  # warm-up
+        base = _legit(stub, key, account, seconds)
+        flood = subprocess.Popen([sys.executable, str(FLOOD), "--port", str(http_port), "--rate", str(rate),
+                                  "--seconds", str(seconds + 1), "--source", source],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.5)  # the flood is running before the measured window opens
+            flooded = _legit(stub, key, account, seconds)
+            out, _ = flood.communicate(timeout=60)
+        finally:
+            if flood.poll() is None:
+                flood.kill()
+    assert flood.returncode == 0, "flood generator failed"
+    p99_base, p99_flood = _p(base, 0.99), _p(flooded, 0.99)
+    return {"base_n": len(base), "flood_n": len(flooded), "p50_base_ms": _p(base, 0.5) * 1e3,
+            "p50_flood_ms": _p(flooded, 0.5) * 1e3, "p99_base_ms": p99_base * 1e3,
+            "p99_flood_ms": p99_flood * 1e3, "ratio": p99_flood / p99_base, "flood": json.loads(out)}
+
+
+def report(r: dict[str, Any], label: str) -> str:
+    f = r["flood"]
+    return (f"| {label} | {r['p50_base_ms']:.2f} | {r['p99_base_ms']:.2f} | {r['p50_flood_ms']:.2f} | "
+            f"{r['p99_flood_ms']:.2f} | **{r['ratio']:.2f}x** | {f['rate']}/s, {f['statuses']} |")
+
+
+def main() -> None:
+    from machine_info import machine
+
+    from tests.support.meterd import ADMIN_TOKEN, meterd_env, running_meterd
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--label", default="this branch")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "auth-flood.md"))
+    a = ap.parse_args()
+    import tempfile
+
+    import httpx
+    tmp = Path(tempfile.mkdtemp(prefix="auth-flood-"))
+    env = meterd_env(tmp)
+    with running_meterd(tmp, "up", env=env) as m:
+        assert m.http and m.grpc
+        with httpx.Client(base_url=m.http, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
+            acc = c.post("/v1/accounts", json={"name": "legit"}).json()["id"]
+            key = c.post(f"/v1/accounts/{acc}/keys").json()["key"]
+        r = measure(m.grpc, int(env["METERD_HTTP__PORT"]), key, acc, seconds=a.seconds, rate=a.rate)
+    row = report(r, a.label)
+    print(row)
+    out = Path(a.out)
+    if not out.exists():
+        out.write_text(
+            "# A flood of made-up API keys vs a legitimate client (issue 18)\n\n"
+            "`benchmarks/auth_flood.py`: one `meterd up` (database log, default chain); a legitimate client\n"
+            "writes one-record batches over gRPC `Write`, sequentially, for 10 s without a flood and 10 s\n"
+            "while `flood_bad_tokens.py` (own process, from 127.0.0.2) posts 1,000 requests/s to\n"
+            "`POST /v1/traffic`, each with a fresh random `mk_` token. Ratio = p99 with flood / p99 without.\n\n"
+            "| build | p50 ms | p99 ms | p50 ms (flood) | p99 ms (flood) | p99 ratio | flood achieved, statuses |\n"
+            "|---|---|---|---|---|---|---|\n")
+    with out.open("a") as fh:
+        fh.write(row + f" <!-- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}, pid {os.getpid()} -->\n")
+
+
+if __name__ == "__main__":
+    main()
