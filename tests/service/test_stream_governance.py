@@ -105,6 +105,12 @@ def test_quota_counts_batches_on_one_stream(server: tuple[str, str]) -> None:
             s.send(acc)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # what a unary Write gets
     assert int(_trailer(err.value, "retry-after") or 0) >= 1
+    # metrics per message: each batch is a call of its own, the refused one included
+    import httpx
+    metrics = httpx.get(f"{http}/metrics").text
+    labels = 'grpc_method="WriteStream",grpc_service="meterd.v1.TrafficWriter",grpc_type="message"'
+    assert f'grpc_server_handled_total{{grpc_code="ResourceExhausted",{labels}}}' in metrics, metrics
+    assert f'grpc_server_started_total{{{labels}}}' in metrics
 
 
 def test_quota_counts_batches_across_streams(server: tuple[str, str]) -> None:
