@@ -5,6 +5,7 @@ have a maximum age, and quota buckets are principals, not header bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import queue
@@ -20,6 +21,7 @@ from service.governance_setup import DEFAULT_PLUGINS
 from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc
 from tests.support.meterd import meterd_env, running_meterd
 from tests.support.meterd_client import pb, record, unique
+from tests.support.servers import free_port
 
 STREAM_MSG = "message /meterd.v1.TrafficWriter/WriteStream"
 UNARY = "unary /meterd.v1.TrafficWriter/Write"
@@ -264,3 +266,50 @@ def test_connections_have_a_maximum_age(tmp_path: Path) -> None:
             err, took = _refused_within(s, acc, 6.0)
     assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), err
     assert took < 6.0
+
+
+def _idle_after_ready(seen: list[grpc.ChannelConnectivity]) -> bool:
+    ready = grpc.ChannelConnectivity.READY
+    return ready in seen and grpc.ChannelConnectivity.IDLE in seen[seen.index(ready):]
+
+
+def test_idle_connections_are_closed(tmp_path: Path) -> None:
+    env = meterd_env(tmp_path, METERD_GRPC__MAX_CONNECTION_IDLE_SECONDS="1")
+    with running_meterd(tmp_path, "up", env=env) as m:
+        assert m.http and m.grpc
+        acc, key, _ = _account(m.http)
+        with _channel(m.grpc) as ch:
+            states: queue.Queue[grpc.ChannelConnectivity] = queue.Queue()
+            ch.subscribe(states.put, try_to_connect=False)
+            stub = traffic_pb2_grpc.TrafficWriterStub(ch)
+            assert stub.Write(pb([record(acc)], unique()), metadata=(("authorization", f"Bearer {key}"),),
+                              timeout=10).accepted == 1
+            seen: list[grpc.ChannelConnectivity] = []
+            deadline = time.monotonic() + 5
+            while not _idle_after_ready(seen):
+                assert time.monotonic() < deadline, f"still connected after 5 s: {seen}"
+                with contextlib.suppress(queue.Empty):
+                    seen.append(states.get(timeout=0.2))
+            ch.unsubscribe(states.put)
+    # READY, then IDLE: the server sent GOAWAY after 1 s without calls
+
+
+def test_revocation_reaches_another_process_within_2s(tmp_path: Path) -> None:
+    """The stream is on a `meterd writer` sharing the database; the key is revoked through the API of
+    another process, whose cache drop does not reach the writer: its 1 s cache expiry does."""
+    env = meterd_env(tmp_path)
+    with running_meterd(tmp_path, "up", env=env) as api:
+        assert api.http
+        acc, key, key_id = _account(api.http)
+        wenv = {**env, "METERD_GRPC__PORT": str(free_port()), "METERD_ADMIN__PORT": str(free_port()),
+                "METERD_HTTP__PORT": str(free_port())}
+        with running_meterd(tmp_path, "writer", env=wenv) as writer, _channel(writer.grpc) as ch:
+            assert writer.grpc
+            s = Stream(ch, key)
+            for _ in range(3):  # the writer has the key cached
+                assert s.send(acc).accepted == 1
+            with _admin(api.http) as c:
+                assert c.delete(f"/v1/accounts/{acc}/keys/{key_id}").status_code == 204
+            err, took = _refused_within(s, acc, 2.0)
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+    assert took < 2.0
