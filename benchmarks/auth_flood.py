@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmarks.flood_bad_tokens import flooding  # noqa: E402
 from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc  # noqa: E402
 
 FLOOD = Path(__file__).resolve().parent / "flood_bad_tokens.py"
@@ -35,44 +37,47 @@ def _p(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _legit(stub: traffic_pb2_grpc.TrafficWriterStub, key: str, account: str, seconds: float,
-           failures: collections.Counter[str]) -> list[float]:
-    """Latencies of the client's writes; a refused write counts by its code (and its latency too)."""
+def _legit(stub: traffic_pb2_grpc.TrafficWriterStub, key: str, account: str, until: float,
+           on: Callable[[float], bool] = lambda t: False) -> dict[bool, tuple[list[float], collections.Counter[str]]]:
+    """The client's write latencies (epoch `until`), split by whether the flood was on when each
+    started; a refused write counts by its code (and its latency too)."""
     md = (("authorization", f"Bearer {key}"),)
-    out: list[float] = []
-    until = time.monotonic() + seconds
-    while time.monotonic() < until:
-        rec = traffic_pb2.TrafficRecord(account_id=account, node_id="n1", timestamp_ms=int(time.time() * 1000),
+    out: dict[bool, tuple[list[float], collections.Counter[str]]] = {
+        False: ([], collections.Counter()), True: ([], collections.Counter())}
+    while (started := time.time()) < until:
+        rec = traffic_pb2.TrafficRecord(account_id=account, node_id="n1", timestamp_ms=int(started * 1000),
                                         bytes_in=1, bytes_out=1, requests=1)
+        samples, failures = out[on(started)]
         t0 = time.perf_counter()
         try:
             stub.Write(traffic_pb2.WriteRequest(batch_id=uuid.uuid4().hex, records=[rec]), metadata=md, timeout=30)
         except grpc.RpcError as exc:
             failures[exc.code().name] += 1
             time.sleep(0.05)  # a refused client backs off a little, as a real one would
-        out.append(time.perf_counter() - t0)
+        samples.append(time.perf_counter() - t0)
     return out
 
 
 def measure(grpc_target: str, http_port: int, key: str, account: str, *, seconds: float = 10.0,
-            rate: float = 1000.0, source: str = "127.0.0.2") -> dict[str, Any]:
+            rate: float = 1000.0, source: str = "127.0.0.2", slice_s: float = 1.0) -> dict[str, Any]:
+    """`seconds` with the flood and `seconds` without, interleaved in `slice_s` slices (so load from
+    neighbours on a shared machine falls on both arms alike)."""
     with grpc.insecure_channel(grpc_target) as ch:
         stub = traffic_pb2_grpc.TrafficWriterStub(ch)
-        base_failed: collections.Counter[str] = collections.Counter()
-        flood_failed: collections.Counter[str] = collections.Counter()
-        _legit(stub, key, account, 1.0, collections.Counter())  # warm-up
-        base = _legit(stub, key, account, seconds, base_failed)
+        _legit(stub, key, account, time.time() + 1.0)  # warm-up
+        start = time.time() + 1.0  # the generator is up and connected by then
         flood = subprocess.Popen([sys.executable, str(FLOOD), "--port", str(http_port), "--rate", str(rate),
-                                  "--seconds", str(seconds + 1), "--source", source],
-                                 stdout=subprocess.PIPE, text=True)
+                                  "--seconds", str(2 * seconds), "--source", source, "--start-at", str(start),
+                                  "--slice", str(slice_s)], stdout=subprocess.PIPE, text=True)
         try:
-            time.sleep(0.5)  # the flood is running before the measured window opens
-            flooded = _legit(stub, key, account, seconds, flood_failed)
+            time.sleep(max(0.0, start - time.time()))
+            arms = _legit(stub, key, account, start + 2 * seconds, lambda t: flooding(t, start, slice_s))
             out, _ = flood.communicate(timeout=60)
         finally:
             if flood.poll() is None:
                 flood.kill()
     assert flood.returncode == 0, "flood generator failed"
+    (base, base_failed), (flooded, flood_failed) = arms[False], arms[True]
     p99_base, p99_flood = _p(base, 0.99), _p(flooded, 0.99)
     return {"base_n": len(base), "flood_n": len(flooded), "p50_base_ms": _p(base, 0.5) * 1e3,
             "p50_flood_ms": _p(flooded, 0.5) * 1e3, "p99_base_ms": p99_base * 1e3,
@@ -95,6 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--slice", type=float, default=1.0)
     ap.add_argument("--label", default="this branch")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "auth-flood.md"))
     a = ap.parse_args()
@@ -108,7 +114,7 @@ def main() -> None:
         with httpx.Client(base_url=m.http, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
             acc = c.post("/v1/accounts", json={"name": "legit"}).json()["id"]
             key = c.post(f"/v1/accounts/{acc}/keys").json()["key"]
-        r = measure(m.grpc, int(env["METERD_HTTP__PORT"]), key, acc, seconds=a.seconds, rate=a.rate)
+        r = measure(m.grpc, int(env["METERD_HTTP__PORT"]), key, acc, seconds=a.seconds, rate=a.rate, slice_s=a.slice)
     row = report(r, a.label)
     print(row)
     out = Path(a.out)
@@ -116,9 +122,11 @@ def main() -> None:
         out.write_text(
             "# A flood of made-up API keys vs a legitimate client (issue 18)\n\n"
             "`benchmarks/auth_flood.py`: one `meterd up` (database log, default chain); a legitimate client\n"
-            "writes one-record batches over gRPC `Write`, sequentially, for 10 s without a flood and 10 s\n"
-            "while `flood_bad_tokens.py` (own process, from 127.0.0.2) posts 1,000 requests/s to\n"
-            "`POST /v1/traffic`, each with a fresh random `mk_` token. Ratio = p99 with flood / p99 without.\n\n"
+            "writes one-record batches over gRPC `Write`, sequentially, for 20 s; `flood_bad_tokens.py`\n"
+            "(own process, from 127.0.0.2) posts 1,000 requests/s to `POST /v1/traffic`, each with a fresh\n"
+            "random `mk_` token, in every other 1 s slice (10 s of flood in all), so both arms share the\n"
+            "machine's moods. Ratio = the client's p99 during the flood / its p99 between. A refused write\n"
+            "counts with its latency (and in the refused column).\n\n"
             "| build | p50 ms | p99 ms | p50 ms (flood) | p99 ms (flood) | p99 ratio | client refused (flood) "
             "| flood achieved, statuses | run |\n|---|---|---|---|---|---|---|---|---|\n")
     with out.open("a") as fh:

@@ -107,7 +107,7 @@ class Authenticator:
             known = self._known
             known.pop(digest, None)
             known[digest] = now + self._known_ttl
-            while len(known) > self._size or next(iter(known.values())) <= now:
+            while known and (len(known) > self._size or next(iter(known.values())) <= now):
                 known.popitem(last=False)
         return principal
 
