@@ -1,8 +1,8 @@
 """Issue 18: 1,000 made-up API keys a second for 10 s (1 s slices, between slices without) must not
 hurt a legitimate client: its p99 moves by at most 2x (a ratio against the same client without the
-flood, in the same run) and none of its writes is refused. On main's code every made-up token the adaptive limiter let through cost a
-database lookup, and the limiter shed the legitimate client's writes along with the flood (14-15 %
-of them in the flood slices; see benchmarks/results/auth-flood.md).
+flood, in the same run) and none of its writes is refused. On main's code every made-up token the
+adaptive limiter let through cost a database lookup, and the limiter shed the legitimate client's
+writes along with the flood (14-15 % of them in the flood slices; benchmarks/results/auth-flood.md).
 The measurement is benchmarks/auth_flood.py's, so the test and the recorded figures are one code."""
 
 from __future__ import annotations
