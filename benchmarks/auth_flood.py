@@ -23,8 +23,8 @@ from typing import Any
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # as a script: the repo root is importable (tests import this module)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.flood_bad_tokens import flooding  # noqa: E402
 from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc  # noqa: E402
@@ -93,8 +93,7 @@ def report(r: dict[str, Any], label: str) -> str:
 
 
 def main() -> None:
-    from machine_info import machine
-
+    from benchmarks.machine_info import machine
     from tests.support.meterd import ADMIN_TOKEN, meterd_env, running_meterd
 
     ap = argparse.ArgumentParser()
