@@ -97,6 +97,9 @@ class GovernanceMiddleware:
         plan = self.chain.plan("http", method, route)
         call = Call("http", route, method, self.client_key(scope) if self.client_key else None, start,
                     scope["headers"])
+        client = scope.get("client")
+        if client:
+            call.peer = client[0]
         admitted = self.chain.admit(call, plan) if plan.sync else await self.chain.admit_async(call, plan)
         if isinstance(admitted, Rejection):
             await _send_reply(send, *refusal_response(admitted))

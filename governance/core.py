@@ -54,6 +54,7 @@ class Call:
     trace_id: str | None = None  # hex trace id of a sampled span, for exemplars
     msgs_in: int = 0  # stream message counts, kept by the gRPC adapter
     msgs_out: int = 0
+    peer: str | None = None  # the caller's address (host only), for keying calls without credentials
     attributes: dict[str, Any] = field(default_factory=dict)
 
     def add_response_header(self, name: str, value: str) -> None:

@@ -129,22 +129,22 @@ class GovernanceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         streaming_in = rpc_type in ("client_stream", "bidi_stream")
         unary_out = rpc_type in ("unary", "client_stream")
 
-        def start(request: Any) -> tuple[Call, Any]:
-            call = Call("grpc", method, rpc_type, key, time.perf_counter(), md)
+        def start(request: Any, context: Any) -> tuple[Call, Any]:
+            call = Call("grpc", method, rpc_type, key, time.perf_counter(), md, peer=peer_host(context.peer()))
             if streaming_in:
                 return call, _counted(request, call)
             call.msgs_in = 1
             return call, request
 
         async def gen_wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
-            call, request = start(request)
+            call, request = start(request, context)
             async with self.governed(call, context):
                 async for resp in behavior(request, context):
                     call.msgs_out += 1
                     yield resp
 
         async def coro_wrapper(request: Any, context: Any) -> Any:
-            call, request = start(request)
+            call, request = start(request, context)
             async with self.governed(call, context):
                 resp = await behavior(request, context)
                 call.msgs_out = 1 if unary_out else call.msgs_out
@@ -153,6 +153,18 @@ class GovernanceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         wrapper = gen_wrapper if inspect.isasyncgenfunction(behavior) else coro_wrapper
         return _FACTORIES[rpc_type](wrapper, request_deserializer=handler.request_deserializer,
                                     response_serializer=handler.response_serializer)
+
+
+def peer_host(peer: str | None) -> str | None:
+    """The host part of a grpc peer string ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "unix:/p")."""
+    if not peer:
+        return None
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or rest
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]") or rest
+    return peer
 
 
 def _ok_code(context: Any) -> tuple[str, OutcomeKind]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from service.storage import Repository
@@ -36,10 +39,49 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip()
 
 
+MISSING = object()  # Authenticator.peek: nothing cached for this credential
+STALE = object()  # Authenticator.peek: valid within the last `known_seconds`, to be checked again
+
+
+def credential_digest(token: str) -> bytes:
+    """A stable, non-reversible id of a (normalised) token: cache and quota keys never hold one."""
+    return hashlib.blake2b(token.encode(), digest_size=16).digest()
+
+
 class Authenticator:
-    def __init__(self, repo: Repository, admin_token: str) -> None:
+    """Bearer tokens -> principals, with a short cache keyed by the normalised token's digest (valid
+    and invalid answers alike), so a credential costs one lookup a second however often it is sent,
+    and a revoked key stops working within `cache_seconds` (+ one lookup)."""
+
+    def __init__(self, repo: Repository, admin_token: str, *, cache_seconds: float = 1.0,
+                 cache_size: int = 100_000, known_seconds: float = 600.0) -> None:
         self._repo = repo
         self._admin = admin_token.encode()
+        self._ttl = cache_seconds
+        self._size = cache_size
+        # digest -> (principal or None, expiry); insertion order = expiry order, oldest evicted first
+        self._cache: OrderedDict[bytes, tuple[Principal | None, float]] = OrderedDict()
+        # digests of credentials that were valid lately (-> expiry): a lookup for one of these is
+        # never a flood's made-up token, so it is not held back by its peer's budget
+        self._known: OrderedDict[bytes, float] = OrderedDict()
+        self._known_ttl = known_seconds
+
+    def peek(self, authorization: str | None) -> Principal | None | object:
+        """The cached answer for this header without any I/O: a Principal, None (no or bad
+        credentials), STALE (a lookup is needed; it was valid lately) or MISSING (a lookup is needed)."""
+        token = bearer_token(authorization)
+        if token is None:
+            return None
+        if hmac.compare_digest(token.encode(), self._admin):
+            return ADMIN
+        if not token.startswith("mk_") or len(token) > 200:
+            return None
+        digest, now = credential_digest(token), time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        known = self._known.get(digest)
+        return STALE if known is not None and known > now else MISSING
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
         token = bearer_token(authorization)
@@ -49,5 +91,28 @@ class Authenticator:
             return ADMIN
         if not token.startswith("mk_") or len(token) > 200:
             return None
+        digest, now = credential_digest(token), time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
         account_id = await self._repo.account_for_key(token)
-        return Principal(account_id) if account_id else None
+        principal = Principal(account_id) if account_id else None
+        if self._ttl > 0:
+            cache = self._cache
+            cache.pop(digest, None)
+            cache[digest] = (principal, time.monotonic() + self._ttl)
+            while len(cache) > self._size or (cache and next(iter(cache.values()))[1] <= now):
+                cache.popitem(last=False)  # O(1): the oldest entries expire first
+        if principal is not None:
+            known = self._known
+            known.pop(digest, None)
+            known[digest] = now + self._known_ttl
+            while known and (len(known) > self._size or next(iter(known.values())) <= now):
+                known.popitem(last=False)
+        return principal
+
+    def forget_account(self, account_id: str) -> None:
+        """Drop the cached answers for an account's keys (a key was revoked here: it stops at once in
+        this process; other processes see it when their entry expires). An admin action: a scan is fine."""
+        for digest in [d for d, (p, _) in self._cache.items() if p is not None and p.account_id == account_id]:
+            del self._cache[digest]

@@ -36,6 +36,20 @@ class GrpcSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # Every client-holdable resource is bounded: streams per connection and per key, connection life.
+    max_concurrent_streams: int = Field(100, gt=0, description="per HTTP/2 connection")
+    max_streams_per_key: int = Field(16, gt=0, description="open WriteStreams per principal, all connections")
+    max_connection_age_seconds: float = Field(1800.0, gt=0)
+    max_connection_age_grace_seconds: float = Field(30.0, ge=0, description="for calls still running at max age")
+    max_connection_idle_seconds: float = Field(300.0, gt=0)
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_connection_age_ms", int(self.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(self.max_connection_age_grace_seconds * 1000)),
+            ("grpc.max_connection_idle_ms", int(self.max_connection_idle_seconds * 1000)),
+        ]
 
 
 class AdminSettings(_Section):
@@ -77,7 +91,7 @@ class IngestSettings(_Section):
     # Per-record ceilings keep per-minute sums far from BIGINT overflow.
     max_bytes_per_record: int = Field(1 << 44, gt=0)
     max_requests_per_record: int = Field(1 << 32, gt=0)
-    account_cache_seconds: float = Field(2.0, ge=0)
+    account_cache_seconds: float = Field(1.0, ge=0)
     ack_cache_size: int = Field(200_000, ge=0)
     # Database log (no Kafka configured): writes are refused with UNAVAILABLE while this many
     # acknowledged records wait to be counted, so the log's disk use stays bounded.

@@ -9,7 +9,6 @@ The `governance:` config section is governance.GovernanceSettings:
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 from typing import Any
@@ -18,32 +17,44 @@ import sqlalchemy.exc
 
 from governance import DependencyUnavailable, Governance, GovernanceSettings, OutboundBreaker, OutboundSettings
 from governance.tracing import TracingSettings, setup_tracing
+from service.auth import Authenticator, bearer_token, credential_digest
+from service.governance_auth import PrincipalKey
 
 # Probes and scrapes must keep answering under overload, and never count against a quota.
 _OPS_ROUTES = {"/metrics": {"enabled": False}, "/healthz": {"enabled": False}, "/readyz": {"enabled": False},
                "/debug/profiles*": {"enabled": False}, "/grpc.health.v1.Health/*": {"enabled": False},
                "/grpc.reflection.*": {"enabled": False}}
 
+# A WriteStream is governed per message (service/grpc_writer.py): the stream itself is only
+# measured and traced, so one long-lived stream never holds an in-flight slot or a quota unit.
+STREAM_RPC = {"bidi_stream /meterd.v1.TrafficWriter/WriteStream": {"enabled": False}}
+
 DEFAULT_PLUGINS: list[dict[str, Any]] = [  # validated into PluginSpecs by GovernanceSettings
     {"type": "metrics"},
     {"type": "tracing"},
-    {"type": "adaptive", "routes": _OPS_ROUTES},
+    # Authenticate before anything counts per client: quota keys are principals, not header bytes.
+    {"type": "service.governance_auth:PrincipalKey", "routes": {**_OPS_ROUTES, **STREAM_RPC}},
+    {"type": "adaptive", "routes": {**_OPS_ROUTES, **STREAM_RPC}},
     # Generous per-client defaults: a guard against one runaway client, not a billing limit.
-    {"type": "quota", "limit": "1000/second;30000/minute", "routes": _OPS_ROUTES},
-    {"type": "breaker", "routes": _OPS_ROUTES},
+    {"type": "quota", "limit": "1000/second;30000/minute", "routes": {**_OPS_ROUTES, **STREAM_RPC}},
+    {"type": "breaker", "routes": {**_OPS_ROUTES, **STREAM_RPC}},
 ]
 
 
-def _key_of(token: bytes) -> str:
-    # A stable, non-reversible id for a credential: quota counters (possibly in Redis) never hold a
-    # token, and every replica derives the same key.
-    return hashlib.blake2b(token, digest_size=8).hexdigest()
+def _key_of(authorization: str | bytes) -> str | None:
+    """The fallback key when no `auth` plugin is in the chain: a digest of the normalised bearer
+    token (scheme case and spacing do not matter), never the raw header bytes."""
+    token = bearer_token(authorization.decode("latin-1") if isinstance(authorization, bytes) else authorization)
+    return None if token is None else "cred:" + credential_digest(token).hex()[:16]
 
 
 def http_client_key(scope: dict[str, Any]) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
-            return _key_of(value)
+            key = _key_of(value)
+            if key is not None:
+                return key
+            break
     client = scope.get("client")
     return f"ip:{client[0]}" if client else None
 
@@ -51,8 +62,15 @@ def http_client_key(scope: dict[str, Any]) -> str | None:
 def grpc_client_key(handler_call_details: Any) -> str | None:
     for key, value in handler_call_details.invocation_metadata or ():
         if key == "authorization":
-            return _key_of(value.encode() if isinstance(value, str) else value)
+            return _key_of(value)
     return None
+
+
+def bind_authenticator(gov: Governance, auth: Authenticator) -> None:
+    """Hand the Authenticator to every `auth` plugin instance (route variants included)."""
+    for plugin in gov.plugins:
+        if isinstance(plugin, PrincipalKey):
+            plugin.bind(auth)
 
 
 def build_governance(cfg: GovernanceSettings, *, registry: Any, service_name: str) -> Governance:

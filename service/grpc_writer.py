@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from governance import DependencyUnavailable
-from governance.grpc_aio import retry_metadata
+from governance import Call, DependencyUnavailable
+from governance.grpc_aio import GovernanceInterceptor, peer_host, retry_metadata
 from service.auth import Authenticator, Principal
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
@@ -61,10 +62,22 @@ def status_for(exc: IngestError) -> grpc.Status:
     return _status(grpc.StatusCode.INTERNAL, code_pb2.INTERNAL, "internal error")
 
 
+STREAM_ROUTE = f"/{SERVICE_NAME}/WriteStream"
+MESSAGE = "message"  # the Call.method of one WriteStream message, governed like a unary Write
+
+
 class TrafficWriterServicer(traffic_pb2_grpc.TrafficWriterServicer):
-    def __init__(self, ingest: IngestService, auth: Authenticator) -> None:
+    """`governor` (the governance interceptor) governs each WriteStream message as a call of its own;
+    credentials are re-checked per message (the Authenticator caches them ~1 s), and each key holds at
+    most `max_streams_per_key` open streams."""
+
+    def __init__(self, ingest: IngestService, auth: Authenticator, *, governor: GovernanceInterceptor | None = None,
+                 max_streams_per_key: int = 16) -> None:
         self._ingest = ingest
         self._auth = auth
+        self._governor = governor
+        self._max_streams = max_streams_per_key
+        self._open: dict[str, int] = {}  # principal name -> open streams (bounded: principals with one)
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
         md = context.invocation_metadata() or ()
@@ -101,8 +114,31 @@ class TrafficWriterServicer(traffic_pb2_grpc.TrafficWriterServicer):
     async def WriteStream(self, request_iterator: AsyncIterator[traffic_pb2.WriteRequest],  # noqa: N802
                           context: grpc.aio.ServicerContext) -> AsyncIterator[traffic_pb2.WriteResponse]:
         principal = await self._principal(context)
-        async for request in request_iterator:
-            yield await self._write_one(principal, request, context)
+        name = principal.name
+        if self._open.get(name, 0) >= self._max_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"at most {self._max_streams} open WriteStreams per key",
+                                trailing_metadata=retry_metadata(1.0))
+        self._open[name] = self._open.get(name, 0) + 1
+        try:
+            md = tuple(context.invocation_metadata() or ())
+            peer = peer_host(context.peer())
+            async for request in request_iterator:
+                # Re-checked per message: a revoked key or a suspended account stops on an open stream.
+                principal = await self._principal(context)
+                if self._governor is None:
+                    yield await self._write_one(principal, request, context)
+                    continue
+                call = Call("grpc", STREAM_ROUTE, MESSAGE, principal.name, time.perf_counter(), md, peer=peer)
+                async with self._governor.governed(call, context):
+                    response = await self._write_one(principal, request, context)
+                yield response  # outside the block: a slow reader holds no in-flight slot
+        finally:
+            left = self._open[name] - 1
+            if left:
+                self._open[name] = left
+            else:
+                del self._open[name]
 
 
 class Undecodable:
@@ -136,11 +172,14 @@ def _add_traffic_writer(servicer: TrafficWriterServicer, server: grpc.aio.Server
 
 
 def build_grpc_server(servicer: TrafficWriterServicer, *, max_message_bytes: int,
-                      interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> tuple[grpc.aio.Server, Any]:
+                      interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+                      options: Sequence[tuple[str, Any]] = ()) -> tuple[grpc.aio.Server, Any]:
+    """`options`: more grpc channel arguments (GrpcSettings.channel_options: stream and age caps)."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
+        *options,
     ]
     server = grpc.aio.server(interceptors=list(interceptors), options=options)
     _add_traffic_writer(servicer, server)

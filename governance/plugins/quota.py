@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from typing import Any, Literal
 
 from limits import RateLimitItem, parse_many
@@ -64,17 +65,31 @@ class LocalFixedWindows:
     """In-process fixed windows with the `limits` fixed-window semantics (a window opens at its first
     hit and lasts the limit's expiry). Used for `memory://` + fixed-window because limits' async
     MemoryStorage starts an asyncio Task on every hit to expire keys, which cost more than the whole
-    rest of the quota check. Shared storages (Redis, ...) always go through `limits`."""
+    rest of the quota check. Shared storages (Redis, ...) always go through `limits`.
+
+    Expired windows are evicted as new ones open, oldest first: windows of one length open in time
+    order, so one insertion-ordered dict per length keeps them sorted by expiry and each window is
+    evicted once (O(1) amortised per window, whatever the number of live windows)."""
 
     def __init__(self) -> None:
         self.windows: dict[str, list[Any]] = {}  # key -> [count (int), reset_at (float)]
+        self._by_length: dict[float, OrderedDict[str, None]] = {}  # window length -> keys, oldest first
 
     def incr(self, key: str, expiry: float, now: float) -> tuple[int, float]:
         w = self.windows.get(key)
         if w is None or w[1] <= now:
-            if len(self.windows) > 50_000:  # drop expired windows now and then, not per call
-                self.windows = {k: v for k, v in self.windows.items() if v[1] > now}
-            w = self.windows[key] = [0, now + expiry]  # count stays an int: it goes into headers
+            order = self._by_length.get(expiry)
+            if order is None:
+                order = self._by_length[expiry] = OrderedDict()
+            windows = self.windows
+            while order:  # evict the expired windows at the front, stop at the first live one
+                oldest = next(iter(order))
+                if windows[oldest][1] > now:
+                    break
+                del order[oldest], windows[oldest]
+            w = windows[key] = [0, now + expiry]  # count stays an int: it goes into headers
+            order[key] = None
+            order.move_to_end(key)  # a renewed window is the newest (the clock went back: keep order)
         w[0] += 1
         return w[0], w[1]
 

@@ -181,6 +181,7 @@ class Api:
         await self.admin(request)
         if not await self.ctx.repo.revoke_key(request.path_params["account_id"], request.path_params["key_id"]):
             raise not_found("key")
+        self.ctx.auth.forget_account(request.path_params["account_id"])
         return Response(status_code=204)
 
     async def usage(self, request: Request) -> Response:

@@ -26,7 +26,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): _PROBLEM for c in codes}
+    # Every authenticated operation can also answer 429: the caller's quota, or (no or bad
+    # credentials) the per-address budget checked before the credential lookup.
+    return {str(c): _PROBLEM for c in (*codes, 429) if c != 429 or 401 in codes}
 
 
 _ACCOUNT_ID = {"name": "account_id", "in": "path", "required": True, "schema": {"type": "string"}}

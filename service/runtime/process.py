@@ -32,7 +32,14 @@ from service.api.admin_guard import AdminOnly
 from service.api.app import ApiContext, ReadinessCheck, build_admin_app, build_api
 from service.auth import Authenticator, bearer_token
 from service.config import Settings
-from service.governance_setup import GuardedRepository, build_governance, grpc_client_key, http_client_key, outbound
+from service.governance_setup import (
+    GuardedRepository,
+    bind_authenticator,
+    build_governance,
+    grpc_client_key,
+    http_client_key,
+    outbound,
+)
 from service.grpc_writer import TrafficWriterServicer, build_grpc_server
 from service.ingest.writer import IngestService
 from service.kafka.consumer import AggregatingConsumer
@@ -98,6 +105,7 @@ class MeterdProcess:
         books.on_crossings = self.metrics.count_crossings
         ledger: Ledger = GuardedRepository(books, db_breaker)  # type: ignore[assignment]
         auth = Authenticator(repo, self.admin_token)
+        bind_authenticator(gov, auth)  # the chain's `auth` plugin keys quota by principal from here on
 
         async def db_ready() -> str | None:
             await db.ping()
@@ -132,9 +140,11 @@ class MeterdProcess:
         servers_stop: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if "writer" in self.roles:
             assert ingest is not None
-            grpc_server, health = build_grpc_server(
-                TrafficWriterServicer(ingest, auth), max_message_bytes=s.grpc.max_message_bytes,
-                interceptors=[gov.grpc_interceptor(client_key=grpc_client_key)])
+            interceptor = gov.grpc_interceptor(client_key=grpc_client_key)
+            servicer = TrafficWriterServicer(ingest, auth, governor=interceptor,
+                                             max_streams_per_key=s.grpc.max_streams_per_key)
+            grpc_server, health = build_grpc_server(servicer, max_message_bytes=s.grpc.max_message_bytes,
+                                                    interceptors=[interceptor], options=s.grpc.channel_options())
             port = grpc_server.add_insecure_port(f"{s.grpc.host}:{s.grpc.port}")
             await grpc_server.start()
             for name in ("", "meterd.v1.TrafficWriter"):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.governance_env import roomy_unauthenticated_budget
 from tests.support.meterd import meterd_env
 from tests.support.meterd_client import Meterd, shared_meterd
 
@@ -23,7 +24,10 @@ def fuzz_meterd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Meterd]:
     tmp = tmp_path_factory.mktemp("meterd-fuzz")
     env = meterd_env(tmp, METERD_HTTP__MAX_BODY_BYTES=str(MAX_BODY_BYTES),
                      METERD_GRPC__MAX_MESSAGE_BYTES=str(MAX_MESSAGE_BYTES),
-                     METERD_INGEST__MAX_BATCH_RECORDS=str(MAX_BATCH_RECORDS))
+                     METERD_INGEST__MAX_BATCH_RECORDS=str(MAX_BATCH_RECORDS),
+                     # the fuzzers send many bad credentials from one address: let them reach the
+                     # handlers (the per-address budget has tests of its own)
+                     **roomy_unauthenticated_budget())
     with shared_meterd(tmp, env) as m:
         yield m
 

@@ -155,3 +155,11 @@ async def test_dependency_unavailable_becomes_unavailable(registry: CollectorReg
     assert dict(info.value.trailing_metadata())["retry-after"] == "3"
     assert registry.get_sample_value("grpc_server_handled_total", {
         "grpc_service": "t.S", "grpc_method": "W", "grpc_type": "unary", "grpc_code": "Unavailable"}) == 1
+
+
+def test_peer_host_parses_grpc_peer_strings() -> None:
+    from governance.grpc_aio import peer_host
+    assert peer_host("ipv4:127.0.0.1:50051") == "127.0.0.1"
+    assert peer_host("ipv6:[::1]:50051") == "::1"
+    assert peer_host("unix:/tmp/s") == "unix:/tmp/s"
+    assert peer_host("") is None and peer_host(None) is None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.governance_env import roomy_unauthenticated_budget
 from tests.support.meterd import MeterdProc, free_port, meterd_env, running_meterd
 from tests.support.meterd_client import Meterd, record, shared_meterd, unique
 from tests.support.served_routes import ServedSurface, introspection_env
@@ -103,7 +104,10 @@ def sec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurityMeterd]:
                                        METERD_GRPC__MAX_MESSAGE_BYTES=str(MAX_MESSAGE_BYTES),
                                        METERD_INGEST__MAX_BATCH_RECORDS=str(MAX_BATCH_RECORDS),
                                        METERD_HTTP__HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT_S),
-                                       METERD_CONSUMER__FLUSH_INTERVAL_SECONDS="0.5"), surface)
+                                       METERD_CONSUMER__FLUSH_INTERVAL_SECONDS="0.5",
+                                       # the matrix sends hundreds of bad credentials from one address:
+                                       # it checks their 401s (the per-peer budget has its own tests)
+                                       **roomy_unauthenticated_budget()), surface)
     with shared_meterd(tmp, env) as m:
         yield SecurityMeterd(m, tmp, env, surface)
 

@@ -363,6 +363,35 @@ def test_grpc_cell(sec: SecurityMeterd, principals: Principals, up_surface: Serv
     assert code == expected[cred], f"{method} with {cred}: expected {expected[cred].name}, got {code.name}"
 
 
+def test_write_stream_messages_after_revocation(sec: SecurityMeterd, principals: Principals) -> None:
+    """The WriteStream row holds per message, not per stream: a key revoked while its stream is open
+    is refused (UNAUTHENTICATED) on the next message, and within 2 s."""
+    import queue
+    import time
+
+    key = sec.new_key(principals.account)
+    requests: queue.Queue[Any] = queue.Queue()
+
+    def feed() -> Any:
+        while (item := requests.get()) is not None:
+            yield item
+
+    stub = traffic_pb2_grpc.TrafficWriterStub(sec.m.channel)
+    responses = stub.WriteStream(feed(), metadata=[("authorization", f"Bearer {key['key']}")], timeout=30)
+    requests.put(pb([record(principals.account)], unique("matrix-stream")))
+    assert next(responses).accepted == 1
+    assert sec.m.admin.delete(f"/v1/accounts/{principals.account}/keys/{key['id']}").status_code == 204
+    revoked_at = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        while True:
+            requests.put(pb([record(principals.account)], unique("matrix-stream")))
+            next(responses)
+            time.sleep(0.1)
+    assert err.value.code() == UNAUTH, err.value
+    assert time.monotonic() - revoked_at < 2.0
+    requests.put(None)
+
+
 # -- secrets in logs (after the matrix: this file's tests run in order) --------------------------------
 def _exercise_all_credentials(sec: SecurityMeterd, who: Principals) -> None:
     """A small pass over every credential, so the log checks mean something when run alone too."""
