@@ -17,6 +17,7 @@ recorded root, so it must decide by trace id and parent alone (the SDK's built-i
 from __future__ import annotations
 
 import threading
+from random import getrandbits
 from typing import Any
 
 from opentelemetry import trace
@@ -66,12 +67,12 @@ class SpanStarter:
             return None
         return cls(tracer, sampler, ids)
 
-    def start(self, name: str, context: Context | None, attributes: dict[str, Any]) -> trace.Span:
+    def start(self, name: str, context: Context, attributes: dict[str, Any]) -> trace.Span:
         parent = trace.get_current_span(context).get_span_context()
         ids = self.ids
         root = not parent.is_valid
-        if root:
-            trace_id, random_id = ids.fresh_trace_id(), ids.is_trace_id_random()
+        if root:  # random ids as RandomIdGenerator draws them (0 is the invalid id)
+            trace_id, random_id = getrandbits(128) or ids.fresh_trace_id(), True
         else:
             trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
         result = self.sampler.should_sample(context, trace_id, name, SpanKind.SERVER, attributes)
@@ -83,5 +84,5 @@ class SpanStarter:
                 return self.tracer.start_span(name, context, SpanKind.SERVER, attributes)
             finally:
                 ids.preset(None)
-        return NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), False,
+        return NonRecordingSpan(SpanContext(trace_id, getrandbits(64) or ids.generate_span_id(), False,
                                             _RANDOM if random_id else _DEFAULT, result.trace_state))

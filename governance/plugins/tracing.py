@@ -105,10 +105,12 @@ class TracingPlugin:
         return shape
 
     def admit(self, call: Call) -> Token:
-        parent = None
-        for k, _ in call.carrier:  # most calls carry no context: skip the propagators' header scans
+        # The current context, read once and passed explicitly (the sampler and the span would each
+        # look it up again); most calls carry no remote context: skip the propagators' header scans.
+        parent = otel_context.get_current()
+        for k, _ in call.carrier:
             if k in _CONTEXT_KEYS:
-                parent = propagate.extract(call.carrier, getter=PAIRS_GETTER)
+                parent = propagate.extract(call.carrier, getter=PAIRS_GETTER, context=parent)
                 break
         name, attributes = self._span_shape(call)
         if self._starter is not None:
