@@ -23,7 +23,7 @@ except ImportError:
     from benchmarks import middleware as mw  # noqa: E402
 
 ARMS = ["bare", "governance-none", *(f"governance-only-{p}" for p in mw.PLUGINS), "governance-10%",
-        "governance-100%"]
+        "governance-10%-sdk-spans", "governance-100%"]
 SCOPE = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
          "path": "/hello", "raw_path": b"/hello", "query_string": b"", "root_path": "",
          "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"accept", b"*/*")],
