@@ -18,6 +18,9 @@ ratios are medians of per-round ratios (neighbouring slices see the same machine
 - peer-100%: slowapi (SlowAPIMiddleware, default limit far above the load) + starlette-exporter's
   PrometheusMiddleware + opentelemetry-instrumentation-asgi's OpenTelemetryMiddleware, all
   requests traced into the same discarding exporter.
+- governance-10%-sdk-spans: governance-10% on a provider with the SDK's own id generator, so the
+  tracing plugin leaves every span, unsampled ones included, to the SDK's `start_span` (what it
+  did before governance/spans.py; setup_tracing's PresetIdGenerator is what enables the shortcut).
 - governance-10%-default-gc: governance-10% without the GC settings below.
 
 `--breakdown` adds arms that split governance-10%'s cost: governance-none (the ASGI adapter with an
@@ -56,7 +59,8 @@ except ImportError:  # imported as benchmarks.<module> (uvicorn app factories)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "governance-middleware.md"
-ARMS = ["bare", "governance-10%", "governance-100%", "peer-100%", "governance-10%-default-gc"]
+ARMS = ["bare", "governance-10%", "governance-100%", "peer-100%", "governance-10%-sdk-spans",
+        "governance-10%-default-gc"]
 HIGH_LIMIT = "100000000/minute"
 PLUGINS = ("metrics", "tracing", "adaptive", "quota", "breaker")
 BREAKDOWN = ["governance-none", *(f"governance-only-{p}" for p in PLUGINS), "bare-ratelimit-headers",
@@ -64,7 +68,7 @@ BREAKDOWN = ["governance-none", *(f"governance-only-{p}" for p in PLUGINS), "bar
 
 
 # -- the apps (built inside each uvicorn subprocess from BENCH_ARM) ---------------------------------
-def _discarding_provider(ratio: float) -> Any:
+def _discarding_provider(ratio: float, sdk_spans: bool = False) -> Any:
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
     from governance.tracing import setup_tracing
@@ -73,7 +77,16 @@ def _discarding_provider(ratio: float) -> Any:
         def export(self, spans: Any) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    return setup_tracing({"ratio": ratio, "set_global": False}, service_name="bench", exporter=Discard())
+    provider = setup_tracing({"ratio": ratio, "set_global": False}, service_name="bench", exporter=Discard())
+    if sdk_spans:  # the same provider with the SDK's own id generator: every span is started by the SDK
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        sampler, resource = provider.sampler, provider.resource
+        provider.shutdown()
+        provider = TracerProvider(sampler=sampler, resource=resource)
+        provider.add_span_processor(BatchSpanProcessor(Discard()))
+    return provider
 
 
 def _starlette(headers: dict[str, str] | None = None) -> Any:
@@ -87,7 +100,8 @@ def _starlette(headers: dict[str, str] | None = None) -> Any:
     return Starlette(routes=[Route("/hello", hello)])
 
 
-def _governed(ratio: float, only: tuple[str, ...] = PLUGINS, ratelimit_fields: bool = True) -> Any:
+def _governed(ratio: float, only: tuple[str, ...] = PLUGINS, ratelimit_fields: bool = True,
+              sdk_spans: bool = False) -> Any:
     from governance import Governance
 
     plugins = {
@@ -100,7 +114,7 @@ def _governed(ratio: float, only: tuple[str, ...] = PLUGINS, ratelimit_fields: b
         "breaker": {"type": "breaker"},
     }
     cfg = {"plugins": [plugins[name] for name in only]}
-    gov = Governance.from_config(cfg, tracer_provider=_discarding_provider(ratio))
+    gov = Governance.from_config(cfg, tracer_provider=_discarding_provider(ratio, sdk_spans))
     return gov.asgi(_starlette(), client_key=lambda scope: None)
 
 
@@ -137,6 +151,7 @@ def create_app() -> Any:
     builders = {"bare": _starlette, "governance-10%": lambda: _governed(0.1),
                 "governance-100%": lambda: _governed(1.0), "peer-100%": _peer,
                 "governance-10%-default-gc": lambda: _governed(0.1),
+                "governance-10%-sdk-spans": lambda: _governed(0.1, sdk_spans=True),
                 "governance-none": lambda: _governed(0.1, ()),
                 "governance-10%-no-ratelimit-fields": lambda: _governed(0.1, ratelimit_fields=False),
                 "bare-ratelimit-headers": lambda: _starlette(_ratelimit_fields())}

@@ -16,8 +16,10 @@ no-limiter server, once per route and again just before every run (this VM's spe
 minutes; each run's rate and goodput ratio use the capacity probed just before it); the unloaded p99
 is measured on the same probe server, at 0.2x, before every run too.
 
-The server is meterd's own HTTP server for every arm (service.runtime.http_server: uvicorn on uvloop
-with its guarded protocol); --server uvicorn runs the plain uvicorn CLI instead.
+The server is meterd's own HTTP server for every arm (service.runtime.http_server: uvicorn's guarded
+protocol on uvloop behind meterd's accept loop, which takes every queued connection per wake-up);
+the governance-lazy-accept arm is governance with uvicorn's own listener instead (libuv accepts one
+connection per loop iteration). --server uvicorn runs the plain uvicorn CLI for every arm.
 
 Results go to benchmarks/results/governance-overload.md.
 """
@@ -48,7 +50,7 @@ except ImportError:  # imported as benchmarks.<module> (uvicorn app factories)
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "governance-overload.md"
 LEVELS = [0.5, 0.8, 1.0, 2.0, 3.0, 5.0]
-ARMS = ["none", "kratos-bbr", "governance"]
+ARMS = ["none", "kratos-bbr", "governance", "governance-lazy-accept"]
 IDLE_EXPIRY = 4.0  # s; below uvicorn's 5 s keep-alive timeout (see Client._reusable)
 
 
@@ -178,7 +180,7 @@ def create_app() -> Any:
     arm = os.environ.get("OVERLOAD_ARM", "none")
     if arm == "kratos-bbr":
         governed: Any = KratosBBR(app)
-    elif arm in ("governance", "governance-in-app"):
+    elif arm in ("governance", "governance-in-app", "governance-lazy-accept"):
         from governance import Governance
 
         governed = Governance.from_config({"plugins": [{"type": "adaptive"}]}).asgi(app)
@@ -504,7 +506,9 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine()}",
-        ("- server: meterd's HTTP server (uvicorn + uvloop with a header deadline and size cap)"
+        ("- server: meterd's HTTP server (uvicorn + uvloop with a header deadline and size cap, behind meterd's "
+         "accept loop that drains the kernel's queue per wake-up; governance-lazy-accept: uvicorn's own listener, "
+         "one accept per loop iteration)"
          if args.server == "meterd"
          else "- server: the plain uvicorn CLI (uvloop: libuv accepts one connection per loop iteration)")
         + ", 1 worker, pinned to CPU 0; open-loop generator (this script, asyncio) on CPU 1",
@@ -577,7 +581,10 @@ def serve(port: int) -> None:
     from service.runtime.http_server import HttpServer
 
     async def run() -> None:
-        server = HttpServer(create_app(), "127.0.0.1", port, name="overload")
+        # governance-lazy-accept: the same app with uvicorn's own listener (uvloop accepts one
+        # connection per loop iteration) instead of meterd's accept loop, which drains the queue.
+        eager = not os.environ.get("OVERLOAD_ARM", "").endswith("-lazy-accept")
+        server = HttpServer(create_app(), "127.0.0.1", port, name="overload", eager_accept=eager)
         await server.start()
         await asyncio.Event().wait()
 

@@ -184,9 +184,10 @@ class Chain:
         tokens: list[Token] = []
         try:
             for admit, _ in plan.admits:
-                refused = self._take(call, tokens, admit(call))
-                if refused is not None:
-                    return refused
+                result = admit(call)
+                if isinstance(result, Rejection):
+                    return self._refuse(call, tokens, result)
+                tokens.append(result)
         except BaseException:
             self._broken(call, tokens)
             raise
@@ -197,18 +198,17 @@ class Chain:
         tokens: list[Token] = []
         try:
             for admit, is_async in plan.admits:
-                if (refused := self._take(call, tokens, (await admit(call)) if is_async else admit(call))):
-                    return refused
+                result = (await admit(call)) if is_async else admit(call)
+                if isinstance(result, Rejection):
+                    return self._refuse(call, tokens, result)
+                tokens.append(result)
         except BaseException:
             self._broken(call, tokens)
             raise
         return tokens
 
-    def _take(self, call: Call, tokens: list[Token], result: Token | Rejection) -> Rejection | None:
-        """Keep a token; on a refusal, unwind the tokens held so far (and forget them)."""
-        if not isinstance(result, Rejection):
-            tokens.append(result)
-            return None
+    def _refuse(self, call: Call, tokens: list[Token], result: Rejection) -> Rejection:
+        """Unwind the tokens held so far (and forget them) for a refusal."""
         if self._on_reject is not None:
             self._on_reject(call, result)
         try:

@@ -25,6 +25,8 @@ from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel, ConfigDict, Field
 
+from governance.spans import PresetIdGenerator
+
 INSTRUMENTATION = "governance"
 
 __all__ = [
@@ -69,6 +71,7 @@ def setup_tracing(settings: TracingSettings | dict[str, Any] | None = None, *, s
     provider = TracerProvider(
         sampler=ParentBased(TraceIdRatioBased(s.ratio)),
         resource=Resource.create({SERVICE_NAME: s.service_name or service_name}),
+        id_generator=PresetIdGenerator(),  # lets the tracing plugin skip the SDK for unsampled calls
     )
     exp = exporter if exporter is not None else _exporter(s)
     if exp is not None:

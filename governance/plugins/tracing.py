@@ -2,8 +2,9 @@
 
 The span is made current on admission and ended (and the context detached) on release, which the
 adapters run in the same task, so everything the handler does (DB, Kafka produce) nests under it.
-Only the SDK's own spans and the API's context functions are used. A sampled call's trace id is
-left on the call for the metrics plugin's exemplars.
+Only the SDK's own spans and the API's context functions are used; with a provider from
+`setup_tracing` an unsampled call gets its NonRecordingSpan without the SDK's span machinery
+(governance.spans). A sampled call's trace id is left on the call for the metrics plugin's exemplars.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import ConfigDict, Field
 
 from governance.core import FAILURE, Call, Outcome, Token
 from governance.plugins import PluginContext
+from governance.spans import SpanStarter
 from governance.tracing import PAIRS_GETTER, TracingSettings, setup_tracing
 
 SERVER_SCOPE = "governance.server"
@@ -58,6 +60,18 @@ class _SpanToken:
         otel_context.detach(self.attached)  # type: ignore[arg-type]
 
 
+class _ContextToken:
+    """An unsampled call's token: its span records nothing, so ending it is only leaving its context."""
+
+    __slots__ = ("attached",)
+
+    def __init__(self, attached: object) -> None:
+        self.attached = attached
+
+    def release(self, outcome: Outcome) -> None:
+        otel_context.detach(self.attached)  # type: ignore[arg-type]
+
+
 class TracingPlugin:
     name = "tracing"
 
@@ -72,6 +86,7 @@ class TracingPlugin:
 
             ctx.closers.append(shutdown)
         self._tracer = trace.get_tracer(SERVER_SCOPE, tracer_provider=provider)
+        self._starter = SpanStarter.for_provider(provider or trace.get_tracer_provider(), self._tracer)
         self._shapes: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
 
     def _span_shape(self, call: Call) -> tuple[str, dict[str, Any]]:
@@ -90,17 +105,25 @@ class TracingPlugin:
         return shape
 
     def admit(self, call: Call) -> Token:
-        parent = None
-        for k, _ in call.carrier:  # most calls carry no context: skip the propagators' header scans
+        # The current context, read once and passed explicitly (the sampler and the span would each
+        # look it up again); most calls carry no remote context: skip the propagators' header scans.
+        parent = otel_context.get_current()
+        for k, _ in call.carrier:
             if k in _CONTEXT_KEYS:
-                parent = propagate.extract(call.carrier, getter=PAIRS_GETTER)
+                parent = propagate.extract(call.carrier, getter=PAIRS_GETTER, context=parent)
                 break
         name, attributes = self._span_shape(call)
-        span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        if self._starter is not None:
+            span = self._starter.start(name, parent, attributes)
+        else:
+            span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        attached = otel_context.attach(trace.set_span_in_context(span, parent))
+        if not span.is_recording():
+            return _ContextToken(attached)
         span_context = span.get_span_context()
         if span_context.trace_flags.sampled:
             call.trace_id = format_trace_id(span_context.trace_id)
-        return _SpanToken(span, otel_context.attach(trace.set_span_in_context(span, parent)))
+        return _SpanToken(span, attached)
 
 
 def create(settings: dict[str, Any], ctx: PluginContext, label: str) -> TracingPlugin:

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from governance import Governance
+from governance.spans import PresetIdGenerator
 from governance.tracing import extract_context, inject_headers, producer_span, start_consumer_span
 from tests.governance.gov_helpers import SERVICE, client_for, make_starlette, start_grpc, stop_grpc
 
@@ -25,10 +26,17 @@ PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 
 
+@pytest.fixture(params=["sdk-ids", "preset-ids"])
+def ids(request: pytest.FixtureRequest) -> PresetIdGenerator | None:
+    """Every provider twice: with the SDK's id generator the plugin leaves every span to the SDK;
+    with setup_tracing's PresetIdGenerator it builds unsampled spans itself (governance.spans)."""
+    return PresetIdGenerator() if request.param == "preset-ids" else None
+
+
 @pytest.fixture
-def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+def spans(ids: PresetIdGenerator | None) -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(id_generator=ids)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield provider, exporter
     provider.shutdown()
@@ -140,9 +148,9 @@ def test_inject_replaces_stale_context_and_extract_handles_bytes() -> None:
     assert not trace.get_current_span(extract_context([])).get_span_context().is_valid
 
 
-async def test_ratio_sampler_children_follow_parent_decision() -> None:
+async def test_ratio_sampler_children_follow_parent_decision(ids: PresetIdGenerator | None) -> None:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)), id_generator=ids)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     gov = gov_with(provider)
     async with client_for(gov.asgi(make_starlette())) as http:
@@ -152,9 +160,9 @@ async def test_ratio_sampler_children_follow_parent_decision() -> None:
     assert [s.name for s in exporter.get_finished_spans()] == ["GET /hello"]
 
 
-async def test_unsampled_roots_keep_ratio_and_propagate_valid_context() -> None:
+async def test_unsampled_roots_keep_ratio_and_propagate_valid_context(ids: PresetIdGenerator | None) -> None:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5)))
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5)), id_generator=ids)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     seen: list[tuple[int, bool, str]] = []
 
@@ -181,12 +189,13 @@ async def test_unsampled_roots_keep_ratio_and_propagate_valid_context() -> None:
         assert bool(int(traceparent.split("-")[3], 16) & 1) == is_sampled
 
 
-async def test_a_dropped_root_is_current_in_the_handler_and_propagates_unsampled() -> None:
+async def test_a_dropped_root_is_current_in_the_handler_and_propagates_unsampled(
+        ids: PresetIdGenerator | None) -> None:
     """Dropped roots (the common case at low ratios): the handler must still see a valid,
     non-recording current span whose trace id goes out with the sampled flag off, and the context
     must be detached afterwards."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)), id_generator=ids)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("app")
     seen: list[tuple[int, bool, bytes]] = []
@@ -211,4 +220,57 @@ async def test_a_dropped_root_is_current_in_the_handler_and_propagates_unsampled
         assert traceparent.decode().split("-")[1] == format(trace_id, "032x")
         assert int(traceparent.decode().split("-")[3], 16) & 1 == 0  # not sampled: downstream drops it too
     assert trace.get_current_span() is trace.INVALID_SPAN
+    provider.shutdown()
+
+
+async def test_an_unsampled_parent_propagates_sampled_0_and_a_sampled_parent_records_its_children(
+        ids: PresetIdGenerator | None) -> None:
+    """Remote parents under ParentBased: sampled=0 stays 0 downstream (same trace id, a span id of
+    our own), nothing is recorded; sampled=1 gives a recorded server span and a recorded child."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5)), id_generator=ids)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("app")
+    seen: list[tuple[bool, str]] = []
+
+    async def work(request):  # type: ignore[no-untyped-def]
+        headers: list[tuple[str, bytes]] = []
+        with tracer.start_as_current_span("db.query") as child:
+            inject_headers(headers)
+            seen.append((child.is_recording(), dict(headers)["traceparent"].decode()))
+        return JSONResponse({})
+
+    gov = gov_with(provider)
+    async with client_for(gov.asgi(Starlette(routes=[Route("/w", work)]))) as http:
+        await http.get("/w", headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"})
+        await http.get("/w", headers={"traceparent": TRACEPARENT})
+    (dropped, dropped_tp), (kept, kept_tp) = seen
+    assert not dropped and dropped_tp.split("-")[1] == TRACE_ID and dropped_tp.endswith("-00")
+    assert dropped_tp.split("-")[2] != PARENT_ID
+    assert kept and kept_tp.split("-")[1] == TRACE_ID and kept_tp.endswith("-01")
+    child, server = exporter.get_finished_spans()
+    assert server.kind == SpanKind.SERVER and format(server.parent.span_id, "016x") == PARENT_ID
+    assert child.parent is not None and child.parent.span_id == server.context.span_id
+    provider.shutdown()
+
+
+async def test_with_preset_ids_the_sdk_builds_only_the_recorded_spans(
+        ids: PresetIdGenerator | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.trace import Tracer
+
+    started: list[str] = []
+    sdk_start_span = Tracer.start_span
+
+    def counting(self, name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        started.append(name)
+        return sdk_start_span(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Tracer, "start_span", counting)
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)), id_generator=ids)
+    gov = gov_with(provider)
+    async with client_for(gov.asgi(make_starlette())) as http:
+        for _ in range(20):
+            await http.get("/hello")  # dropped roots
+        await http.get("/hello", headers={"traceparent": TRACEPARENT})  # recorded
+    assert len(started) == (1 if ids is not None else 21)
     provider.shutdown()
