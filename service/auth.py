@@ -66,35 +66,35 @@ class Authenticator:
         self._known: OrderedDict[bytes, float] = OrderedDict()
         self._known_ttl = known_seconds
 
-    def peek(self, authorization: str | None) -> Principal | None | object:
-        """The cached answer for this header without any I/O: a Principal, None (no or bad
-        credentials), STALE (a lookup is needed; it was valid lately) or MISSING (a lookup is needed)."""
+    def _local(self, authorization: str | None) -> tuple[Principal | None, str, str, float]:
+        """What can be answered without I/O: (principal, token, digest, now); an empty digest
+        means the answer is final (no, bad or admin credentials, or a cache hit)."""
         token = bearer_token(authorization)
         if token is None:
-            return None
+            return None, "", "", 0.0
         if hmac.compare_digest(token.encode(), self._admin):
-            return ADMIN
+            return ADMIN, "", "", 0.0
         if not token.startswith("mk_") or len(token) > 200:
-            return None
+            return None, "", "", 0.0
         digest, now = credential_digest(token), time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
-            return hit[0]
+            return hit[0], "", "", 0.0
+        return None, token, digest, now
+
+    def peek(self, authorization: str | None) -> Principal | None | object:
+        """The cached answer for this header without any I/O: a Principal, None (no or bad
+        credentials), STALE (a lookup is needed; it was valid lately) or MISSING (a lookup is needed)."""
+        principal, _, digest, now = self._local(authorization)
+        if not digest:
+            return principal
         known = self._known.get(digest)
         return STALE if known is not None and known > now else MISSING
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
-        token = bearer_token(authorization)
-        if token is None:
-            return None
-        if hmac.compare_digest(token.encode(), self._admin):
-            return ADMIN
-        if not token.startswith("mk_") or len(token) > 200:
-            return None
-        digest, now = credential_digest(token), time.monotonic()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        principal, token, digest, now = self._local(authorization)
+        if not digest:
+            return principal
         account_id = await self._repo.account_for_key(token)
         principal = Principal(account_id) if account_id else None
         if self._ttl > 0:
