@@ -1,6 +1,6 @@
 """Throughput of an asyncio HTTP service with a 100 Hz py-spy capture running vs not, in one run.
 
-    .venv/bin/python benchmarks/profiling.py [--seconds 10] [--rounds 2] [--output PATH]
+    .venv/bin/python benchmarks/profiling_overhead.py [--seconds 10] [--rounds 2] [--output PATH]
 
 A Starlette app (CPU-bound handler with an await in it) runs under uvicorn in a subprocess with the
 `profiling` library mounted. A closed-loop load generator in this process (raw keep-alive HTTP/1.1
@@ -243,7 +243,7 @@ def main() -> None:
         "interpreter): " + "; ".join(summaries),
         f"- load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} "
         "(other work on the machine shows up as noise between rounds)",
-        f"- command: `.venv/bin/python benchmarks/profiling.py --seconds {args.seconds:g} --rounds {args.rounds}`",
+        f"- command: `.venv/bin/python benchmarks/profiling_overhead.py --seconds {args.seconds:g} --rounds {args.rounds}`",
         "",
         "| arm | req/s (mean) | runs | req/s ratio of means | median paired req/s ratio "
         "| server CPU ms/req | CPU/req ratio | py-spy CPU (share of a core) | p50 ms | p99 ms |",
