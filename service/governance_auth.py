@@ -19,7 +19,7 @@ from limits import parse_many
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from governance import NOOP, Call, DependencyUnavailable, Rejection, Token
-from governance.plugins.quota import LocalFixedWindows
+from governance.plugins.quota import LocalFixedWindows, limits_string
 from service.auth import MISSING, STALE, Authenticator, Principal
 
 
@@ -31,12 +31,7 @@ class PrincipalKeySettings(BaseModel):
     @field_validator("unauthenticated_limit")
     @classmethod
     def _parse(cls, v: str) -> str:
-        try:
-            if not parse_many(v):
-                raise ValueError("empty")
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"not a limits string like '20/second;600/minute': {v!r}") from exc
-        return v
+        return limits_string(v)
 
 
 def authorization_of(carrier: Any) -> str | None:

@@ -53,12 +53,17 @@ class QuotaSettings(BaseModel):
     @field_validator("limit")
     @classmethod
     def _parse(cls, v: str) -> str:
-        try:
-            if not parse_many(v):
-                raise ValueError("empty")
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"not a limits string like '100/second;5000/minute': {v!r}") from exc
-        return v
+        return limits_string(v)
+
+
+def limits_string(v: str) -> str:
+    """Validates a `limits` library string such as '100/second;5000/minute' (for settings models)."""
+    try:
+        if not parse_many(v):
+            raise ValueError("empty")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a limits string like '100/second;5000/minute': {v!r}") from exc
+    return v
 
 
 class LocalFixedWindows:
