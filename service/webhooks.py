@@ -54,6 +54,22 @@ def event_body(row: dict[str, Any], event_id: str | None = None) -> dict[str, An
             "created_at": format_local_at(row["created_at_ms"] // 1000, "UTC")}
 
 
+def delivery_json(row: dict[str, Any]) -> dict[str, Any] | None:
+    """An event's delivery as GET .../events shows it (None: the event has no outbox row)."""
+    if not row.get("has_delivery"):
+        return None
+
+    def at(ms: int | None) -> str | None:
+        return None if ms is None else format_local_at(ms // 1000, "UTC")
+
+    done = row["delivered_at_ms"] or row["failed_at_ms"]
+    status = ("delivered" if row["delivered_at_ms"] else "given_up" if row["failed_at_ms"]
+              else "retrying" if row["attempts"] else "pending")
+    return {"status": status, "attempts": row["attempts"], "http_status": row["last_status"],
+            "delivered_at": at(row["delivered_at_ms"]), "next_attempt_at": None if done else at(row["next_attempt_ms"]),
+            "given_up_at": at(row["failed_at_ms"])}
+
+
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """``v1=`` + hex HMAC-SHA256 over "<timestamp>.<body>": binding the timestamp lets receivers
     refuse replays of an old delivery."""
@@ -186,7 +202,7 @@ class WebhookDispatcher:
             return
         body = orjson.dumps(event_body(row, row["event_id"]))
         ts = int(time.time())
-        secrets = signing_secrets(row, self._cfg.secret_overlap_seconds, ts * 1000)
+        secrets = signing_secrets(row, self._cfg.secret_overlap_seconds, int(time.time() * 1000))
         headers = {"Content-Type": "application/json", EVENT_ID_HEADER: row["event_id"],
                    TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: signature_header(secrets, ts, body)}
         error, status = None, None

@@ -26,13 +26,15 @@ def _now_ms() -> int:
 class WebhookOutbox:
     db: Database
 
-    async def list_events(self, account_id: str, limit: int) -> list[dict]:
-        """Newest first, each with its outbox row's columns (None when it has none: the account had no
-        webhook URL then, or the row was purged); `has_delivery` tells which."""
+    async def list_events(self, account_id: str, limit: int, event_id: str | None = None) -> list[dict]:
+        """Newest first (or the one `event_id`), each with its outbox row's columns (None when it has
+        none: the account had no webhook URL then, or the row was purged); `has_delivery` tells which."""
         e, o = schema.quota_events, schema.webhook_outbox
         q = (select(e, o.c.event_id.is_not(None).label("has_delivery"), *[o.c[n] for n in _DELIVERY_COLUMNS])
              .outerjoin(o, o.c.event_id == e.c.id).where(e.c.account_id == account_id)
              .order_by(e.c.created_at_ms.desc(), e.c.threshold_ppm.desc()).limit(limit))
+        if event_id is not None:
+            q = q.where(e.c.id == event_id)
         async with self.db.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(q)).mappings()]
 

@@ -16,6 +16,7 @@ class RawReceiver:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self.requests: list[bytes] = []
+        self.headers: list[dict[str, str]] = []  # lower-cased names
         self.started = threading.Event()
         self.closed = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
@@ -41,6 +42,8 @@ class RawReceiver:
                           if line.lower().startswith(b"content-length:"))
             while len(body) < length:
                 body += conn.recv(65536)
+            self.headers.append({k.strip().lower(): v.strip() for k, _, v in
+                                 (line.decode().partition(":") for line in head.split(b"\r\n")[1:])})
             self.requests.append(body)
             self.started.set()
             try:
