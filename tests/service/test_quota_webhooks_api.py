@@ -10,14 +10,15 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from service.api.schemas import Account, Events, WebhookSecret
 from tests.service.conftest import assert_problem, problem_fields
 from tests.service.metering_support import rec, send, stack
-from tests.support.meterd import wait_until
-from tests.support.meterd_client import Meterd
+from tests.support.meterd import meterd_env, wait_until
+from tests.support.meterd_client import Meterd, shared_meterd
 
 __all__ = ["stack"]
 
@@ -225,3 +226,27 @@ def test_delivery_status_failure_log_and_redeliver(stack: Meterd, receiver: Rece
     assert_problem(stack.admin.post(f"/v1/accounts/{bad['id']}/events/{event['id']}/redeliver"), 404)
     stack.admin.patch(f"/v1/accounts/{acc}", json={"webhook_url": None})
     assert_problem(stack.admin.post(path), 409)
+
+
+@pytest.mark.parametrize(("setting", "delivered"), [(None, True), ("false", False)])
+def test_meterd_up_private_destination_default(tmp_path: Path, receiver: Receiver, setting: str | None,
+                                               delivered: bool) -> None:
+    """N18 as `meterd up` runs it: development mode posts to a loopback receiver unless the setting
+    says false; then the attempt is refused before any connection (retrying, no HTTP status)."""
+    env = meterd_env(tmp_path, METERD_WEBHOOKS__RETRY_BASE_SECONDS="0.3",
+                     METERD_WEBHOOKS__POLL_INTERVAL_SECONDS="0.1", METERD_CONSUMER__FLUSH_INTERVAL_SECONDS="0.3")
+    env.pop("METERD_WEBHOOKS__ALLOW_PRIVATE_DESTINATIONS")
+    if setting is not None:
+        env["METERD_WEBHOOKS__ALLOW_PRIVATE_DESTINATIONS"] = setting
+    receiver.fail_first = 0
+    with shared_meterd(tmp_path, env) as m:
+        acc = m.admin.post("/v1/accounts", json={"name": "dev", "quota_bytes": 10, "alert_thresholds": [1.0],
+                                                 "webhook_url": receiver.url}).json()["id"]
+        send(m, [rec(acc, int(time.time() * 1000) - 1000, b_in=10, b_out=0)])
+        state = wait_until(lambda: (d := delivery_of(m, acc)) and d["attempts"] >= 1 and d, timeout=30,
+                           message="an attempt")
+        if delivered:
+            assert state["status"] == "delivered" and len(receiver.requests) == 1
+        else:
+            assert state["status"] == "retrying" and state["http_status"] is None and receiver.requests == []
+            assert "destination refused" in m.proc.output()
