@@ -30,13 +30,18 @@ TIMESTAMP_HEADER = "Meterd-Timestamp"
 SIGNATURE_HEADER = "Meterd-Signature"
 
 
+def origin(url: httpx.URL | str) -> str:
+    """scheme://host[:port] only: a webhook URL's user info, path or query is often its credential."""
+    url = httpx.URL(url)
+    return f"{url.scheme}://{url.netloc.decode('ascii')}"
+
+
 class _OriginOnly(logging.Filter):
-    """httpx logs each request's URL at INFO; a webhook URL's path or query often is its credential."""
+    """httpx logs each request's URL at INFO: keep only its origin."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
-            record.args = tuple(a.copy_with(path="/redacted", query=None) if isinstance(a, httpx.URL) else a
-                                for a in record.args)
+            record.args = tuple(origin(a) + "/redacted" if isinstance(a, httpx.URL) else a for a in record.args)
         return True
 
 
@@ -109,13 +114,10 @@ class _FailureLog:
             for key in sorted(self._last, key=lambda k: self._last[k][0])[:5_000]:
                 del self._last[key]
         self._last[account] = (now, 0)
-        # The URL's origin only: its path or query is often the receiver's credential.
-        origin = httpx.URL(row["webhook_url"]).copy_with(path="/", query=None, fragment=None) if row["webhook_url"] \
-            else None
         what = "webhook attempt failed; given up" if retry_in is None else "webhook attempt failed; will retry"
         log.warning(what, extra={"event_id": row["event_id"], "account_id": account, "attempt": attempts,
-                                 "error": error, "destination": str(origin), "retry_in_seconds": retry_in,
-                                 "similar_lines_skipped": skipped})
+                                 "error": error, "destination": origin(row["webhook_url"]),
+                                 "retry_in_seconds": retry_in, "similar_lines_skipped": skipped})
 
 
 class WebhookDispatcher:
@@ -125,8 +127,11 @@ class WebhookDispatcher:
         self._cfg = settings
         self._metrics = metrics
         self._allow_private = settings.private_destinations_allowed(mode)
-        # No redirects: a webhook goes to the URL the operator set, nowhere else.
-        self._http = httpx.AsyncClient(timeout=settings.timeout_seconds, follow_redirects=False)
+        # No redirects: a webhook goes to the URL the operator set, nowhere else. No kept-alive
+        # connections: requests go to checked IP addresses, and a connection verified for one
+        # host name must not carry another host's request to the same address.
+        limits = httpx.Limits(max_connections=settings.max_concurrent_deliveries, max_keepalive_connections=0)
+        self._http = httpx.AsyncClient(timeout=settings.timeout_seconds, follow_redirects=False, limits=limits)
         httpx_log = logging.getLogger("httpx")
         if _ORIGIN_ONLY not in httpx_log.filters:
             httpx_log.addFilter(_ORIGIN_ONLY)

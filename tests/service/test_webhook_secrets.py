@@ -90,3 +90,18 @@ async def test_a_rotation_without_overlap_forgets_the_old_secret(repo: Repositor
     await deliver_one(repo, acc, NOV, overlap=3600)
     (headers,), (body,) = receiver.headers, receiver.requests
     assert signed_by(new, headers, body) and not signed_by(old, headers, body)
+
+
+async def test_logs_name_the_origin_only(repo: Repository, receiver: RawReceiver,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A failed attempt's line and httpx's request line keep neither user info, path nor query."""
+    url = receiver.url.replace("http://", "http://hookuser:hookpass@") + "?token=t0psecret"
+    receiver.answer = lambda conn: conn.sendall(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")  # type: ignore[method-assign]
+    created = await repo.create_account("logs", 10, alert_thresholds="[1.0]", webhook_url=url)
+    caplog.set_level("INFO")
+    await deliver_one(repo, created["id"], NOV, overlap=0)
+    assert len(receiver.requests) == 1
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "webhook attempt failed" in text and f"http://127.0.0.1:{receiver.port}" in text
+    for secret in ("hookpass", "t0psecret", "/hook", created["webhook_secret"]):
+        assert secret not in text, secret
