@@ -54,6 +54,8 @@ async def _addresses(host: str, port: int) -> list[IPAddress]:
 
 async def checked_addresses(url: httpx.URL, allow_private: bool) -> list[IPAddress]:
     host = url.raw_host.decode("ascii")
+    if not host:
+        raise AttemptFailed("webhook_url has no host")
     addresses = await _addresses(host, url.port or (443 if url.scheme == "https" else 80))
     if not addresses:
         raise AttemptFailed(f"cannot resolve {host}")
@@ -69,7 +71,10 @@ async def checked_addresses(url: httpx.URL, allow_private: bool) -> list[IPAddre
 async def post(client: httpx.AsyncClient, raw_url: str, body: bytes, headers: dict[str, str], *,
                allow_private: bool) -> int:
     """POST to a checked address of `raw_url`; the receiver's HTTP status."""
-    url = httpx.URL(raw_url)
+    try:
+        url = httpx.URL(raw_url)
+    except httpx.InvalidURL as exc:  # the API's check is looser than httpx's parser
+        raise AttemptFailed("invalid webhook_url") from exc
     last: Exception | None = None
     for ip in (await checked_addresses(url, allow_private))[:4]:
         target = url.copy_with(host=str(ip))

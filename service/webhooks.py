@@ -32,7 +32,10 @@ SIGNATURE_HEADER = "Meterd-Signature"
 
 def origin(url: httpx.URL | str) -> str:
     """scheme://host[:port] only: a webhook URL's user info, path or query is often its credential."""
-    url = httpx.URL(url)
+    try:
+        url = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "(invalid URL)"
     return f"{url.scheme}://{url.netloc.decode('ascii')}"
 
 

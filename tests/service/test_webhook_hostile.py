@@ -170,3 +170,17 @@ def test_private_destinations_default_follows_the_mode() -> None:
     explicit = WebhookSettings(allow_private_destinations=False)
     assert explicit.private_destinations_allowed("development") is False
     assert WebhookSettings(allow_private_destinations=True).private_destinations_allowed("production") is True
+
+
+@pytest.mark.parametrize("url", ["http://:80/hook", "http://exa%20mple/hook", "http://[bad/hook"])
+async def test_unusable_urls_are_booked_as_failed_attempts(repo: Repository, url: str) -> None:
+    """URLs the API's check lets through but no request can use: a failed attempt with a reason,
+    retried and given up like any other (never an unbooked row re-sent after every lease)."""
+    event_id = await crossing(repo, url)
+    d = dispatcher(repo, allow_private_destinations=True)
+    try:
+        await d.deliver_due()
+        state = await attempted(repo, event_id, timeout=15)
+    finally:
+        await d.stop()
+    assert state["attempts"] == 1 and not state["delivered_at_ms"] and state["last_error"], state
