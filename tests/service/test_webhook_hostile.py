@@ -184,3 +184,23 @@ async def test_unusable_urls_are_booked_as_failed_attempts(repo: Repository, url
     finally:
         await d.stop()
     assert state["attempts"] == 1 and not state["delivered_at_ms"] and state["last_error"], state
+
+
+async def test_concurrent_attempts_are_capped(repo: Repository, receivers: list[RawReceiver]) -> None:
+    """webhooks.max_concurrent_deliveries bounds the attempts (and sockets) hostile receivers can hold."""
+    drips = [DripReceiver(interval=0.5, limit=30) for _ in range(3)]
+    receivers.extend(drips)
+    for i, drip in enumerate(drips):
+        await crossing(repo, drip.url, minute=NOV + 60 * i)
+    d = dispatcher(repo, timeout_seconds=3, poll_interval_seconds=0.1, max_concurrent_deliveries=2)
+    await d.start()
+    try:
+        await asyncio.sleep(1.5)
+        assert sum(r.started.is_set() for r in drips) == 2  # the third waits for a free slot
+        for _ in range(100):  # a slot frees at the 3 s deadline
+            if all(r.started.is_set() for r in drips):
+                break
+            await asyncio.sleep(0.1)
+        assert all(r.started.is_set() for r in drips)
+    finally:
+        await d.stop()
