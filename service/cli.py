@@ -64,6 +64,7 @@ def _run_roles(settings: Settings, roles: tuple[str, ...], *, default_mode: str)
     from service.runtime.process import MeterdProcess
 
     token = _admin_token(settings, default_mode)
+    settings = settings.model_copy(update={"mode": settings.mode or default_mode})  # the mode in effect
 
     async def main() -> None:
         proc = MeterdProcess(settings, roles, token)

@@ -126,6 +126,21 @@ class WebhookSettings(_Section):
     retry_base_seconds: float = Field(5.0, gt=0)  # doubled per attempt, with jitter
     retry_max_seconds: float = Field(3600.0, gt=0)
     max_attempts: int = Field(15, gt=0)  # about a day of retries at the defaults, then given up
+    # timeout_seconds is the whole attempt's deadline (resolve, connect, send, read the status and
+    # at most 4 KiB of the answer); attempts run in their own tasks, at most this many at once.
+    max_concurrent_deliveries: int = Field(16, gt=0, le=1000)
+    # Loopback, private, link-local, metadata and other non-global addresses, checked on every
+    # attempt after resolving the host. None: allowed in development mode (`meterd up`, whose
+    # receivers are often on the same machine), refused in production mode (the roles).
+    allow_private_destinations: bool | None = None
+    secret_overlap_seconds: int = Field(86400, ge=0, le=30 * 86400)  # the old secret still signs this long
+    retention_seconds: int = Field(30 * 86400, ge=3600)  # delivered / given-up outbox rows are purged after
+    failure_log_interval_seconds: float = Field(60.0, ge=0)  # at most one failed-attempt line per account
+
+    def private_destinations_allowed(self, mode: str) -> bool:
+        if self.allow_private_destinations is not None:
+            return self.allow_private_destinations
+        return mode == "development"
 
 
 class LogSettings(_Section):

@@ -45,7 +45,7 @@ from service.ingest.writer import IngestService
 from service.storage import Repository
 from service.storage.ledger import Ledger
 from service.storage.quota_alerts import PPM, thresholds_ppm
-from service.webhooks import event_body
+from service.webhooks import delivery_json, event_body
 
 log = logging.getLogger("meterd.api")
 
@@ -138,6 +138,7 @@ class Api:
         body = parse_model(AccountPatch, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
         changes = body.model_dump(exclude_unset=True)
         account_id = request.path_params["account_id"]
+        before = await self.ctx.repo.get_account(account_id) if changes.get("webhook_url") else None
         if "alert_thresholds" in changes and changes["alert_thresholds"] is not None:
             changes["alert_thresholds"] = orjson.dumps(changes["alert_thresholds"]).decode()
         row = (await self.ctx.repo.update_account(account_id, changes) if changes
@@ -147,9 +148,11 @@ class Api:
         if self.ctx.ingest is not None:
             self.ctx.ingest.accounts.invalidate(account_id)
         out = account_json(row)
-        if row["webhook_url"] and not row["webhook_secret"]:
-            # The first webhook URL gets a signing secret, shown in this response only.
-            out["webhook_secret"] = await self.ctx.repo.rotate_webhook_secret(account_id)
+        url_changed = before is not None and before["webhook_url"] != row["webhook_url"]
+        if row["webhook_url"] and (not row["webhook_secret"] or url_changed):
+            # A new URL gets a new signing secret at once (the old receiver knows the old one),
+            # shown in this response only.
+            out["webhook_secret"] = await self.ctx.repo.rotate_webhook_secret(account_id, overlap=False)
         return json_response(out)
 
     async def rotate_webhook_secret(self, request: Request) -> Response:
@@ -165,7 +168,19 @@ class Api:
         if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 500:
             raise invalid([{"field": "limit", "detail": "must be an integer from 1 to 500"}])
         rows = await self.ctx.repo.list_events(row["id"], int(raw))
-        return json_response({"account_id": row["id"], "events": [event_body(r) for r in rows]})
+        return json_response({"account_id": row["id"],
+                              "events": [{**event_body(r), "delivery": delivery_json(r)} for r in rows]})
+
+    async def redeliver(self, request: Request) -> Response:
+        await self.admin(request)
+        account_id, event_id = request.path_params["account_id"], request.path_params["event_id"]
+        outcome = await self.ctx.repo.redeliver(account_id, event_id)
+        if outcome == "no_event":
+            raise not_found("event")
+        if outcome == "no_webhook_url":
+            raise Problem(409, "Conflict", "the account has no webhook_url to deliver to")
+        (row,) = await self.ctx.repo.list_events(account_id, 1, event_id=event_id)
+        return json_response({**event_body(row), "delivery": delivery_json(row)}, 202)
 
     async def create_key(self, request: Request) -> Response:
         await self.admin(request)
@@ -308,6 +323,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/billing", api.billing, methods=["GET"]),
         Route("/v1/accounts/{account_id}/events", api.events, methods=["GET"]),
         Route("/v1/accounts/{account_id}/webhook-secret", api.rotate_webhook_secret, methods=["POST"]),
+        Route("/v1/accounts/{account_id}/events/{event_id}/redeliver", api.redeliver, methods=["POST"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
         Route("/v1/batches/{batch_id}", batch_lookup(api.ctx.ledger, api.principal, json_response), methods=["GET"]),
         *ops_routes(api.ctx.registry, api.ctx.readiness),

@@ -38,6 +38,15 @@ def negotiate(accept: str | None) -> str:
     return best
 
 
+# A spreadsheet runs a cell starting with one of these as a formula; node ids come from account
+# keys, so such a cell is prefixed with ' (OWASP's CSV-injection advice) and shows as text.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(cell: str) -> str:
+    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell
+
+
 def export_response(media: str, rows: list[tuple[str, str, list[int]]], by_node: bool) -> Response:
     """``rows`` are (node_id or "", RFC 3339 bucket start, [bytes_in, bytes_out, requests])."""
     head = ["node_id"] if by_node else []
@@ -46,7 +55,7 @@ def export_response(media: str, rows: list[tuple[str, str, list[int]]], by_node:
         w = csv.writer(buf, lineterminator="\r\n")  # RFC 4180 line ends
         w.writerow([*head, "ts", "bytes_in", "bytes_out", "requests"])
         for node, ts, v in rows:
-            w.writerow([*([node] if by_node else []), ts, *v])
+            w.writerow([*([csv_text(node)] if by_node else []), ts, *v])
         return Response(buf.getvalue(), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="usage.csv"'})
     lines = [orjson.dumps({**({"node_id": node} if by_node else {}), "ts": ts, "bytes_in": v[0],

@@ -33,6 +33,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 _ACCOUNT_ID = {"name": "account_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _COUNT = {"type": "integer", "minimum": 0}
 _ZONE = {"type": "string", "maxLength": 64, "description": "IANA time zone, e.g. Asia/Shanghai"}
@@ -131,8 +132,14 @@ def _paths() -> dict[str, Any]:
             "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                          "maximum": 500}}],
             "responses": {"200": _json(_ref("Events"), "events"), **_errors(400, 401, 404)}}},
+        "/v1/accounts/{account_id}/events/{event_id}/redeliver": {"parameters": [_ACCOUNT_ID, _EVENT_ID], "post": {
+            "summary": "Send an event's webhook again, now, with a fresh retry budget (admin)",
+            "operationId": "redeliverEvent",
+            "responses": {"202": _json(_ref("QuotaEvent"), "queued: the event with its delivery, now pending"),
+                          **_errors(401, 403, 404, 409)}}},
         "/v1/accounts/{account_id}/webhook-secret": {"parameters": [_ACCOUNT_ID], "post": {
-            "summary": "Rotate the webhook signing secret (admin); the new one is shown once",
+            "summary": "Rotate the webhook signing secret (admin); the new one is shown once, and the old "
+                       "one keeps signing beside it for webhooks.secret_overlap_seconds",
             "operationId": "rotateWebhookSecret",
             "responses": {"200": _json(_ref("WebhookSecret"), "rotated"),
                           **_errors(401, 403, 404)}}},

@@ -24,7 +24,7 @@ class Account(_Strict):
     billing_timezone: str = Field(description="IANA zone of the balance and billing months")
     alert_thresholds: list[float] = Field(description="fractions of quota_bytes that raise an event")
     webhook_url: str | None
-    webhook_secret: str = Field(default=None, description="only in the response that first sets a "  # type: ignore[assignment]
+    webhook_secret: str = Field(default=None, description="only in the response that sets a new "  # type: ignore[assignment]
                                 "webhook_url: shown once")
     created_at: datetime
     updated_at: datetime
@@ -107,6 +107,16 @@ class Billing(_Strict):
     over_quota: bool
 
 
+class Delivery(_Strict):
+    status: Literal["pending", "retrying", "delivered", "given_up"]
+    attempts: int = NonNegative
+    http_status: int | None = Field(description="the receiver's status at the last attempt; null if none came")
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None = Field(description="pending or retrying: when it is due (or its "
+                                                         "attempt's lease ends)")
+    given_up_at: datetime | None
+
+
 class QuotaEvent(_Strict):
     id: str
     type: Literal["quota.threshold_crossed"]
@@ -118,6 +128,9 @@ class QuotaEvent(_Strict):
     period_start: datetime
     period_end: datetime
     created_at: datetime
+    delivery: Delivery | None = Field(default=None, description="in the events list and the redeliver "
+                                      "answer, never in the webhook; null: no webhook URL when the event was "
+                                      "recorded, or the delivery is older than webhooks.retention_seconds")
 
 
 class Events(_Strict):

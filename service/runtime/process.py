@@ -129,7 +129,7 @@ class MeterdProcess:
 
             readiness.append(consumer_ready)
             # Quota-alert webhooks go out from the consumer role, which records the events.
-            webhooks = WebhookDispatcher(repo, s.webhooks, self.metrics)
+            webhooks = WebhookDispatcher(repo, s.webhooks, self.metrics, mode=s.mode or "production")
             await webhooks.start()
             self._stops.append(("webhooks", webhooks.stop))
 

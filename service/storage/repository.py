@@ -15,16 +15,13 @@ from service.storage import schema
 from service.storage.billing_sql import interval_stats
 from service.storage.db import Database
 from service.storage.period_usage import bytes_used, usage_totals
+from service.storage.webhook_outbox import WebhookOutbox, new_webhook_secret
 
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def new_id(prefix: str, length: int = 20) -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
-
-
-def new_webhook_secret() -> str:
-    return "whsec_" + secrets.token_urlsafe(32)
 
 
 def hash_key(key: str) -> str:
@@ -35,7 +32,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class Repository:
+class Repository(WebhookOutbox):
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
@@ -48,6 +45,7 @@ class Repository:
         row = {"id": new_id("acc_"), "name": name, "status": status, "quota_bytes": quota_bytes,
                "billing_timezone": billing_timezone, "alert_thresholds": alert_thresholds,
                "webhook_url": webhook_url, "webhook_secret": new_webhook_secret() if webhook_url else None,
+               "webhook_previous_secret": None, "webhook_secret_rotated_at_ms": None,
                "created_at_ms": ts, "updated_at_ms": ts}
         async with self.db.engine.begin() as conn:
             await conn.execute(schema.accounts.insert().values(**row))
@@ -152,55 +150,3 @@ class Repository:
         async with self.db.engine.connect() as conn:
             totals = (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
             return totals, await interval_stats(conn, account_id, start_s, cutoff_s, day_bounds)
-
-    # -- quota events and webhook deliveries ------------------------------------------------
-    async def list_events(self, account_id: str, limit: int) -> list[dict]:
-        e = schema.quota_events
-        q = (select(e).where(e.c.account_id == account_id)
-             .order_by(e.c.created_at_ms.desc(), e.c.threshold_ppm.desc()).limit(limit))
-        async with self.db.engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(q)).mappings()]
-
-    async def rotate_webhook_secret(self, account_id: str) -> str | None:
-        secret = new_webhook_secret()
-        return secret if await self.update_account(account_id, {"webhook_secret": secret}) else None
-
-    async def claim_deliveries(self, now: int, lease_ms: int, limit: int = 20) -> list[dict]:
-        """Due outbox rows, each claimed with a compare-and-set on next_attempt_ms so two
-        dispatchers never send the same delivery at the same time."""
-        o, e, a = schema.webhook_outbox, schema.quota_events, schema.accounts
-        q = (select(o.c.event_id, o.c.attempts, o.c.next_attempt_ms, a.c.webhook_url, a.c.webhook_secret,
-                    *[c for c in e.c if c.name != "id"])
-             .join(e, e.c.id == o.c.event_id).join(a, a.c.id == o.c.account_id)
-             .where(and_(o.c.delivered_at_ms.is_(None), o.c.failed_at_ms.is_(None), o.c.next_attempt_ms <= now))
-             .order_by(o.c.next_attempt_ms).limit(limit))
-        claimed = []
-        async with self.db.engine.begin() as conn:
-            for r in (await conn.execute(q)).mappings():
-                res = await conn.execute(update(o).where(and_(o.c.event_id == r["event_id"],
-                                                              o.c.next_attempt_ms == r["next_attempt_ms"]))
-                                         .values(next_attempt_ms=now + lease_ms))
-                if res.rowcount == 1:
-                    claimed.append(dict(r))
-        return claimed
-
-    async def delivery_done(self, event_id: str, *, attempts: int, delivered: bool, next_attempt_ms: int | None,
-                            error: str | None = None) -> None:
-        """Records one attempt: delivered, retry at next_attempt_ms, or (None) given up."""
-        o = schema.webhook_outbox
-        values: dict[str, Any] = {"attempts": attempts, "last_error": error[:300] if error else None}
-        ts = now_ms()
-        if delivered:
-            values["delivered_at_ms"] = ts
-        elif next_attempt_ms is None:
-            values["failed_at_ms"] = ts
-        else:
-            values["next_attempt_ms"] = next_attempt_ms
-        async with self.db.engine.begin() as conn:
-            await conn.execute(update(o).where(o.c.event_id == event_id).values(**values))
-
-    async def delivery_state(self, event_id: str) -> dict | None:
-        o = schema.webhook_outbox
-        async with self.db.engine.connect() as conn:
-            row = (await conn.execute(select(o).where(o.c.event_id == event_id))).mappings().first()
-        return dict(row) if row else None

@@ -33,6 +33,9 @@ accounts = Table(
     Column("alert_thresholds", String(200), nullable=True),
     Column("webhook_url", String(2048), nullable=True),
     Column("webhook_secret", String(100), nullable=True),
+    # Rotation overlap (migration 5): the replaced secret still signs until rotated_at + overlap.
+    Column("webhook_previous_secret", String(100), nullable=True),
+    Column("webhook_secret_rotated_at_ms", BigInteger, nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("updated_at_ms", BigInteger, nullable=False),
 )
@@ -121,6 +124,7 @@ webhook_outbox = Table(
     Column("delivered_at_ms", BigInteger, nullable=True),
     Column("failed_at_ms", BigInteger, nullable=True),  # gave up after the last attempt
     Column("last_error", String(300), nullable=True),
+    Column("last_status", Integer, nullable=True),  # the receiver's last HTTP status (migration 5)
 )
 Index("ix_webhook_outbox_due", webhook_outbox.c.delivered_at_ms, webhook_outbox.c.failed_at_ms,
       webhook_outbox.c.next_attempt_ms)

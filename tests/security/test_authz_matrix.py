@@ -86,6 +86,8 @@ API_ROWS = [
     Row("GET", "/v1/accounts/{account_id}/billing", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/events", own_or_admin(200)),
     Row("POST", "/v1/accounts/{account_id}/webhook-secret", admin_only(200)),
+    Row("POST", "/v1/accounts/{account_id}/events/{event_id}/redeliver", admin_only(404),
+        note="no such event: the admin passes authorization and gets 404"),
     Row("POST", "/v1/traffic", {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 403, "own": 202, "admin": 202},
         body=_traffic),
     # Batch ids are scoped by the principal that wrote them: only that principal finds the batch.
@@ -201,6 +203,8 @@ def _path(row: Row, ctx: Ctx) -> str:
         params["name"] = "no-such-capture.svg"
     if "{batch_id}" in row.path:
         params["batch_id"] = ctx.who.own_batch
+    if "{event_id}" in row.path:
+        params["event_id"] = "evt_nosuchevent"
     if "{asset}" in row.path:
         params["asset"] = "swagger-ui.css"
     return row.path.format(**params)

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from service.config import WebhookSettings
 from service.metrics import PipelineMetrics
-from service.storage import Repository
+from service.storage import Repository, schema
 from service.storage.ledger import Flush, Ledger, OffsetConflict
 from service.storage.repository import now_ms
 from service.webhooks import WebhookDispatcher
@@ -118,24 +118,27 @@ async def test_dispatcher_backoff_and_removed_url(repo: Repository) -> None:  # 
     await repo.update_account(gone, {"webhook_url": None})
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
-    cfg = WebhookSettings(retry_base_seconds=0.05, retry_max_seconds=0.1, max_attempts=3, timeout_seconds=2)
+    cfg = WebhookSettings(retry_base_seconds=0.05, retry_max_seconds=0.1, max_attempts=3, timeout_seconds=2,
+                          allow_private_destinations=True)
     dispatcher = WebhookDispatcher(repo, cfg, metrics)
     try:
         (dead_event,) = await repo.list_events(dead, 10)
         (gone_event,) = await repo.list_events(gone, 10)
-        delays = []
+        delays = []  # (retry time - start of the round, retry time - end of the round)
         for _ in range(3):
             deadline = time.monotonic() + 5
+            started = now_ms()
             while await dispatcher.deliver_due() == 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
+            await dispatcher.settle()  # attempts run in their own tasks
             state = await repo.delivery_state(dead_event["id"])
             assert state is not None
-            delays.append(state["next_attempt_ms"] - now_ms())
+            delays.append((state["next_attempt_ms"] - started, state["next_attempt_ms"] - now_ms()))
     finally:
         await dispatcher.stop()
     # Base 50 ms doubling, with 50-100 % jitter: 25-50 ms after the first failure, 50-100 ms after
-    # the second (a few ms have passed when they are read).
-    assert 0 < delays[0] <= 50 and 40 <= delays[1] <= 100, delays
+    # the second. The failure was booked within the round, so the delay lies between the two bounds.
+    assert delays[0][0] >= 25 and delays[0][1] <= 50 and delays[1][0] >= 50 and delays[1][1] <= 100, delays
     state = await repo.delivery_state(dead_event["id"])
     assert state is not None and state["attempts"] == 3 and state["failed_at_ms"] and not state["delivered_at_ms"]
     assert "ConnectError" in (state["last_error"] or "")
@@ -143,3 +146,77 @@ async def test_dispatcher_backoff_and_removed_url(repo: Repository) -> None:  # 
     assert gone_state is not None and gone_state["failed_at_ms"] and gone_state["last_error"] == "webhook_url removed"
     assert registry.get_sample_value("meterd_webhook_deliveries_total", {"result": "retry"}) == 2
     assert registry.get_sample_value("meterd_webhook_deliveries_total", {"result": "failed"}) == 2
+
+
+async def test_delivery_status_given_up_and_redeliver(repo: Repository) -> None:  # noqa: F811
+    """The states /events shows, from the outbox row, and the admin's redeliver on a given-up event."""
+    from service.webhooks import delivery_json
+
+    acc = (await repo.create_account("s", 10, alert_thresholds="[1.0]", webhook_url="http://127.0.0.1:9/x"))["id"]
+    flush = Flusher(repo)
+    await flush({(acc, "n", NOV): [10, 0, 1]})
+    (ev,) = await repo.list_events(acc, 10)
+    pending = delivery_json(ev)
+    assert pending and (pending["status"], pending["attempts"], pending["http_status"]) == ("pending", 0, None)
+    assert pending["next_attempt_at"] and pending["delivered_at"] is None and pending["given_up_at"] is None
+    await repo.delivery_done(ev["id"], attempts=1, delivered=False, next_attempt_ms=2 * 10**12, error="HTTP 503",
+                             status=503)
+    (ev,) = await repo.list_events(acc, 10)
+    retrying = delivery_json(ev)
+    assert retrying and (retrying["status"], retrying["http_status"]) == ("retrying", 503)
+    assert retrying["next_attempt_at"] == "2033-05-18T03:33:20Z"
+    await repo.delivery_done(ev["id"], attempts=15, delivered=False, next_attempt_ms=None, error="HTTP 503",
+                             status=503)
+    (ev,) = await repo.list_events(acc, 10)
+    given_up = delivery_json(ev)
+    assert given_up and given_up["status"] == "given_up" and given_up["given_up_at"]
+    assert given_up["next_attempt_at"] is None
+    assert await repo.claim_deliveries(now_ms(), 1000) == []
+    # Redeliver: due now, attempts and errors reset, claimed by the next dispatcher round.
+    assert await repo.redeliver(acc, ev["id"]) == "queued"
+    (ev,) = await repo.list_events(acc, 10)
+    assert (delivery_json(ev) or {})["status"] == "pending"
+    assert [r["event_id"] for r in await repo.claim_deliveries(now_ms() + 1, 1000)] == [ev["id"]]
+    assert await repo.redeliver(acc, "evt_missing") == "no_event"
+    other = (await repo.create_account("o", 10))["id"]
+    assert await repo.redeliver(other, ev["id"]) == "no_event"  # another account's event
+    # An event recorded without a URL has no outbox row: no delivery, and redeliver adds one once a URL is set.
+    bare = (await repo.create_account("bare", 10, alert_thresholds="[1.0]"))["id"]
+    await flush({(bare, "n", NOV): [10, 0, 1]})
+    (bare_ev,) = await repo.list_events(bare, 10)
+    assert delivery_json(bare_ev) is None
+    assert await repo.redeliver(bare, bare_ev["id"]) == "no_webhook_url"
+    await repo.update_account(bare, {"webhook_url": "http://127.0.0.1:9/y"})
+    assert await repo.redeliver(bare, bare_ev["id"]) == "queued"
+    assert (delivery_json((await repo.list_events(bare, 10))[0]) or {})["status"] == "pending"
+
+
+async def test_outbox_retention(repo: Repository) -> None:  # noqa: F811
+    """N20: delivered and given-up rows older than webhooks.retention_seconds are deleted by the
+    dispatcher; pending and retrying rows, and the events themselves, stay."""
+    accs = [(await repo.create_account(f"r{i}", 10, alert_thresholds="[1.0]",
+                                       webhook_url="http://127.0.0.1:9/x"))["id"] for i in range(4)]
+    await Flusher(repo)({(a, "n", NOV): [10, 0, 1] for a in accs})
+    ids = [(await repo.list_events(a, 10))[0]["id"] for a in accs]
+    delivered_old, failed_old, delivered_new, retrying = ids
+    for event_id, delivered in ((delivered_old, True), (failed_old, False), (delivered_new, True)):
+        await repo.delivery_done(event_id, attempts=1, delivered=delivered, next_attempt_ms=None)
+    await repo.delivery_done(retrying, attempts=1, delivered=False, next_attempt_ms=now_ms() + 10**9, error="x")
+    old = now_ms() - 40 * 86400 * 1000  # backdate two of them past the 30-day default
+    async with repo.db.engine.begin() as conn:
+        o = schema.webhook_outbox
+        await conn.execute(o.update().where(o.c.event_id == delivered_old).values(delivered_at_ms=old))
+        await conn.execute(o.update().where(o.c.event_id == failed_old).values(failed_at_ms=old))
+    cfg = WebhookSettings(poll_interval_seconds=0.05)
+    dispatcher = WebhookDispatcher(repo, cfg, PipelineMetrics(CollectorRegistry()))
+    await dispatcher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while await repo.delivery_state(delivered_old) is not None:
+            assert time.monotonic() < deadline, "old rows not purged"
+            await asyncio.sleep(0.05)
+    finally:
+        await dispatcher.stop()
+    assert await repo.delivery_state(failed_old) is None
+    assert await repo.delivery_state(delivered_new) is not None and await repo.delivery_state(retrying) is not None
+    assert all([await repo.list_events(a, 10) for a in accs])  # the events stay

@@ -10,14 +10,15 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from service.api.schemas import Account, Events, WebhookSecret
 from tests.service.conftest import assert_problem, problem_fields
 from tests.service.metering_support import rec, send, stack
-from tests.support.meterd import wait_until
-from tests.support.meterd_client import Meterd
+from tests.support.meterd import meterd_env, wait_until
+from tests.support.meterd_client import Meterd, shared_meterd
 
 __all__ = ["stack"]
 
@@ -113,7 +114,8 @@ def test_thresholds_events_and_signed_webhooks(stack: Meterd, receiver: Receiver
         payload = json.loads(body)
         assert payload["id"] == headers["meterd-event-id"]
         ids.add(payload["id"])
-        assert payload == next(e for e in got if e["id"] == payload["id"])
+        listed = next(e for e in got if e["id"] == payload["id"])
+        assert payload == {k: v for k, v in listed.items() if k != "delivery"}  # the list adds the delivery
     assert ids == {e["id"] for e in got}
     time.sleep(1.0)  # a delivered event is not sent again
     assert len(receiver.delivered()) == 2
@@ -154,11 +156,97 @@ def test_default_thresholds_and_events_access(stack: Meterd) -> None:
                                                                     params={"limit": "0"}), 400))
 
 
-def test_first_webhook_url_gets_a_secret_once(stack: Meterd) -> None:
+def test_each_new_webhook_url_gets_a_new_secret(stack: Meterd) -> None:
+    """The receiver at the old URL knows the old secret: a new URL must not be signed with it."""
     acc, _ = stack.new_account("later-hook", quota_bytes=100)
     first = stack.admin.patch(f"/v1/accounts/{acc}", json={"webhook_url": "https://hooks.example/a"})
     assert first.status_code == 200 and first.json()["webhook_secret"].startswith("whsec_")
+    same = stack.admin.patch(f"/v1/accounts/{acc}", json={"webhook_url": "https://hooks.example/a", "name": "n"})
+    assert "webhook_secret" not in same.json()  # the same URL keeps its secret
     again = stack.admin.patch(f"/v1/accounts/{acc}", json={"webhook_url": "https://hooks.example/b"})
-    assert "webhook_secret" not in again.json() and again.json()["webhook_url"] == "https://hooks.example/b"
+    assert again.json()["webhook_url"] == "https://hooks.example/b"
+    assert again.json()["webhook_secret"].startswith("whsec_")
+    assert again.json()["webhook_secret"] != first.json()["webhook_secret"]
     off = stack.admin.patch(f"/v1/accounts/{acc}", json={"webhook_url": None})
-    assert off.json()["webhook_url"] is None
+    assert off.json()["webhook_url"] is None and "webhook_secret" not in off.json()
+
+
+def events_of(m: Meterd, acc: str) -> list[dict]:
+    resp = m.admin.get(f"/v1/accounts/{acc}/events")
+    assert resp.status_code == 200, resp.text
+    Events.model_validate(resp.json())
+    return resp.json()["events"]
+
+
+def delivery_of(m: Meterd, acc: str) -> dict | None:
+    events = events_of(m, acc)
+    return events[0]["delivery"] if events else None
+
+
+def test_delivery_status_failure_log_and_redeliver(stack: Meterd, receiver: Receiver) -> None:
+    """Issue 28 item 10: /events shows each delivery's state, failed attempts are logged (at most
+    one line per account per minute, no secret, no URL path), and the admin can send one again."""
+    acc = stack.admin.post("/v1/accounts", json={"name": "hook-ok", "quota_bytes": 10, "alert_thresholds": [1.0],
+                                                 "webhook_url": receiver.url}).json()["id"]
+    down = Receiver(fail_first=10**9)
+    try:
+        bad = stack.admin.post("/v1/accounts", json={"name": "hook-down", "quota_bytes": 10,
+                                                     "alert_thresholds": [1.0], "webhook_url": down.url}).json()
+        now = int(time.time() * 1000) - 1000
+        send(stack, [rec(acc, now, b_in=10, b_out=0), rec(bad["id"], now, b_in=10, b_out=0)])
+        # Two 500s, then 204: delivered, with the time and the receiver's status.
+        done = wait_until(lambda: (d := delivery_of(stack, acc)) and d["status"] == "delivered" and d,
+                          timeout=30, message="delivered status")
+        assert done["attempts"] == 3 and done["http_status"] == 204 and done["next_attempt_at"] is None
+        assert done["delivered_at"].endswith("Z") and done["given_up_at"] is None
+        # Always 500: retrying, with the next attempt's time.
+        retrying = wait_until(lambda: (d := delivery_of(stack, bad["id"])) and d["attempts"] >= 3 and d,
+                              timeout=30, message="three failed attempts")
+        assert retrying["status"] == "retrying" and retrying["http_status"] == 500 and retrying["next_attempt_at"]
+        logs = stack.proc.output()
+        lines = [ln for ln in logs.splitlines() if "webhook attempt failed" in ln and bad["id"] in ln]
+        assert len(lines) == 1, lines  # rate-limited: one line per account per minute
+        assert "HTTP 500" in lines[0] and bad["webhook_secret"] not in logs and "/hooks/meterd" not in lines[0]
+    finally:
+        down.server.shutdown()
+
+    # Redeliver: admin only; the event goes out again with a fresh retry budget.
+    (event,) = events_of(stack, acc)
+    path = f"/v1/accounts/{acc}/events/{event['id']}/redeliver"
+    key = stack.admin.post(f"/v1/accounts/{acc}/keys").json()["key"]
+    with stack.client(key) as c:
+        assert_problem(c.post(path), 403)
+    before = len(receiver.delivered())
+    again = stack.admin.post(path)
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] == event["id"] and again.json()["delivery"]["status"] == "pending"
+    wait_until(lambda: len(receiver.delivered()) == before + 1, timeout=30, message="redelivered")
+    assert json.loads(receiver.delivered()[-1][1])["id"] == event["id"]
+    assert_problem(stack.admin.post(f"/v1/accounts/{acc}/events/evt_nosuchevent/redeliver"), 404)
+    assert_problem(stack.admin.post(f"/v1/accounts/{bad['id']}/events/{event['id']}/redeliver"), 404)
+    stack.admin.patch(f"/v1/accounts/{acc}", json={"webhook_url": None})
+    assert_problem(stack.admin.post(path), 409)
+
+
+@pytest.mark.parametrize(("setting", "delivered"), [(None, True), ("false", False)])
+def test_meterd_up_private_destination_default(tmp_path: Path, receiver: Receiver, setting: str | None,
+                                               delivered: bool) -> None:
+    """N18 as `meterd up` runs it: development mode posts to a loopback receiver unless the setting
+    says false; then the attempt is refused before any connection (retrying, no HTTP status)."""
+    env = meterd_env(tmp_path, METERD_WEBHOOKS__RETRY_BASE_SECONDS="0.3",
+                     METERD_WEBHOOKS__POLL_INTERVAL_SECONDS="0.1", METERD_CONSUMER__FLUSH_INTERVAL_SECONDS="0.3")
+    env.pop("METERD_WEBHOOKS__ALLOW_PRIVATE_DESTINATIONS")
+    if setting is not None:
+        env["METERD_WEBHOOKS__ALLOW_PRIVATE_DESTINATIONS"] = setting
+    receiver.fail_first = 0
+    with shared_meterd(tmp_path, env) as m:
+        acc = m.admin.post("/v1/accounts", json={"name": "dev", "quota_bytes": 10, "alert_thresholds": [1.0],
+                                                 "webhook_url": receiver.url}).json()["id"]
+        send(m, [rec(acc, int(time.time() * 1000) - 1000, b_in=10, b_out=0)])
+        state = wait_until(lambda: (d := delivery_of(m, acc)) and d["attempts"] >= 1 and d, timeout=30,
+                           message="an attempt")
+        if delivered:
+            assert state["status"] == "delivered" and len(receiver.requests) == 1
+        else:
+            assert state["status"] == "retrying" and state["http_status"] is None and receiver.requests == []
+            assert "destination refused" in m.proc.output()

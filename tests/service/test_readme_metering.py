@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from service.webhooks import sign
+from service.webhooks import sign, signature_header
 from tests.support.meterd import running_meterd
 from tests.support.require import require_binary
 
@@ -70,3 +70,7 @@ def test_readme_signature_check_accepts_meterds_signature() -> None:
     assert not scope["verify"]("whsec_k", headers, body + b" ")
     old = {"Meterd-Timestamp": str(ts - 900), "Meterd-Signature": sign("whsec_k", ts - 900, body)}
     assert not scope["verify"]("whsec_k", old, body)
+    # During a rotation's overlap the header carries both signatures: either secret verifies.
+    both = {"Meterd-Timestamp": str(ts), "Meterd-Signature": signature_header(["whsec_new", "whsec_k"], ts, body)}
+    assert scope["verify"]("whsec_k", both, body) and scope["verify"]("whsec_new", both, body)
+    assert not scope["verify"]("whsec_other", both, body)

@@ -108,7 +108,9 @@ def meterd_env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERD_")}
     env.update({"METERD_ADMIN_TOKEN": ADMIN_TOKEN, "METERD_DATA_DIR": str(tmp / "data"),
                 "METERD_HTTP__PORT": str(free_port()), "METERD_GRPC__PORT": str(free_port()),
-                "METERD_ADMIN__PORT": str(free_port()), "TMPDIR": str(tmp)})
+                "METERD_ADMIN__PORT": str(free_port()), "TMPDIR": str(tmp),
+                # Test receivers listen on loopback, which production mode refuses to post to.
+                "METERD_WEBHOOKS__ALLOW_PRIVATE_DESTINATIONS": "true"})
     env.update(extra)
     return env
 
