@@ -155,6 +155,7 @@ class AggregatingConsumer:
                     await self._handle(tp, messages)
                 await self._check_positions()
                 if (self._buffered() >= self._cfg.max_buffer_records
+                        or sum(len(b.usage) for b in self._buffers.values()) >= self._cfg.max_flush_keys
                         or time.monotonic() - self._last_flush >= self._cfg.flush_interval_seconds):
                     await self.flush()
                 await self._maybe_purge()
@@ -287,7 +288,8 @@ class AggregatingConsumer:
         self._metrics.buffer_records.set(0)
         try:
             await self._seek(self._consumer.assignment())
-        except Exception:
+        except Exception as exc:  # counted: a consumer stuck here must still fire MeterdConsumerFailing
+            self._metrics.consumer_errors.labels(error_kind(exc)).inc()
             log.exception("could not reload stored offsets; will retry")
             return False
         return True
