@@ -33,7 +33,9 @@ def error_kind(exc: BaseException) -> str:
 
 
 def poison_reason(exc: BaseException, attempts: int) -> str:
-    return f"apply failed {attempts} times alone: {type(exc).__name__}: {exc}"[:1000]
+    # Printable only: the reason is stored in a text column that may refuse what the batch held.
+    text = f"apply failed {attempts} times alone: {type(exc).__name__}: {exc}"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:1000]
 
 
 class FailureStreak:

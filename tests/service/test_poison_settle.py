@@ -40,6 +40,12 @@ async def test_only_the_units_that_fail_alone_are_set_aside_in_order() -> None:
     assert log.calls < 16 + 2 * 3  # halving, not one transaction per unit
 
 
+async def test_the_reason_is_printable_whatever_the_error_holds() -> None:
+    log = Log(poison={1}, error=ValueError("node 'edge\x00one'\nbad"))
+    await settle([1], log.apply, log.quarantine, attempts=2)
+    assert log.quarantined == [(1, "apply failed 2 times alone: ValueError: node 'edge\\x00one'\\nbad")]
+
+
 async def test_a_transient_error_propagates_and_nothing_is_set_aside() -> None:
     down = OperationalError("INSERT ...", {}, ConnectionRefusedError("database is down"))
     log = Log(poison={5}, error=down)
