@@ -20,10 +20,17 @@ U = TypeVar("U")
 PassThrough = tuple[type[BaseException], ...]
 
 
+# PostgreSQL SQLSTATE classes that say nothing about the data: connection, transaction rollback
+# (serialization failure, deadlock), insufficient resources, operator intervention, system error.
+TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+
+
 def is_transient(exc: BaseException) -> bool:
     """The database or the network failing, not the batch: retried, never dead-lettered."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        if exc.connection_invalidated or sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES:
+            return True
     return isinstance(exc, (OSError, TimeoutError, OperationalError, InterfaceError))
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from service.pipeline.poison import FailureStreak, settle
+from service.pipeline.poison import FailureStreak, is_transient, settle
 
 
 class Log:
@@ -74,3 +74,17 @@ def test_the_streak_trips_on_identical_failures_only() -> None:
     assert streak.failed(2, KeyError())
     down = OperationalError("SELECT 1", {}, ConnectionRefusedError())
     assert not any(streak.failed(2, down) for _ in range(10))
+
+
+class PgError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(("sqlstate", "transient"), [("40P01", True), ("40001", True), ("08006", True),
+                                                     ("53300", True), ("22021", False), ("22003", False)])
+def test_postgres_errors_are_classified_by_sqlstate(sqlstate: str, transient: bool) -> None:
+    # 40P01 deadlock, 40001 serialization, 08006 connection, 53300 too many connections;
+    # 22021 invalid byte sequence (NUL), 22003 numeric out of range: the data's fault.
+    assert is_transient(DBAPIError("UPDATE ...", {}, PgError(sqlstate))) is transient
