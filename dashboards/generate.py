@@ -181,9 +181,16 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
                 description="Database log: age of the oldest uncounted batch. Kafka: time since the consumer "
                             "last had nothing left to read."),
             panel("Dead-lettered batches", [
-                q(f"sum by (instance) (increase(meterd_consumer_dlq_total{{{J}}}[{RI}]))", "{{instance}}")],
-                description="Batches the consumer could not count (undecodable, or a batch_id reused for other "
-                            "records): meterd.traffic.v1.dlq or the dead_letters table."),
+                q(f"sum by (instance) (increase(meterd_consumer_dlq_total{{{J}}}[{RI}]))", "{{instance}}"),
+                q(f"sum by (instance) (increase(meterd_consumer_poison_batches_total{{{J}}}[{RI}]))",
+                  "poison {{instance}}")],
+                description="Batches the consumer could not count (undecodable, a batch_id reused for other "
+                            "records, or poison: its apply failed alone): meterd.traffic.v1.dlq or the "
+                            "dead_letters table."),
+            panel("Consumer errors by kind", [
+                q(f"sum by (kind) (increase(meterd_consumer_errors_total{{{J}}}[{RI}]))", "{{kind}}")],
+                description="Failed consumer cycles: transient (database or broker unreachable or busy) or "
+                            "data (anything else). See MeterdConsumerFailing."),
             panel("Stale offsets found and saturated usage sums", [
                 q(f"sum by (policy) (increase(meterd_consumer_stale_offsets_total{{{J}}}[{RI}]))",
                   "stale offsets ({{policy}})"),

@@ -117,6 +117,15 @@ class ConsumerSettings(_Section):
     # How long per-minute usage rows are kept (step=1m queries); the 5-minute, hourly and daily
     # rollups are kept for ever.
     minute_retention_seconds: int = Field(90 * 24 * 3600, gt=0)
+    # A flush that fails the same way this many times in a row is split until the batch that fails
+    # alone is found; that batch goes to the dead letters and everything behind it is counted.
+    poison_attempts: int = Field(3, ge=1)
+    # Database log: one read (one flush) holds at most this many records and payload bytes (at
+    # least one row), and stops before the row that could take it past max_flush_keys distinct
+    # (account, node, minute) sums; what drives the consumer's memory is these, not the row count.
+    read_max_records: int = Field(20_000, gt=0)
+    read_max_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    max_flush_keys: int = Field(20_000, gt=0)
 
 
 class WebhookSettings(_Section):

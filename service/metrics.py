@@ -39,7 +39,8 @@ class PipelineMetrics:
             "meterd_consumer_flush_seconds", "Duration of one aggregate flush transaction",
             buckets=_LATENCY_BUCKETS, registry=registry)
         self.dlq = Counter(
-            "meterd_consumer_dlq", "Undecodable messages sent to the dead-letter topic", registry=registry)
+            "meterd_consumer_dlq", "Batches moved to the dead letters (topic or table): undecodable, "
+            "batch_id conflict, or poison", registry=registry)
         self.buffer_records = Gauge(
             "meterd_consumer_buffer_records", "Records aggregated in memory and not yet flushed",
             registry=registry)
@@ -55,6 +56,14 @@ class PipelineMetrics:
             "(topic recreated or broker reset), by the policy applied", ["policy"], registry=registry)
         for policy in ("earliest", "halt"):  # zero series from the start, so alerts see an increase
             self.stale_offsets.labels(policy)
+        self.consumer_errors = Counter(
+            "meterd_consumer_errors", "Consumer cycles that failed, by kind (transient: the database or "
+            "broker unreachable or busy; data: anything else, a poison candidate)", ["kind"], registry=registry)
+        self.consumer_poison = Counter(
+            "meterd_consumer_poison_batches", "Batches whose apply failed consumer.poison_attempts times "
+            "alone, moved to the dead letters so the batches behind them are counted", registry=registry)
+        for kind in ("transient", "data"):
+            self.consumer_errors.labels(kind)
         self.usage_saturated = Counter(
             "meterd_usage_saturated", "Usage sums that reached 2^63-1 and stopped there instead of overflowing",
             registry=registry)

@@ -280,6 +280,20 @@ SCENARIOS: list[dict[str, Any]] = [
         ],
     },
     {
+        "name": "a consumer failing every cycle vs one with a passing blip",
+        "series": [
+            series("meterd_consumer_errors_total", {**CONSUMER, "kind": "data"}, "0 0+60x15"),
+            series("meterd_consumer_errors_total", {**CONSUMER, "instance": "10.0.0.99:9100", "kind": "data"},
+                   "0 3x15"),
+        ],
+        "checks": [
+            ("4m", "MeterdConsumerFailing", []),
+            ("12m", "MeterdConsumerFailing", [
+                alert({"job": "meterd-consumer", "instance": CONSUMER["instance"], "severity": "critical"}, 300),
+            ]),
+        ],
+    },
+    {
         "name": "dead-letter topic grows vs stays flat",
         "series": [
             series("meterd_consumer_dlq_total", CONSUMER, "0 0 0 3 3 3 3"),

@@ -25,8 +25,10 @@ from google.protobuf.message import DecodeError
 
 from governance.tracing import start_consumer_span
 from service.config import Settings
+from service.kafka.isolation import PartitionSettler, PoisonGuard
 from service.metrics import PipelineMetrics
 from service.pipeline.counting import Aggregate, Verdict, decode, merged_usage, observe_freshness
+from service.pipeline.poison import error_kind
 from service.pipeline.retention import PURGE_EVERY_S, purge_expired
 from service.storage.ledger import AlreadyApplied, Flush, Ledger, OffsetConflict
 
@@ -70,6 +72,9 @@ class AggregatingConsumer:
         self.healthy = False
         self._needs_rewind = False
         self.assigned = asyncio.Event()  # set once the group gave us partitions (start-up readiness)
+        self._poison = PoisonGuard(PartitionSettler(ledger, self._kafka.group_id, self._kafka.topic, metrics,
+                                                    self._cfg.poison_attempts, self._dead_letter),
+                                   self._cfg.poison_attempts)
 
     @property
     def _topic(self) -> str:
@@ -150,6 +155,7 @@ class AggregatingConsumer:
                     await self._handle(tp, messages)
                 await self._check_positions()
                 if (self._buffered() >= self._cfg.max_buffer_records
+                        or sum(len(b.usage) for b in self._buffers.values()) >= self._cfg.max_flush_keys
                         or time.monotonic() - self._last_flush >= self._cfg.flush_interval_seconds):
                     await self.flush()
                 await self._maybe_purge()
@@ -158,11 +164,14 @@ class AggregatingConsumer:
                 raise
             except OffsetOutOfRangeError as exc:  # a real Kafka broker says so for a stale offset
                 await self._stale({tp.partition: off for tp, off in exc.args[0].items()} if exc.args else {})
-            except Exception:
+            except Exception as exc:
                 # A database or broker hiccup: drop the unflushed buffers and re-read from the
-                # stored offsets, which is always correct, then retry.
+                # stored offsets, which is always correct, then retry. The same failure again and
+                # again is a poison batch: the guard has the next read settled apart.
                 self.healthy = False
+                self._metrics.consumer_errors.labels(error_kind(exc)).inc()
                 log.exception("consumer loop error; rewinding to stored offsets")
+                self._poison.failed(self._stored, {p: b.next_offset for p, b in self._buffers.items()}, exc)
                 await self._rewind_until_done()
                 await asyncio.sleep(1.0)
 
@@ -183,7 +192,12 @@ class AggregatingConsumer:
             buf = self._buffers.get(tp.partition)
             if buf is None or not messages:
                 return  # revoked while we were fetching
+            if self._poison.wants(tp.partition) and buf.next_offset is None:
+                self._stored[tp.partition], messages = await self._poison.settle(
+                    tp.partition, self._stored.get(tp.partition), messages)
             decoded: list[tuple[ConsumerRecord, Any]] = []
+            if not messages:
+                return
             for msg in messages:
                 try:
                     decoded.append((msg, decode(msg.value)))
@@ -249,6 +263,7 @@ class AggregatingConsumer:
         observe_freshness(self._metrics, chosen.values())
         if saturated:
             self._metrics.usage_saturated.inc(saturated)
+        self._poison.succeeded()
         for p, (_, new) in offsets.items():
             self._stored[p] = new
             self._buffers[p] = Aggregate()
@@ -273,7 +288,8 @@ class AggregatingConsumer:
         self._metrics.buffer_records.set(0)
         try:
             await self._seek(self._consumer.assignment())
-        except Exception:
+        except Exception as exc:  # counted: a consumer stuck here must still fire MeterdConsumerFailing
+            self._metrics.consumer_errors.labels(error_kind(exc)).inc()
             log.exception("could not reload stored offsets; will retry")
             return False
         return True

@@ -158,11 +158,26 @@ class Ledger:
         return int(row[0]), int(row[1]), (int(row[2]) if row[2] is not None else None)
 
     # -- consumer side ------------------------------------------------------------------------
-    async def read_log(self, after_seq: int, limit: int) -> list[LogRow]:
+    async def read_log(self, after_seq: int, limit: int, *, max_records: int | None = None,
+                       max_bytes: int | None = None) -> list[LogRow]:
+        """The oldest rows after ``after_seq``: at most ``limit`` rows, ``max_records`` records and
+        ``max_bytes`` payload bytes, but always the first row (it must be counted some time)."""
         log = schema.ingest_log
-        q = (select(log.c.seq, log.c.dedupe_key, log.c.payload, log.c.traceparent, log.c.appended_at_ms)
-             .where(log.c.seq > after_seq).order_by(log.c.seq).limit(limit))
+        sizes = (select(log.c.seq, log.c.records, func.length(log.c.payload))
+                 .where(log.c.seq > after_seq).order_by(log.c.seq).limit(limit))
         async with self.db.engine.connect() as conn:
+            chosen: list[int] = []
+            records = size = 0
+            for seq, n, nbytes in await conn.execute(sizes):
+                records, size = records + int(n), size + int(nbytes or 0)
+                if chosen and ((max_records is not None and records > max_records)
+                               or (max_bytes is not None and size > max_bytes)):
+                    break
+                chosen.append(int(seq))
+            if not chosen:
+                return []
+            q = (select(log.c.seq, log.c.dedupe_key, log.c.payload, log.c.traceparent, log.c.appended_at_ms)
+                 .where(log.c.seq.in_(chosen)).order_by(log.c.seq))
             return [LogRow(int(r[0]), r[1], bytes(r[2]), r[3], int(r[4])) for r in await conn.execute(q)]
 
     async def load_offsets(self, group_id: str, topic: str) -> dict[int, int]:

@@ -54,6 +54,8 @@ EMITTED: dict[str, tuple[str, tuple[str, ...], str]] = {
     "meterd_consumer_stale_offsets_total": (COUNTER, ("policy",), "consumer"),
     "meterd_usage_saturated_total": (COUNTER, (), "consumer"),
     "meterd_consumer_buffer_records": (GAUGE, (), "consumer"),
+    "meterd_consumer_errors_total": (COUNTER, ("kind",), "consumer"),
+    "meterd_consumer_poison_batches_total": (COUNTER, (), "consumer"),
     "meterd_quota_threshold_crossings_total": (COUNTER, ("threshold",), "consumer"),
     "meterd_webhook_deliveries_total": (COUNTER, ("result",), "consumer"),
     # service/relay

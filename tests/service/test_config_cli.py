@@ -168,3 +168,10 @@ def test_up_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None
             httpx.get(f"{proc.http}/healthz", timeout=2)
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize(("env", "key"), [("METERD_CONSUMER__POISON_ATTEMPTS", "consumer.poison_attempts"),
+                                          ("METERD_CONSUMER__READ_MAX_BYTES", "consumer.read_max_bytes"),
+                                          ("METERD_CONSUMER__MAX_FLUSH_KEYS", "consumer.max_flush_keys")])
+def test_consumer_bounds_must_be_positive(tmp_path: Path, env: str, key: str) -> None:
+    assert_config_error(run(tmp_path, "migrate", **{env: "0"}), key, env)
