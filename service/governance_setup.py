@@ -80,7 +80,8 @@ def build_governance(cfg: GovernanceSettings, *, registry: Any, service_name: st
     given.setdefault("ratio", 0.1)
     setup_tracing(TracingSettings(**given), service_name=service_name)
     plugins = cfg.plugins if cfg.plugins is not None else DEFAULT_PLUGINS
-    return Governance.from_config(GovernanceSettings(plugins=plugins), registry=registry, service_name=service_name)
+    return Governance.from_config(GovernanceSettings(plugins=plugins, overrides=cfg.overrides), registry=registry,
+                                  service_name=service_name)
 
 
 def outbound(gov: Governance, name: str, cfg: GovernanceSettings, **defaults: Any) -> OutboundBreaker:
