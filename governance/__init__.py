@@ -79,7 +79,8 @@ class Governance:
                 raise explain("", exc) from exc
         ctx = PluginContext(registry=registry, service_name=service_name, tracer_provider=tracer_provider)
         plugins = cfg.plugins if cfg.plugins is not None else DEFAULT_PLUGINS
-        chain, instances = build_chain(apply_overrides(plugins, cfg.overrides), ctx, on_reject=DecisionMetrics(ctx).on_reject)
+        chain, instances = build_chain(apply_overrides(plugins, cfg.overrides), ctx,
+                                       on_reject=DecisionMetrics(ctx).on_reject)
         return cls(chain, instances, ctx)
 
     def plugin(self, name: str) -> AnyPlugin:

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from governance import Call, DependencyUnavailable
+from governance import Call, DependencyUnavailable, Rejection
 from governance.grpc_aio import GovernanceInterceptor, peer_host, retry_metadata
 from service.auth import Authenticator, Principal
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
@@ -83,13 +83,18 @@ class TrafficWriterServicer(traffic_pb2_grpc.TrafficWriterServicer):
         md = context.invocation_metadata() or ()
         header = next((v for k, v in md if k == "authorization"), None)
         try:
-            principal = await self._auth.authenticate(header if isinstance(header, str) else None)
+            # Charged to the caller's peer budget like the calls the `auth` plugin governs (audit N9).
+            principal = await self._auth.check(header if isinstance(header, str) else None, peer_host(context.peer()))
         except DependencyUnavailable as exc:
             await context.abort_with_status(status_for(DependencyDown(f"{exc.name} unavailable", exc.retry_after)))
+        if isinstance(principal, Rejection):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "too many failed credential checks from this address; retry later",
+                                trailing_metadata=retry_metadata(principal.retry_after))
         if principal is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "missing or invalid credentials: send metadata 'authorization: Bearer <token>'")
-        assert principal is not None
+        assert isinstance(principal, Principal)
         return principal
 
     async def _write_one(self, principal: Principal, request: traffic_pb2.WriteRequest | Undecodable,
