@@ -15,7 +15,8 @@ Plugin settings go inline or under "settings". A built-in type is made by its mo
 glob, matched against the route ("/v1/accounts/{id}") and against "METHOD route"
 ("POST /v1/traffic"), to overrides; the first matching glob wins. `{"enabled": false}` removes the
 plugin for those routes; other keys make a route variant: the factory called again with the merged
-settings and the glob as its label.
+settings and the glob as its label. `overrides` ({type: settings}) merges into the chain's plugins
+of that type (see apply_overrides), so a deployment can tune the default chain without restating it.
 """
 
 from __future__ import annotations
