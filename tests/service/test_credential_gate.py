@@ -9,7 +9,7 @@ import secrets
 
 from governance import Rejection
 from service.auth import Authenticator, Principal
-from service.credential_gate import PeerBudget
+from service.credential_gate import KeyHashFilter, PeerBudget
 from service.storage.repository import hash_key
 
 
@@ -53,3 +53,28 @@ def test_another_peer_keeps_its_own_budget() -> None:
 
     first, second, other = asyncio.run(go())
     assert first is None and isinstance(second, Rejection) and other is None
+
+
+def test_the_filter_learns_new_keys_and_forgets_revoked_ones_on_rebuild() -> None:
+    repo = _Repo()
+    filt = KeyHashFilter(repo.active_key_hashes, refresh_seconds=0.05, rebuild_seconds=0.2)
+
+    async def go() -> list[bool]:
+        seen = [await filt.may_be_valid("mk_fresh_valid"), await filt.may_be_valid("mk_later")]
+        repo.keys["mk_later"] = "acc_2"
+        await asyncio.sleep(0.06)
+        seen.append(await filt.may_be_valid("mk_later"))  # topped up after refresh_seconds
+        del repo.keys["mk_fresh_valid"]
+        await asyncio.sleep(0.25)
+        await filt.may_be_valid("mk_unknown")  # a miss after rebuild_seconds rebuilds the set
+        seen.append(await filt.may_be_valid("mk_fresh_valid"))
+        return seen
+
+    assert asyncio.run(go()) == [True, False, True, False]
+
+
+def test_the_filter_turns_itself_off_beyond_max_keys() -> None:
+    repo = _Repo()
+    repo.keys.update({f"mk_{i}": "acc" for i in range(10)})
+    filt = KeyHashFilter(repo.active_key_hashes, max_keys=5)
+    assert asyncio.run(filt.may_be_valid("mk_1")) is False and not filt.enabled
