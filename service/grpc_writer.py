@@ -79,12 +79,17 @@ class TrafficWriterServicer(traffic_pb2_grpc.TrafficWriterServicer):
         self._max_streams = max_streams_per_key
         self._open: dict[str, int] = {}  # principal name -> open streams (bounded: principals with one)
 
-    async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+    async def _principal(self, context: grpc.aio.ServicerContext, *, budgeted: bool = True) -> Principal:
+        """`budgeted`: charge a failure to the caller's peer budget here (audit N9); false where the
+        chain's `auth` plugin has already charged it (unary Write), so it is not counted twice."""
         md = context.invocation_metadata() or ()
         header = next((v for k, v in md if k == "authorization"), None)
+        token = header if isinstance(header, str) else None
         try:
-            # Charged to the caller's peer budget like the calls the `auth` plugin governs (audit N9).
-            principal = await self._auth.check(header if isinstance(header, str) else None, peer_host(context.peer()))
+            if budgeted:
+                principal: Principal | Rejection | None = await self._auth.check(token, peer_host(context.peer()))
+            else:
+                principal = await self._auth.authenticate(token)
         except DependencyUnavailable as exc:
             await context.abort_with_status(status_for(DependencyDown(f"{exc.name} unavailable", exc.retry_after)))
         if isinstance(principal, Rejection):
@@ -113,7 +118,7 @@ class TrafficWriterServicer(traffic_pb2_grpc.TrafficWriterServicer):
 
     async def Write(self, request: traffic_pb2.WriteRequest,  # noqa: N802 (generated name)
                     context: grpc.aio.ServicerContext) -> traffic_pb2.WriteResponse:
-        principal = await self._principal(context)
+        principal = await self._principal(context, budgeted=False)
         return await self._write_one(principal, request, context)
 
     async def WriteStream(self, request_iterator: AsyncIterator[traffic_pb2.WriteRequest],  # noqa: N802

@@ -61,6 +61,21 @@ def test_write_stream_opens_are_charged_to_the_peer_budget(meterd: MeterdProc) -
     assert codes == {"UNAUTHENTICATED": BUDGET, "RESOURCE_EXHAUSTED": 60 - BUDGET}, codes
 
 
+def test_unary_write_is_charged_once_per_failure(meterd: MeterdProc) -> None:
+    # Governed by the chain's `auth` plugin, which charges it: the handler must not charge again.
+    codes: Counter[str] = Counter()
+    with grpc.insecure_channel(meterd.grpc or "") as channel:
+        stub = traffic_pb2_grpc.TrafficWriterStub(channel)
+        for _ in range(60):
+            try:
+                stub.Write(pb([record("acc")], unique()), metadata=(("authorization", f"Bearer {made_up_key()}"),),
+                           timeout=10)
+                codes["OK"] += 1
+            except grpc.RpcError as err:
+                codes[err.code().name] += 1
+    assert codes == {"UNAUTHENTICATED": BUDGET, "RESOURCE_EXHAUSTED": 60 - BUDGET}, codes
+
+
 def test_profiles_are_charged_to_the_peer_budget(meterd: MeterdProc) -> None:
     statuses: Counter[int] = Counter()
     with httpx.Client(base_url=meterd.http or "", timeout=10) as c:
