@@ -141,6 +141,11 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
                 "reqps", width=8),
             panel("Inbound breaker drop probability by route", [
                 q(f"max by (route) (governance_breaker_drop_ratio{{{J}}})", "{{route}}")], "percentunit", width=8),
+            panel("Quota storage (Redis) failures/s by reason", [
+                q(f"sum by (reason) (rate(governance_quota_storage_errors_total{{{J}}}[{RI}]))", "{{reason}}")],
+                "reqps", width=24,
+                description="Each failure admits the call (quota fail_open: true, the default) or refuses it "
+                            "with 503 (fail_open: false); the quota_storage breaker opens after 5 in a row."),
         ],
     },
     "ingestion": {

@@ -19,7 +19,15 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 from pydantic import ValidationError
 
-from governance.config import GovernanceConfigError, GovernanceSettings, PluginSpec, build_chain, explain
+from governance.config import (
+    DEFAULT_PLUGINS,
+    GovernanceConfigError,
+    GovernanceSettings,
+    PluginSpec,
+    apply_overrides,
+    build_chain,
+    explain,
+)
 from governance.core import (
     CANCELLED,
     FAILURE,
@@ -70,7 +78,9 @@ class Governance:
             except ValidationError as exc:
                 raise explain("", exc) from exc
         ctx = PluginContext(registry=registry, service_name=service_name, tracer_provider=tracer_provider)
-        chain, instances = build_chain(cfg.plugins, ctx, on_reject=DecisionMetrics(ctx).on_reject)
+        plugins = cfg.plugins if cfg.plugins is not None else DEFAULT_PLUGINS
+        chain, instances = build_chain(apply_overrides(plugins, cfg.overrides), ctx,
+                                       on_reject=DecisionMetrics(ctx).on_reject)
         return cls(chain, instances, ctx)
 
     def plugin(self, name: str) -> AnyPlugin:

@@ -15,7 +15,8 @@ Plugin settings go inline or under "settings". A built-in type is made by its mo
 glob, matched against the route ("/v1/accounts/{id}") and against "METHOD route"
 ("POST /v1/traffic"), to overrides; the first matching glob wins. `{"enabled": false}` removes the
 plugin for those routes; other keys make a route variant: the factory called again with the merged
-settings and the glob as its label.
+settings and the glob as its label. `overrides` ({type: settings}) merges into the chain's plugins
+of that type (see apply_overrides), so a deployment can tune the default chain without restating it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class GovernanceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     plugins: list[PluginSpec] | None = Field(None, description="the chain; None: the host's default")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="by plugin type: settings merged into that plugin of the chain")
     tracing: TracingSettings | None = Field(None, description="the process's tracer provider")
     outbound: dict[str, OutboundSettings] = Field(default_factory=dict, description="breakers by dependency")
 
@@ -70,6 +73,31 @@ def explain(prefix: str, exc: ValidationError) -> GovernanceConfigError:
         key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.get("loc", ()))
         parts.append(f"{prefix}{key if prefix else key.lstrip('.')}: {err.get('msg')}")
     return GovernanceConfigError("; ".join(parts))
+
+
+def apply_overrides(plugins: list[PluginSpec] | list[dict[str, Any]],
+                    overrides: dict[str, dict[str, Any]]) -> list[PluginSpec]:
+    """The chain with `overrides` merged in: for each plugin type named, its settings over the spec's,
+    its routes ahead of the spec's (the first matching glob wins), `enabled: false` drops the plugin.
+    A production config can so tune the host's default chain without restating (and losing) it."""
+    try:
+        specs = [p if isinstance(p, PluginSpec) else PluginSpec.model_validate(p) for p in plugins]
+    except ValidationError as exc:
+        raise explain("plugins", exc) from exc
+    for type_name, override in overrides.items():
+        matching = [i for i, spec in enumerate(specs) if spec.type == type_name]
+        if not matching:
+            raise GovernanceConfigError(f"overrides.{type_name}: no plugin of type {type_name!r} in the chain "
+                                        f"(types: {', '.join(s.type for s in specs)})")
+        for i in matching:
+            ov = dict(override)
+            routes = dict(ov.pop("routes", None) or {})
+            for glob, route_settings in specs[i].routes.items():
+                routes.setdefault(glob, route_settings)
+            enabled = ov.pop("enabled", specs[i].enabled)
+            settings = {**specs[i].merged_settings(), **ov.pop("settings", {}), **ov}
+            specs[i] = PluginSpec(type=type_name, enabled=enabled, settings=settings, routes=routes)
+    return specs
 
 
 def _builtin(type_name: str) -> Factory | None:

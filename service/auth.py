@@ -8,6 +8,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from governance import Rejection
+from service.credential_gate import KeyHashFilter, PeerBudget
 from service.storage import Repository
 
 
@@ -65,6 +67,9 @@ class Authenticator:
         # never a flood's made-up token, so it is not held back by its peer's budget
         self._known: OrderedDict[bytes, float] = OrderedDict()
         self._known_ttl = known_seconds
+        # Every path that authenticates charges its failures here (the `auth` plugin installs its own).
+        self.budget = PeerBudget()
+        self.valid_keys = KeyHashFilter(lambda since_ms: repo.active_key_hashes(since_ms))
 
     def _local(self, authorization: str | None) -> tuple[Principal | None, str, str, float]:
         """What can be answered without I/O: (principal, token, digest, now); an empty digest
@@ -110,6 +115,32 @@ class Authenticator:
             while known and (len(known) > self._size or next(iter(known.values())) <= now):
                 known.popitem(last=False)
         return principal
+
+    async def check(self, authorization: str | None, peer: str | None,
+                    budget: PeerBudget | None = None) -> Principal | Rejection | None:
+        """authenticate() behind the peer budget: a Principal, None (no or bad credentials: charged to
+        `peer`), or the budget's Rejection when `peer` is over it and the credential cannot be a valid
+        key (neither valid lately nor in the valid-key filter): refused without a database lookup.
+        Raises DependencyUnavailable when the lookup cannot be made."""
+        budget = budget or self.budget
+        known = self.peek(authorization)
+        if isinstance(known, Principal):
+            return known
+        peer_key, now = f"ip:{peer or 'unknown'}", time.time()
+        if known is not STALE:  # a key valid lately is looked up whatever its peer's neighbours do
+            refused = budget.refusal(peer_key, now)
+            if refused is not None and (known is not MISSING or not await self._may_be_key(authorization)):
+                return refused
+        if known is MISSING or known is STALE:
+            principal = await self.authenticate(authorization)
+            if principal is not None:
+                return principal
+        budget.charge(peer_key, now)
+        return None
+
+    async def _may_be_key(self, authorization: str | None) -> bool:
+        token = bearer_token(authorization)
+        return token is not None and await self.valid_keys.may_be_valid(token)
 
     def forget_account(self, account_id: str) -> None:
         """Drop the cached answers for an account's keys (a key was revoked here: it stops at once in

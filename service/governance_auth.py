@@ -2,31 +2,29 @@
 
 It runs ahead of the adaptive limiter and the quota in meterd's chain and sets `call.client_key` to
 the authenticated principal (an account id, or "admin"), never to header bytes. Calls without valid
-credentials are keyed `ip:<peer>` and share a small per-peer budget, which is checked before the
-credential lookup (a database query on a cache miss), so a flood of random tokens costs a counter
-increment each once its peer is over budget. Lookups are cached by the Authenticator (~1 s); a
-key that was valid in the last 10 minutes is looked up again even when its peer is over budget, so
-a flood from a shared address does not lock out the keys already in use there.
+credentials are keyed `ip:<peer>` and share a small per-peer budget of failed checks
+(service/credential_gate.py, through Authenticator.check: the same budget the WriteStream and
+/debug/profiles paths charge). Once a peer is over it, a credential is looked up only when it may be
+a valid key (valid lately, or in the valid-key filter), so a flood of random tokens costs no query
+while a valid key behind the same shared address still passes.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any
 
-from limits import parse_many
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from governance import NOOP, Call, DependencyUnavailable, Rejection, Token
-from governance.plugins.quota import LocalFixedWindows, limits_string
-from service.auth import MISSING, STALE, Authenticator, Principal
+from governance.plugins.quota import limits_string
+from service.auth import Authenticator, Principal
+from service.credential_gate import DEFAULT_BUDGET, PeerBudget
 
 
 class PrincipalKeySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     unauthenticated_limit: str = Field(
-        "20/second;600/minute", description="per peer address, for calls without valid credentials")
+        DEFAULT_BUDGET, description="per peer address, for calls without valid credentials")
 
     @field_validator("unauthenticated_limit")
     @classmethod
@@ -48,54 +46,22 @@ class PrincipalKey:
     def __init__(self, **settings: Any) -> None:
         s = PrincipalKeySettings(**settings)
         self._auth: Authenticator | None = None
-        self._limits = [(float(i.get_expiry()), i.amount) for i in parse_many(s.unauthenticated_limit)]
-        self._windows = LocalFixedWindows()  # O(1) eviction: random peers cannot grow it unbounded
-        self._refusals: dict[int, Rejection] = {}
+        self.budget = PeerBudget(s.unauthenticated_limit, self.name)
 
     def bind(self, auth: Authenticator) -> None:
         """Late binding: the chain is built before the database (and so the Authenticator) exists."""
         self._auth = auth
 
-    def _over_budget(self, peer: str, now: float) -> Rejection | None:
-        windows = self._windows.windows
-        for expiry, amount in self._limits:
-            w = windows.get(f"{peer}/{expiry}")
-            if w is not None and w[1] > now and w[0] >= amount:
-                wait = max(1, math.ceil(w[1] - now))
-                refusal = self._refusals.get(wait)
-                if refusal is None:  # one immutable instance per Retry-After value (bounded by expiry)
-                    refusal = self._refusals[wait] = Rejection(self.name, "unauthenticated_budget",
-                                                               "rate_limited", float(wait))
-                return refusal
-        return None
-
-    def _charge(self, peer: str, now: float) -> None:
-        for expiry, _ in self._limits:
-            self._windows.incr(f"{peer}/{expiry}", expiry, now)
-
     async def admit(self, call: Call) -> Token | Rejection:
         auth = self._auth
         if auth is None:
             return NOOP
-        header = authorization_of(call.carrier)
-        known = auth.peek(header)
-        if isinstance(known, Principal):
-            call.client_key = known.name
+        try:
+            result = await auth.check(authorization_of(call.carrier), call.peer, self.budget)
+        except DependencyUnavailable:
+            result = None  # the handler answers UNAVAILABLE/503 for the database
+        if isinstance(result, Principal):
+            call.client_key = result.name
             return NOOP
-        peer = f"ip:{call.peer or 'unknown'}"
-        call.client_key = peer
-        now = time.time()
-        if known is not STALE:  # a key valid lately is looked up whatever its peer's neighbours do
-            refused = self._over_budget(peer, now)
-            if refused is not None:
-                return refused
-        if known is MISSING or known is STALE:
-            try:
-                principal = await auth.authenticate(header)
-            except DependencyUnavailable:
-                return NOOP  # the handler answers UNAVAILABLE/503 for the database
-            if principal is not None:
-                call.client_key = principal.name
-                return NOOP
-        self._charge(peer, now)
-        return NOOP
+        call.client_key = f"ip:{call.peer or 'unknown'}"
+        return NOOP if result is None else result

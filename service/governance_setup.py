@@ -67,10 +67,14 @@ def grpc_client_key(handler_call_details: Any) -> str | None:
 
 
 def bind_authenticator(gov: Governance, auth: Authenticator) -> None:
-    """Hand the Authenticator to every `auth` plugin instance (route variants included)."""
+    """Hand the Authenticator to every `auth` plugin instance (route variants included); the first
+    one's budget becomes the one the paths the chain does not govern (WriteStream, profiles) charge."""
+    bound = False
     for plugin in gov.plugins:
         if isinstance(plugin, PrincipalKey):
             plugin.bind(auth)
+            if not bound:
+                auth.budget, bound = plugin.budget, True
 
 
 def build_governance(cfg: GovernanceSettings, *, registry: Any, service_name: str) -> Governance:
@@ -80,7 +84,8 @@ def build_governance(cfg: GovernanceSettings, *, registry: Any, service_name: st
     given.setdefault("ratio", 0.1)
     setup_tracing(TracingSettings(**given), service_name=service_name)
     plugins = cfg.plugins if cfg.plugins is not None else DEFAULT_PLUGINS
-    return Governance.from_config(GovernanceSettings(plugins=plugins), registry=registry, service_name=service_name)
+    return Governance.from_config(GovernanceSettings(plugins=plugins, overrides=cfg.overrides), registry=registry,
+                                  service_name=service_name)
 
 
 def outbound(gov: Governance, name: str, cfg: GovernanceSettings, **defaults: Any) -> OutboundBreaker:

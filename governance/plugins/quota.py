@@ -26,7 +26,9 @@ from limits.storage import storage_from_string
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from governance.core import NOOP, Call, Rejection, Token
+from governance.outbound import OutboundSettings
 from governance.plugins import PluginContext
+from governance.plugins.quota_storage import StorageGuard, with_timeouts
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,11 @@ class QuotaSettings(BaseModel):
     storage: str = "memory://"
     storage_options: dict[str, Any] = Field(default_factory=dict)
     headers: bool = Field(True, description="send RateLimit-Policy/RateLimit on every reply")
-    fail_open: bool = Field(True, description="admit when the storage is unreachable (logged, rate-limited)")
+    fail_open: bool = Field(True, description="admit when the storage fails (else 503); counted, logged")
+    storage_timeout: float = Field(0.1, gt=0, description="seconds: a network storage's connect and read timeouts")
+    storage_breaker: OutboundSettings = Field(
+        default_factory=lambda: OutboundSettings(fail_max=5, reset_timeout=5.0, timeout=0.5),
+        description="the outbound breaker around storage calls; `timeout` bounds one quota check")
     anonymous_key: str = Field("anonymous", description="bucket for calls without a client key")
 
     @field_validator("limit")
@@ -208,23 +214,31 @@ class SharedQuotaPlugin(_Quota):
     """The async variant: counters in a `limits` async storage (Redis shared by replicas, or memory
     with the moving/sliding strategies). Never blocks the loop on a sync client."""
 
-    def __init__(self, settings: QuotaSettings, namespace: str = "default", storage: Any = None) -> None:
+    def __init__(self, settings: QuotaSettings, namespace: str = "default", storage: Any = None,
+                 guard: StorageGuard | None = None) -> None:
         super().__init__(settings, namespace)
+        self.storage_options = with_timeouts(settings.storage, settings.storage_options, settings.storage_timeout)
         if storage is None:
             try:
-                storage = storage_from_string(async_storage_uri(settings.storage), **settings.storage_options)
+                storage = storage_from_string(async_storage_uri(settings.storage), **self.storage_options)
             except ConfigurationError as exc:
                 raise ValueError(f"quota.storage: {exc}") from exc
         self.storage = storage
         self.limiter: RateLimiter = STRATEGIES[settings.strategy](storage)
         self._resets: dict[str, float] = {}  # key -> window reset (epoch s), read once per window
+        self.guard = guard
 
     async def admit(self, call: Call) -> Token | Rejection:
+        count = self._fixed_window if self.settings.strategy == "fixed-window" else self._windows
         try:
-            if self.settings.strategy == "fixed-window":
-                return self.decide(call, await self._fixed_window(call))
-            return self.decide(call, await self._windows(call))
+            if self.guard is None:
+                return self.decide(call, await count(call))
+            async with self.guard.breaker:  # a deadline per check; fails fast while the storage is down
+                counts = await count(call)
+            return self.decide(call, counts)
         except Exception as exc:  # noqa: BLE001 - any storage error (connection, timeout, script)
+            if self.guard is not None:
+                self.guard.count(exc)
             return self.storage_failed(exc)
 
     async def _fixed_window(self, call: Call) -> list[tuple[int, float]]:
@@ -262,4 +276,4 @@ def create(settings: dict[str, Any], ctx: PluginContext, label: str) -> QuotaPlu
     key = f"quota.local:{parsed.storage}"
     if local:
         return QuotaPlugin(parsed, label, ctx.shared.setdefault(key, LocalFixedWindows()))
-    return SharedQuotaPlugin(parsed, label)
+    return SharedQuotaPlugin(parsed, label, guard=StorageGuard.shared(parsed.storage, parsed.storage_breaker, ctx))

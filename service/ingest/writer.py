@@ -14,7 +14,7 @@ from governance.tracing import producer_span
 from service.auth import Principal
 from service.config import Settings
 from service.ingest.accounts import AccountStatusCache
-from service.ingest.errors import BatchConflict, DependencyDown, IngestError
+from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError
 from service.ingest.validate import validate_batch, validate_shape
 from service.metrics import PipelineMetrics
 from service.pb.meterd.v1 import pipeline_pb2, traffic_pb2
@@ -32,6 +32,16 @@ class WriteResult:
 def dedupe_key(principal: Principal, batch_id: str) -> str:
     # Scoped by principal: one account cannot collide with (or probe) another's batch ids.
     return f"{principal.name}/{batch_id}"
+
+
+def refuse_foreign_records(principal: Principal, records: Sequence[traffic_pb2.TrafficRecord]) -> None:
+    """An account key writes only its own account's records (the admin writes any)."""
+    own = principal.account_id
+    if own is None:
+        return
+    for i, r in enumerate(records):
+        if r.account_id and r.account_id != own:
+            raise ForeignRecords(f"records[{i}].account_id: an account key may only write its own records")
 
 
 class IngestService:
@@ -70,6 +80,7 @@ class IngestService:
     async def _write(self, principal: Principal, batch_id: str,
                      records: Sequence[traffic_pb2.TrafficRecord]) -> WriteResult:
         validate_shape(batch_id, len(records), self._settings)
+        refuse_foreign_records(principal, records)  # before the lookup: a foreign batch costs no query
         statuses = await self._accounts.statuses({r.account_id for r in records})
         validate_batch(batch_id, records, statuses, self._settings, own_account=principal.account_id)
 

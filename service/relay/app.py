@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from service.api.bodies import read_body
 from service.api.problems import Problem
+from service.credential_gate import PeerBudget
 from service.relay.auth import WebhookAuth
 from service.relay.client import DingTalkClient
 from service.relay.dispatcher import Outcome, RobotDispatcher
@@ -74,6 +75,7 @@ class _Relay:
         self.registry = registry
         self.metrics = RelayMetrics.create(registry, settings.robots)
         self.auth = WebhookAuth(settings.auth)
+        self.failed_checks = PeerBudget(settings.auth.failed_limit, "relay_auth")
         self.store = NotificationStore(settings.data_dir) if settings.data_dir is not None else None
         self.http = httpx.AsyncClient(timeout=settings.send_timeout_s, transport=transport)
         client = DingTalkClient(self.http)
@@ -94,8 +96,16 @@ class _Relay:
         self.closing = False
 
     async def alerts(self, request: Request) -> Response:
+        peer = request.client.host if request.client else "unknown"
+        refused = self.failed_checks.refusal(peer) if self.auth.enabled else None
+        if refused is not None:  # this address failed too often: no credential is compared (N21)
+            self.metrics.notifications.labels(UNKNOWN_ROBOT, "unauthorized").inc()
+            return problem(429, "rate-limited", "Too Many Requests",
+                           "too many failed credential checks from this address; retry later",
+                           headers={"Retry-After": str(int(refused.retry_after))})
         if not self.auth.allows(request.headers.get("authorization")):
             # Before anything else: an unauthenticated caller learns nothing, not even robot names.
+            self.failed_checks.charge(peer)
             self.metrics.notifications.labels(UNKNOWN_ROBOT, "unauthorized").inc()
             return problem(401, "unauthorized", "Unauthorized", "missing or invalid credentials",
                            headers={"WWW-Authenticate": self.auth.challenge})

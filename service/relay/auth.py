@@ -14,18 +14,20 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from service.auth import bearer_token
-from service.relay.settings import AuthSettings
+from service.relay.settings import MIN_TOKEN_LENGTH, AuthSettings
 
 REALM = "meterd-relay"
 
 
-def _secret(value: SecretStr | None, path: Path | None) -> bytes | None:
+def _secret(value: SecretStr | None, path: Path | None, min_length: int = 1) -> bytes | None:
     if value is not None:
         return value.get_secret_value().encode()
     if path is not None:
         secret = path.read_text(encoding="utf-8").strip()
         if not secret:
             raise ValueError(f"{path} is empty")
+        if len(secret) < min_length:  # the message never quotes the secret
+            raise ValueError(f"{path}: the bearer token needs at least {min_length} characters (use a random one)")
         return secret.encode()
     return None
 
@@ -34,7 +36,7 @@ class WebhookAuth:
     """Checks an Authorization header against the configured token and/or basic credentials."""
 
     def __init__(self, settings: AuthSettings) -> None:
-        self._token = _secret(settings.bearer_token, settings.bearer_token_file)
+        self._token = _secret(settings.bearer_token, settings.bearer_token_file, MIN_TOKEN_LENGTH)
         self._user: bytes | None = None
         self._password: bytes | None = None
         if settings.basic is not None:

@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from governance.plugins.quota import limits_string
+
 # DingTalk's documented ceilings for a custom robot: 20 messages per minute, 20,000 bytes per message.
 DINGTALK_MAX_MESSAGES_PER_MINUTE = 20
 DINGTALK_MAX_MESSAGE_BYTES = 20_000
@@ -72,6 +74,9 @@ class BasicAuthSettings(_Section):
     password_file: Path | None = None
 
 
+MIN_TOKEN_LENGTH = 16
+
+
 class AuthSettings(_Section):
     """Who may post notifications, matching Alertmanager's webhook `http_config`: a bearer token
     (`authorization: {credentials_file: ...}`) and/or basic auth. Neither set: no authentication
@@ -82,6 +87,21 @@ class AuthSettings(_Section):
     # `credentials_file` points at, so the secret exists once.
     bearer_token_file: Path | None = None
     basic: BasicAuthSettings | None = None
+    # Failed credential checks per peer address (audit N21): beyond it the peer gets 429 before its
+    # credentials are compared, which is what stops guessing.
+    failed_limit: str = "20/second;600/minute"
+
+    @field_validator("bearer_token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"the bearer token needs at least {MIN_TOKEN_LENGTH} characters (use a random one)")
+        return v
+
+    @field_validator("failed_limit")
+    @classmethod
+    def _limits(cls, v: str) -> str:
+        return limits_string(v)
 
     @model_validator(mode="after")
     def _one_source_each(self) -> AuthSettings:

@@ -99,6 +99,14 @@ class Repository(WebhookOutbox):
                 .values(revoked_at_ms=now_ms()))
             return res.rowcount > 0
 
+    async def active_key_hashes(self, created_since_ms: int = 0) -> list[tuple[str, int]]:
+        """(key_hash, created_at_ms) of the unrevoked keys created at or after `created_since_ms`."""
+        keys = schema.api_keys.c
+        async with self.db.engine.connect() as conn:
+            res = await conn.execute(select(keys.key_hash, keys.created_at_ms)
+                                     .where(and_(keys.created_at_ms >= created_since_ms, keys.revoked_at_ms.is_(None))))
+            return [(r[0], r[1]) for r in res]
+
     async def account_for_key(self, key: str) -> str | None:
         """The account owning an unrevoked key, or None."""
         digest = hash_key(key)

@@ -31,6 +31,7 @@ EMITTED: dict[str, tuple[str, tuple[str, ...], str]] = {
     "governance_breaker_state": (GAUGE, ("breaker",), "api, writer, consumer"),
     "governance_breaker_rejections_total": (COUNTER, ("breaker",), "api, writer, consumer"),
     "governance_breaker_drop_ratio": (GAUGE, ("route",), "api, writer"),
+    "governance_quota_storage_errors_total": (COUNTER, ("reason",), "api, writer (quota on Redis)"),
     # profiling/
     "profiling_captures_total": (COUNTER, ("trigger",), "all roles"),
     "profiling_capture_failures_total": (COUNTER, ("reason",), "all roles"),

@@ -78,7 +78,7 @@ async def test_unauthenticated_requests_get_401_when_auth_is_configured(
 
 def test_auth_settings_need_one_source_per_secret(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not both"):
-        RelaySettings.model_validate({"auth": {"bearer_token": "a", "bearer_token_file": str(tmp_path)}})
+        RelaySettings.model_validate({"auth": {"bearer_token": "a" * 16, "bearer_token_file": str(tmp_path)}})
     with pytest.raises(ValueError, match="exactly one"):
         RelaySettings.model_validate({"auth": {"basic": {"username": "am"}}})
 
