@@ -15,14 +15,16 @@ from typing import Annotated, Any
 
 import typer
 
+from service.admin_cli import accounts_app, keys_app, usage
 from service.config import ConfigError, Settings, load_settings
 from service.logging_setup import configure_logging
 from service.runtime import datadir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="meterd: traffic metering and accounts (gRPC/HTTP ingestion, log aggregation, usage API).")
-accounts_app = typer.Typer(no_args_is_help=True, help="Manage accounts directly in the database.")
 app.add_typer(accounts_app, name="accounts")
+app.add_typer(keys_app, name="keys")
+app.command("usage")(usage)
 
 ConfigOpt = Annotated[Path | None,
                       typer.Option("--config", "-c", help="YAML config file; METERD_* env vars override it")]
@@ -94,6 +96,8 @@ async def _serve(settings: Settings, roles: tuple[str, ...], token: str, token_f
         log.info("stopped")
     finally:
         pid_file.remove()
+        if proc.endpoints.http:
+            datadir.remove_api_url(settings.data_dir, proc.endpoints.http)
 
 
 def _print_ready(proc: Any, settings: Settings, roles: tuple[str, ...], token: str, token_file: Path | None,
@@ -193,32 +197,6 @@ def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
 
     applied = asyncio.run(main())
     typer.echo(f"applied migrations: {applied}" if applied else "database is up to date")
-
-
-@accounts_app.command("create")
-def accounts_create(name: Annotated[str, typer.Option(help="account name")],
-                    quota_bytes: Annotated[int | None, typer.Option(help="monthly quota in bytes")] = None,
-                    with_key: Annotated[bool, typer.Option(help="also create an API key")] = True,
-                    config: ConfigOpt = None) -> None:
-    """Create an account (and an API key) directly in the database."""
-    settings = _settings(config)
-    from service.storage import Repository, create_database
-
-    async def main() -> tuple[dict, dict | None]:
-        db = create_database(settings.database_url())
-        try:
-            await db.migrate()
-            repo = Repository(db)
-            acc = await repo.create_account(name, quota_bytes)
-            key = await repo.create_key(acc["id"]) if with_key else None
-            return acc, key
-        finally:
-            await db.close()
-
-    acc, key = asyncio.run(main())
-    typer.echo(f"account {acc['id']} ({acc['name']})")
-    if key:
-        typer.echo(f"api key {key['key']}   (shown once; id {key['id']})")
 
 
 def main() -> None:

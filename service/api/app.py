@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from governance import DependencyUnavailable
 from governance.problem import MEDIA_TYPE, problem_body, retry_after_seconds
+from service.api.admin_routes import admin_routes, refuse_if_deleted
 from service.api.batches import batch_lookup
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.export import JSON, export_response, negotiate
@@ -138,6 +139,7 @@ class Api:
         body = parse_model(AccountPatch, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
         changes = body.model_dump(exclude_unset=True)
         account_id = request.path_params["account_id"]
+        await refuse_if_deleted(self.ctx.repo.get_account, account_id)
         if "alert_thresholds" in changes and changes["alert_thresholds"] is not None:
             changes["alert_thresholds"] = orjson.dumps(changes["alert_thresholds"]).decode()
         row = (await self.ctx.repo.update_account(account_id, changes) if changes
@@ -170,8 +172,7 @@ class Api:
     async def create_key(self, request: Request) -> Response:
         await self.admin(request)
         account_id = request.path_params["account_id"]
-        if await self.ctx.repo.get_account(account_id) is None:
-            raise not_found("account")
+        await refuse_if_deleted(self.ctx.repo.get_account, account_id)
         key = await self.ctx.repo.create_key(account_id)
         return json_response({"id": key["id"], "prefix": key["prefix"], "key": key["key"],
                               "account_id": account_id,
@@ -308,6 +309,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/billing", api.billing, methods=["GET"]),
         Route("/v1/accounts/{account_id}/events", api.events, methods=["GET"]),
         Route("/v1/accounts/{account_id}/webhook-secret", api.rotate_webhook_secret, methods=["POST"]),
+        *admin_routes(api, account_json, json_response),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
         Route("/v1/batches/{batch_id}", batch_lookup(api.ctx.ledger, api.principal, json_response), methods=["GET"]),
         *ops_routes(api.ctx.registry, api.ctx.readiness),

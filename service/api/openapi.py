@@ -74,7 +74,20 @@ def _schemas() -> dict[str, Any]:
 
 def _paths() -> dict[str, Any]:
     return {
-        "/v1/accounts": {"post": {
+        "/v1/accounts": {"get": {
+            "summary": "List accounts, by id, a page at a time (admin); deleted ones only with status=deleted",
+            "operationId": "listAccounts",
+            "parameters": [
+                {"name": "status", "in": "query", "schema": {"type": "string",
+                                                             "enum": ["active", "suspended", "deleted"]}},
+                {"name": "name", "in": "query", "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                 "description": "case-insensitive substring of the name"},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                 "description": "default 100"},
+                {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                 "description": "next_cursor of the previous page"}],
+            "responses": {"200": _json(_ref("AccountPage"), "a page of accounts"), **_errors(400, 401, 403)}},
+            "post": {
             "summary": "Create an account (admin)", "operationId": "createAccount",
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AccountCreate")}}},
             "responses": {"201": _json(_ref("Account"), "created"), **_errors(400, 401, 403, 413, 415)}}},
@@ -87,10 +100,17 @@ def _paths() -> dict[str, Any]:
                       "requestBody": {"required": True,
                                       "content": {"application/json": {"schema": _ref("AccountPatch")}}},
                       "responses": {"200": _json(_ref("Account"), "updated"),
-                                    **_errors(400, 401, 403, 404, 413, 415)}}},
+                                    **_errors(400, 401, 403, 404, 409, 413, 415)}},
+            "delete": {"summary": "Delete an account (admin): its keys are revoked, its usage is kept and stays "
+                                  "readable by the admin", "operationId": "deleteAccount",
+                       "responses": {"204": {"description": "deleted"}, **_errors(401, 403, 404)}}},
         "/v1/accounts/{account_id}/keys": {"parameters": [_ACCOUNT_ID], "post": {
             "summary": "Create an API key (admin); the key is shown once", "operationId": "createKey",
-            "responses": {"201": _json(_ref("ApiKey"), "created"), **_errors(401, 403, 404)}}},
+            "responses": {"201": _json(_ref("ApiKey"), "created"), **_errors(401, 403, 404, 409)}},
+            "get": {"summary": "List an account's keys (admin): prefixes and times, never the secrets",
+                    "operationId": "listKeys",
+                    "responses": {"200": _json(_ref("KeyList"), "the keys, oldest first"),
+                                  **_errors(401, 403, 404)}}},
         "/v1/accounts/{account_id}/keys/{key_id}": {"parameters": [_ACCOUNT_ID, _KEY_ID], "delete": {
             "summary": "Revoke an API key (admin); it stops working at once", "operationId": "revokeKey",
             "responses": {"204": {"description": "revoked"}, **_errors(401, 403, 404)}}},

@@ -88,3 +88,13 @@ def write_api_url(data_dir: Path, url: str) -> None:
     tmp = data_dir / (URL_FILE + ".tmp")
     tmp.write_text(url + "\n")
     tmp.replace(data_dir / URL_FILE)
+
+
+def remove_api_url(data_dir: Path, url: str) -> None:
+    """On stop, unless another server on this data dir has written its own since."""
+    path = data_dir / URL_FILE
+    try:
+        if path.read_text().strip() == url:
+            path.unlink()
+    except OSError:
+        pass
