@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 
 from service.api.problems import Problem, invalid, not_found
 from service.api.timeparams import format_rfc3339
@@ -104,3 +104,12 @@ async def refuse_if_deleted(get_account: Callable[[str], Awaitable[dict | None]]
     if row["status"] == "deleted":
         raise Problem(409, "Conflict", "the account is deleted: its usage stays readable, it cannot change")
     return row
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method any route serves at this path (the Allow header of a 405)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))

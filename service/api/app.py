@@ -14,19 +14,21 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from governance import DependencyUnavailable
 from governance.problem import MEDIA_TYPE, problem_body, retry_after_seconds
-from service.api.admin_routes import admin_routes, refuse_if_deleted
+from service.api.admin_routes import admin_routes, allowed_methods, refuse_if_deleted
 from service.api.batches import batch_lookup
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.export import JSON, export_response, negotiate
 from service.api.openapi import DOCS_ASSETS, DOCS_CSP, DOCS_HTML, docs_asset, openapi_document
 from service.api.problems import Problem, forbidden, invalid, not_found, problem_response, unauthorized
 from service.api.readiness import Readiness, ReadinessCheck
+from service.api.strict_query import StrictQuery
 from service.api.timeparams import (
     boundaries,
     format_local,
@@ -288,8 +290,10 @@ async def _dependency_down(request: Request, exc: Exception) -> Response:
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     title = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, "Error")
-    return problem_response(Problem(exc.status_code, title, str(exc.detail), headers=dict(exc.headers or {})),
-                            request.url.path)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names the first matching route's methods only
+        headers["Allow"] = allowed_methods(request)
+    return problem_response(Problem(exc.status_code, title, str(exc.detail), headers=headers), request.url.path)
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
@@ -328,7 +332,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 
 def build_api(ctx: ApiContext) -> Starlette:
     api = Api(ctx)
-    return Starlette(routes=[*routes(api), *ctx.extra_routes], exception_handlers=EXCEPTION_HANDLERS)
+    return Starlette(routes=[*routes(api), *ctx.extra_routes], exception_handlers=EXCEPTION_HANDLERS,
+                     middleware=[Middleware(StrictQuery)])
 
 
 def ops_routes(registry: CollectorRegistry, readiness: Sequence[ReadinessCheck]) -> list[BaseRoute]:
