@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Router
 
 from profiling import Profiler, ProfilingSettings
-from service.api.admin_guard import AdminOnly
+from service.api.admin_guard import AdminOnly, as_bearer
 from service.api.app import ApiContext, ReadinessCheck, build_admin_app, build_api
 from service.auth import Authenticator, bearer_token
 from service.config import Settings
@@ -242,7 +242,7 @@ class MeterdProcess:
         expected = self.admin_token.encode()
 
         def is_admin(request: Request) -> bool:
-            token = bearer_token(request.headers.get("authorization"))
+            token = bearer_token(as_bearer(request.headers.get("authorization")))
             return token is not None and hmac.compare_digest(token.encode(), expected)
 
         return is_admin
