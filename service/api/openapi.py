@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from service.api.bodies import AccountCreate, AccountPatch
+from service.api.openapi_examples import PROBLEM_EXAMPLES, TAGS, annotate
 from service.api.schemas import RESPONSE_MODELS
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
@@ -167,12 +168,12 @@ def _paths() -> dict[str, Any]:
             "operationId": "getBatch",
             "responses": {"200": _json(_ref("BatchStatus"), "applied or pending"), **_errors(401, 404)}}},
         "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz",
-                             "responses": {"200": {"description": "alive"}}}},
+                             "responses": {"200": _json({"type": "object"}, "alive")}}},
         "/readyz": {"get": {"summary": "Readiness (database, Kafka when configured, consumer): one status per "
                                        "dependency (ok, failing, timeout), checked at most once a second; details "
                                        "only in the log",
                             "operationId": "readyz",
-                            "responses": {"200": {"description": "ready"}, "503": _PROBLEM}}},
+                            "responses": {"200": _json({"type": "object"}, "ready"), "503": _PROBLEM}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
                              "responses": {"200": {"description": "text exposition format",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
@@ -185,11 +186,12 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "meterd", "version": "1.0.0",
                  "description": "Traffic metering and accounts. Errors are RFC 9457 problem details."},
-        "paths": _paths(),
+        "tags": TAGS,
+        "paths": annotate(_paths()),
         "components": {
             "schemas": _schemas(),
-            "responses": {"Problem": {"description": "RFC 9457 problem details",
-                                      "content": {"application/problem+json": {"schema": _ref("ProblemDetails")}}}},
+            "responses": {"Problem": {"description": "RFC 9457 problem details", "content": {
+                "application/problem+json": {"schema": _ref("ProblemDetails"), "examples": PROBLEM_EXAMPLES}}}},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "the admin token or an account API key"}},
         },
