@@ -4,7 +4,8 @@ Fixed dashboard uids; the Prometheus datasource is the `datasource` template var
 datasource uid), with Grafana's export-format `__inputs`, so a dashboard imports into any Grafana
 (the import asks for a Prometheus datasource; the variable starts on the default one and switches
 between any Prometheus datasources) and provisioning still works (docker-compose: the variable
-resolves to its only, default, Prometheus). One `job` variable. Every expression uses only metrics meterd emits (checked by tests/observability).
+resolves to its only, default, Prometheus). One `job` variable. Every expression uses only metrics
+meterd emits (checked by tests/observability).
 Run after editing:  python dashboards/generate.py
 """
 

@@ -28,7 +28,7 @@ def encode_cursor(account_id: str) -> str:
 
 def decode_cursor(raw: str) -> str:
     try:
-        value = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        value = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode() if raw.isascii() else ""
     except (binascii.Error, UnicodeDecodeError):
         value = ""
     if not value.startswith("acc_") or len(value) > 40:

@@ -26,7 +26,7 @@ def test_accounts_are_listed_by_cursor_pages_with_name_and_status_filters(meterd
 
 @pytest.mark.parametrize("params, field", [
     ({"limit": "0"}, "limit"), ({"limit": "501"}, "limit"), ({"status": "gone"}, "status"),
-    ({"cursor": "not-a-cursor"}, "cursor"), ({"name": ""}, "name"),
+    ({"cursor": "not-a-cursor"}, "cursor"), ({"cursor": "\u00e9t\u00e9"}, "cursor"), ({"name": ""}, "name"),
 ])
 def test_account_listing_bad_parameters_are_400_naming_them(meterd: Meterd, params: dict, field: str) -> None:
     problem = assert_problem(meterd.admin.get("/v1/accounts", params=params), 400)
