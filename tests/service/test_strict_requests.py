@@ -92,3 +92,12 @@ def test_405_allow_lists_every_method_of_the_path(meterd: Meterd) -> None:
     assert set(keys.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
     listing = meterd.admin.delete("/v1/accounts")
     assert set(listing.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
+
+
+def test_a_window_with_too_many_steps_names_step_and_the_count(meterd: Meterd) -> None:
+    account, _ = meterd.new_account(unique("steps"))
+    resp = meterd.admin.get(f"/v1/accounts/{account}/usage",
+                            params={"step": "1m", "start": "2025-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"})
+    problem = assert_problem(resp, 400)
+    assert problem["errors"][0]["field"] == "step"
+    assert "525600 1m steps, more than 10000" in problem["errors"][0]["detail"], problem
