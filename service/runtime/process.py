@@ -48,6 +48,7 @@ from service.kafka.topics import ensure_topics
 from service.metrics import PipelineMetrics
 from service.pipeline.db_consumer import DatabaseLogConsumer
 from service.pipeline.logs import BatchLog, DatabaseLog, KafkaLog
+from service.runtime.datadir import StartupError
 from service.runtime.gc_tuning import tune_gc_for_serving
 from service.runtime.http_server import HttpServer
 from service.runtime.startup import binding, check_port_free, open_database, port_in_use
@@ -231,12 +232,17 @@ class MeterdProcess:
 
     def _check_ports(self) -> None:
         s = self.settings
-        if "writer" in self.roles:
-            check_port_free("grpc", s.grpc.host, s.grpc.port)
-        if "api" in self.roles:
-            check_port_free("http", s.http.host, s.http.port)
-        else:
-            check_port_free("admin", s.admin.host, s.admin.port)
+        ports = [("grpc", s.grpc.host, s.grpc.port)] if "writer" in self.roles else []
+        ports.append(("http", s.http.host, s.http.port) if "api" in self.roles else
+                     ("admin", s.admin.host, s.admin.port))
+        busy = []
+        for kind, host, port in ports:
+            try:
+                check_port_free(kind, host, port)
+            except StartupError as exc:
+                busy.append(str(exc))
+        if busy:  # all of them in one line: fixing one should not reveal the next
+            raise StartupError("; ".join(busy))
 
     def _admin_check(self) -> Callable[[Request], bool]:
         expected = self.admin_token.encode()

@@ -418,7 +418,7 @@ def test_no_token_or_key_in_logs(sec: SecurityMeterd, principals: Principals) ->
     outputs = sec.outputs()
     up = outputs["meterd up"]
     assert "[debug" in up, "meterd was expected to log at DEBUG for this test"
-    assert "admin token (generated" not in up, "METERD_ADMIN_TOKEN is set: nothing may be generated or printed"
+    assert "admin token (development mode" not in up, "METERD_ADMIN_TOKEN is set: nothing may be generated or printed"
     secrets = {"admin token": principals.admin_token, "wrong token": principals.wrong_token,
                **{f"API key {k[:10]}…": k for k in sec.issued_keys}}
     assert len(sec.issued_keys) >= 3

@@ -106,6 +106,8 @@ def test_busy_port_is_one_line_naming_port_and_flag_exit_2(tmp_path: Path) -> No
         assert_one_line_exit_2(result, f"127.0.0.1:{port}", "--http-port", "METERD_HTTP__PORT")
         grpc = run_cli(tmp_path, dev_env(tmp_path, METERD_GRPC__PORT=str(port)), "up")
         assert_one_line_exit_2(grpc, f"127.0.0.1:{port}", "--grpc-port", "METERD_GRPC__PORT")
+        both = run_cli(tmp_path, dev_env(tmp_path, METERD_GRPC__PORT=str(port), METERD_HTTP__PORT=str(port)), "up")
+        assert_one_line_exit_2(both, "--grpc-port", "--http-port")  # both named at once
 
 
 def test_data_dir_that_cannot_be_created_is_one_line_exit_2(tmp_path: Path) -> None:
