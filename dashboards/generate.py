@@ -1,7 +1,11 @@
 """Builds the Grafana dashboards (JSON next to this file) from the panel lists below.
 
-Fixed uids, the Prometheus datasource referenced by uid (no `${DS_...}` import inputs), one `job`
-variable. Every expression uses only metrics meterd emits (checked by tests/observability).
+Fixed dashboard uids; the Prometheus datasource is the `datasource` template variable (no fixed
+datasource uid), with Grafana's export-format `__inputs`, so a dashboard imports into any Grafana
+(the import asks for a Prometheus datasource; the variable starts on the default one and switches
+between any Prometheus datasources) and provisioning still works (docker-compose: the variable
+resolves to its only, default, Prometheus). One `job` variable. Every expression uses only metrics
+meterd emits (checked by tests/observability).
 Run after editing:  python dashboards/generate.py
 """
 
@@ -13,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-DS = {"type": "prometheus", "uid": "meterd-prometheus"}
+DS = {"type": "prometheus", "uid": "${datasource}"}
+INPUT = "DS_PROMETHEUS"
 J = 'job=~"$job"'
 RI = "$__rate_interval"
 
@@ -322,6 +327,10 @@ def build(key: str) -> dict[str, Any]:
         panels.append(_panel_json(spec, pid, x, y))
         pid, x, row_height = pid + 1, x + spec["width"], max(row_height, spec["height"])
     return {
+        "__inputs": [{"name": INPUT, "label": "Prometheus", "description": "the Prometheus that scrapes meterd",
+                      "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"}],
+        "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
+                       {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}],
         "uid": board["uid"],
         "title": board["title"],
         "description": board["description"],
@@ -335,6 +344,19 @@ def build(key: str) -> dict[str, Any]:
         "time": {"from": "now-1h", "to": "now"},
         "links": [{"type": "dashboards", "tags": ["meterd"], "asDropdown": True, "title": "meterd dashboards"}],
         "templating": {"list": [{
+            "name": "datasource",
+            "label": "Prometheus",
+            "type": "datasource",
+            "query": "prometheus",
+            # Empty: Grafana selects the default Prometheus. A "${DS_PROMETHEUS}" value here would be
+            # substituted on import but left as a literal, unknown name by file provisioning.
+            "current": {},
+            "hide": 0,
+            "refresh": 1,
+            "regex": "",
+            "includeAll": False,
+            "multi": False,
+        }, {
             "name": "job",
             "label": "Role",
             "type": "query",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable
@@ -41,7 +42,8 @@ class SignalToggle:
             log.warning("profiling: cannot handle %s here (%s)", signal.Signals(self.signum).name, exc)
             return False
         self._loop = loop
-        log.info("profiling: send %s to pid to start or stop a capture", signal.Signals(self.signum).name)
+        log.info("profiling: send %s to pid %d to start or stop a capture", signal.Signals(self.signum).name,
+                 os.getpid())
         return True
 
     def _on_signal(self) -> None:

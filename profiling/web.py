@@ -58,6 +58,9 @@ def _base(request: Request) -> str:
 
 
 def _same_origin(request: Request) -> bool:
+    # Browsers label every request with where it came from; any site but this one is refused.
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return False
     origin = request.headers.get("origin")
     if not origin or origin == "null":
         return origin is None  # non-browser clients send none; "null" comes from sandboxed pages

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import sys
 
 # meterd never forks a gRPC-using child (py-spy and Tansu are exec'd), so gRPC's fork handlers
@@ -16,16 +15,22 @@ from typing import Annotated, Any
 
 import typer
 
+from service.admin_cli import accounts_app, keys_app, usage
 from service.config import ConfigError, Settings, load_settings
 from service.logging_setup import configure_logging
+from service.runtime import datadir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="meterd: traffic metering and accounts (gRPC/HTTP ingestion, log aggregation, usage API).")
-accounts_app = typer.Typer(no_args_is_help=True, help="Manage accounts directly in the database.")
 app.add_typer(accounts_app, name="accounts")
+app.add_typer(keys_app, name="keys")
+app.command("usage")(usage)
 
 ConfigOpt = Annotated[Path | None,
                       typer.Option("--config", "-c", help="YAML config file; METERD_* env vars override it")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", help="SQLite file, dev admin token, pid file (default $XDG_DATA_HOME/meterd or "
+                       "~/.local/share/meterd; env METERD_DATA_DIR)")]
 log = logging.getLogger("meterd")
 
 
@@ -44,57 +49,78 @@ def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> S
     return settings
 
 
-def _admin_token(settings: Settings, default_mode: str) -> str:
+def _admin_token(settings: Settings, default_mode: str) -> tuple[str, Path | None]:
+    """The admin token and, in development mode without one set, the data-dir file it is kept in."""
     mode = settings.mode or default_mode
     if settings.admin_token is not None and settings.admin_token.get_secret_value():
         token = settings.admin_token.get_secret_value()
         if len(token) < 16:
             _fail("admin_token: must be at least 16 characters (env METERD_ADMIN_TOKEN)")
-        return token
+        return token, None
     if mode == "production":
         _fail("admin_token: production mode needs an admin token: set METERD_ADMIN_TOKEN "
               "(or `mode: development` for a generated one)")
-    token = secrets.token_urlsafe(24)
-    # Printed once to the terminal of whoever started development mode; never logged.
-    typer.echo(f"  admin token (generated, development mode): {token}")
-    return token
+    path = datadir.dev_token(settings.data_dir)
+    return datadir.read_token(path) or "", path
 
 
-def _run_roles(settings: Settings, roles: tuple[str, ...], *, default_mode: str) -> None:
+def _run_roles(settings: Settings, roles: tuple[str, ...], *, default_mode: str, name: str) -> None:
+    from governance import GovernanceConfigError
+
+    try:
+        # the mode in effect travels with the settings (the webhook dispatcher reads it)
+        settings = settings.model_copy(update={"data_dir": datadir.prepare(settings.data_dir),
+                                               "mode": settings.mode or default_mode})
+        token, token_file = _admin_token(settings, default_mode)
+        _run(_serve(settings, roles, token, token_file, name))
+    except (ConfigError, GovernanceConfigError, datadir.StartupError) as exc:
+        _fail(str(exc))
+
+
+async def _serve(settings: Settings, roles: tuple[str, ...], token: str, token_file: Path | None,
+                 name: str) -> None:
     from service.runtime.process import MeterdProcess
 
-    token = _admin_token(settings, default_mode)
-    settings = settings.model_copy(update={"mode": settings.mode or default_mode})  # the mode in effect
-
-    async def main() -> None:
-        proc = MeterdProcess(settings, roles, token)
-        proc.install_signal_handlers()
-        try:
-            await proc.start()
-        except BaseException:
-            await proc.stop()
-            raise
-        e = proc.endpoints
-        if e.http:
-            typer.echo(f"  HTTP API     {e.http}   (docs {e.http}/docs, metrics {e.http}/metrics)")
-        if e.grpc:
-            typer.echo(f"  gRPC writer  {e.grpc}")
-        if e.admin:
-            typer.echo(f"  admin        {e.admin}   (/metrics /healthz /readyz)")
-        typer.echo(f"  Log          {e.log}")
-        typer.echo(f"  meterd {'+'.join(roles)} ready; Ctrl-C drains and stops")
-        sys.stdout.flush()
+    proc = MeterdProcess(settings, roles, token)
+    proc.install_signal_handlers()
+    try:
+        await proc.start()
+    except BaseException:
+        await proc.stop()
+        raise
+    pid_file = datadir.PidFile(settings.data_dir, name)
+    pid_file.write()
+    try:
+        _print_ready(proc, settings, roles, token, token_file, pid_file)
         await proc.wait()
         log.info("draining")
         await proc.stop()
         log.info("stopped")
+    finally:
+        pid_file.remove()
+        if proc.endpoints.http:
+            datadir.remove_api_url(settings.data_dir, proc.endpoints.http)
 
-    from governance import GovernanceConfigError
 
-    try:
-        _run(main())
-    except (ConfigError, GovernanceConfigError) as exc:
-        _fail(str(exc))
+def _print_ready(proc: Any, settings: Settings, roles: tuple[str, ...], token: str, token_file: Path | None,
+                 pid_file: datadir.PidFile) -> None:
+    # Only now, with every server bound, is the token worth printing (a failed start prints none).
+    e = proc.endpoints
+    if token_file is not None:
+        # Printed to the terminal of whoever started development mode; never logged.
+        typer.echo(f"  admin token (development mode, kept in {token_file}): {token}")
+    if e.http:
+        datadir.write_api_url(settings.data_dir, e.http)
+        typer.echo(f"  HTTP API     {e.http}   (docs {e.http}/docs, metrics {e.http}/metrics)")
+    if e.grpc:
+        typer.echo(f"  gRPC writer  {e.grpc}")
+    if e.admin:
+        typer.echo(f"  admin        {e.admin}   (/metrics /healthz /readyz)")
+    typer.echo(f"  Log          {e.log}")
+    typer.echo(f"  Data dir     {settings.data_dir}")
+    typer.echo(f"  pid          {pid_file.pid}   (in {pid_file.path}; SIGTRAP starts/stops a profile)")
+    typer.echo(f"  meterd {'+'.join(roles)} ready; Ctrl-C drains and stops")
+    sys.stdout.flush()
 
 
 def _run(coro: Any) -> None:
@@ -110,33 +136,33 @@ def _run(coro: Any) -> None:
 def up(config: ConfigOpt = None,
        http_port: Annotated[int | None, typer.Option(help="HTTP port (default 8080)")] = None,
        grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051)")] = None,
-       data_dir: Annotated[Path | None, typer.Option(help="where the SQLite file lives")] = None) -> None:
+       data_dir: DataDirOpt = None) -> None:
     """Run api + writer + consumer in one process (the log is a database table unless Kafka is configured)."""
     settings = _settings(config, {"http": {"port": http_port}, "grpc": {"port": grpc_port}, "data_dir": data_dir})
-    _run_roles(settings, ("api", "writer", "consumer"), default_mode="development")
+    _run_roles(settings, ("api", "writer", "consumer"), default_mode="development", name="up")
 
 
-def _role(name: str, config: Path | None) -> None:
+def _role(name: str, config: Path | None, data_dir: Path | None) -> None:
     # Without kafka.bootstrap_servers the roles share the database log through the database.
-    _run_roles(_settings(config), (name,), default_mode="production")
+    _run_roles(_settings(config, {"data_dir": data_dir}), (name,), default_mode="production", name=name)
 
 
 @app.command()
-def api(config: ConfigOpt = None) -> None:
+def api(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Run the HTTP API (accounts, usage, POST /v1/traffic)."""
-    _role("api", config)
+    _role("api", config, data_dir)
 
 
 @app.command()
-def writer(config: ConfigOpt = None) -> None:
+def writer(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Run the gRPC writer (TrafficWriter), with /metrics on the admin port."""
-    _role("writer", config)
+    _role("writer", config, data_dir)
 
 
 @app.command()
-def consumer(config: ConfigOpt = None) -> None:
+def consumer(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Run the aggregating Kafka consumer, with /metrics on the admin port."""
-    _role("consumer", config)
+    _role("consumer", config, data_dir)
 
 
 @app.command()
@@ -159,9 +185,9 @@ def relay(config: ConfigOpt = None) -> None:
 
 
 @app.command()
-def migrate(config: ConfigOpt = None) -> None:
+def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Apply pending database migrations."""
-    settings = _settings(config)
+    settings = _settings(config, {"data_dir": data_dir})
     from service.storage import create_database
 
     async def main() -> list[int]:
@@ -173,32 +199,6 @@ def migrate(config: ConfigOpt = None) -> None:
 
     applied = asyncio.run(main())
     typer.echo(f"applied migrations: {applied}" if applied else "database is up to date")
-
-
-@accounts_app.command("create")
-def accounts_create(name: Annotated[str, typer.Option(help="account name")],
-                    quota_bytes: Annotated[int | None, typer.Option(help="monthly quota in bytes")] = None,
-                    with_key: Annotated[bool, typer.Option(help="also create an API key")] = True,
-                    config: ConfigOpt = None) -> None:
-    """Create an account (and an API key) directly in the database."""
-    settings = _settings(config)
-    from service.storage import Repository, create_database
-
-    async def main() -> tuple[dict, dict | None]:
-        db = create_database(settings.database_url())
-        try:
-            await db.migrate()
-            repo = Repository(db)
-            acc = await repo.create_account(name, quota_bytes)
-            key = await repo.create_key(acc["id"]) if with_key else None
-            return acc, key
-        finally:
-            await db.close()
-
-    acc, key = asyncio.run(main())
-    typer.echo(f"account {acc['id']} ({acc['name']})")
-    if key:
-        typer.echo(f"api key {key['key']}   (shown once; id {key['id']})")
 
 
 def main() -> None:

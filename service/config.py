@@ -6,6 +6,7 @@ the YAML file are errors (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from governance import GovernanceSettings
 from profiling import ProfilingSettings
+
+
+def default_data_dir() -> Path:
+    """The user's data dir (XDG), so every command finds the same database whatever the working directory."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "meterd"
 
 
 class _Section(BaseModel):
@@ -164,7 +172,7 @@ class Settings(BaseSettings):
     # development: a random admin token is generated when none is set. production: refuse to start.
     mode: Literal["development", "production"] | None = None
     admin_token: SecretStr | None = None
-    data_dir: Path = Path("meterd-data")
+    data_dir: Path = Field(default_factory=default_data_dir)
     http: HttpSettings = HttpSettings()
     grpc: GrpcSettings = GrpcSettings()
     admin: AdminSettings = AdminSettings()

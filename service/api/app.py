@@ -14,18 +14,21 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from governance import DependencyUnavailable
 from governance.problem import MEDIA_TYPE, problem_body, retry_after_seconds
+from service.api.admin_routes import admin_routes, allowed_methods, refuse_if_deleted
 from service.api.batches import batch_lookup
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.export import JSON, export_response, negotiate
 from service.api.openapi import DOCS_ASSETS, DOCS_CSP, DOCS_HTML, docs_asset, openapi_document
 from service.api.problems import Problem, forbidden, invalid, not_found, problem_response, unauthorized
 from service.api.readiness import Readiness, ReadinessCheck
+from service.api.strict_query import StrictQuery
 from service.api.timeparams import (
     boundaries,
     format_local,
@@ -138,6 +141,7 @@ class Api:
         body = parse_model(AccountPatch, await read_json(request, self.ctx.max_body_bytes, self.ctx.body_timeout))
         changes = body.model_dump(exclude_unset=True)
         account_id = request.path_params["account_id"]
+        await refuse_if_deleted(self.ctx.repo.get_account, account_id)
         before = await self.ctx.repo.get_account(account_id) if changes.get("webhook_url") else None
         if "alert_thresholds" in changes and changes["alert_thresholds"] is not None:
             changes["alert_thresholds"] = orjson.dumps(changes["alert_thresholds"]).decode()
@@ -185,8 +189,7 @@ class Api:
     async def create_key(self, request: Request) -> Response:
         await self.admin(request)
         account_id = request.path_params["account_id"]
-        if await self.ctx.repo.get_account(account_id) is None:
-            raise not_found("account")
+        await refuse_if_deleted(self.ctx.repo.get_account, account_id)
         key = await self.ctx.repo.create_key(account_id)
         return json_response({"id": key["id"], "prefix": key["prefix"], "key": key["key"],
                               "account_id": account_id,
@@ -302,8 +305,10 @@ async def _dependency_down(request: Request, exc: Exception) -> Response:
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     title = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, "Error")
-    return problem_response(Problem(exc.status_code, title, str(exc.detail), headers=dict(exc.headers or {})),
-                            request.url.path)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names the first matching route's methods only
+        headers["Allow"] = allowed_methods(request)
+    return problem_response(Problem(exc.status_code, title, str(exc.detail), headers=headers), request.url.path)
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
@@ -324,6 +329,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/events", api.events, methods=["GET"]),
         Route("/v1/accounts/{account_id}/webhook-secret", api.rotate_webhook_secret, methods=["POST"]),
         Route("/v1/accounts/{account_id}/events/{event_id}/redeliver", api.redeliver, methods=["POST"]),
+        *admin_routes(api, account_json, json_response),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
         Route("/v1/batches/{batch_id}", batch_lookup(api.ctx.ledger, api.principal, json_response), methods=["GET"]),
         *ops_routes(api.ctx.registry, api.ctx.readiness),
@@ -342,7 +348,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 
 def build_api(ctx: ApiContext) -> Starlette:
     api = Api(ctx)
-    return Starlette(routes=[*routes(api), *ctx.extra_routes], exception_handlers=EXCEPTION_HANDLERS)
+    return Starlette(routes=[*routes(api), *ctx.extra_routes], exception_handlers=EXCEPTION_HANDLERS,
+                     middleware=[Middleware(StrictQuery)])
 
 
 def ops_routes(registry: CollectorRegistry, readiness: Sequence[ReadinessCheck]) -> list[BaseRoute]:

@@ -9,6 +9,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.requests import Request
 
+from service.api.messages import phrase
 from service.api.problems import Problem, invalid
 from service.api.timeparams import is_zone
 
@@ -17,13 +18,29 @@ M = TypeVar("M", bound=BaseModel)
 
 
 async def read_json(request: Request, max_bytes: int, timeout: float) -> Any:
-    # The body is parsed as JSON whatever Content-Type says (curl -d sends form-urlencoded);
-    # a body that is not JSON gets a 400 that says so.
+    # JSON types and curl -d's default form type are parsed as JSON (others are 415); a body that
+    # is not JSON gets a 400 that says so.
+    refuse_unsupported_media(request)
     body = await read_body(request, max_bytes, timeout)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}", slug="malformed-json") from None
+
+
+# JSON, and what curl -d sends when no type is given (the body is still parsed as JSON).
+ACCEPTED_TYPES = ("application/json", "application/x-www-form-urlencoded")
+
+
+def refuse_unsupported_media(request: Request) -> None:
+    """415 before reading: a compressed body or a non-JSON type would otherwise fail as bad JSON."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise Problem(415, "Unsupported Media Type",
+                      f"Content-Encoding {encoding} is not supported: send the JSON body uncompressed")
+    media = request.headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
+    if media and media not in ACCEPTED_TYPES and not (media.startswith("application/") and media.endswith("+json")):
+        raise Problem(415, "Unsupported Media Type", f"Content-Type {media} is not supported: send application/json")
 
 
 async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
@@ -52,10 +69,7 @@ def parse_model(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body",
-                   "detail": "unknown field" if e["type"] == "extra_forbidden" else e["msg"]}
-                  for e in exc.errors()]
-        raise invalid(errors) from None
+        raise invalid([phrase(e) for e in exc.errors()]) from None
 
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]

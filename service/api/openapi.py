@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from service.api.bodies import AccountCreate, AccountPatch
+from service.api.openapi_examples import PROBLEM_EXAMPLES, TAGS, annotate
 from service.api.schemas import RESPONSE_MODELS
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
@@ -75,7 +76,20 @@ def _schemas() -> dict[str, Any]:
 
 def _paths() -> dict[str, Any]:
     return {
-        "/v1/accounts": {"post": {
+        "/v1/accounts": {"get": {
+            "summary": "List accounts, by id, a page at a time (admin); deleted ones only with status=deleted",
+            "operationId": "listAccounts",
+            "parameters": [
+                {"name": "status", "in": "query", "schema": {"type": "string",
+                                                             "enum": ["active", "suspended", "deleted"]}},
+                {"name": "name", "in": "query", "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                 "description": "case-insensitive substring of the name"},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                 "description": "default 100"},
+                {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                 "description": "next_cursor of the previous page"}],
+            "responses": {"200": _json(_ref("AccountPage"), "a page of accounts"), **_errors(400, 401, 403)}},
+            "post": {
             "summary": "Create an account (admin)", "operationId": "createAccount",
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AccountCreate")}}},
             "responses": {"201": _json(_ref("Account"), "created"), **_errors(400, 401, 403, 413, 415)}}},
@@ -88,10 +102,17 @@ def _paths() -> dict[str, Any]:
                       "requestBody": {"required": True,
                                       "content": {"application/json": {"schema": _ref("AccountPatch")}}},
                       "responses": {"200": _json(_ref("Account"), "updated"),
-                                    **_errors(400, 401, 403, 404, 413, 415)}}},
+                                    **_errors(400, 401, 403, 404, 409, 413, 415)}},
+            "delete": {"summary": "Delete an account (admin): its keys are revoked, its usage is kept and stays "
+                                  "readable by the admin", "operationId": "deleteAccount",
+                       "responses": {"204": {"description": "deleted"}, **_errors(401, 403, 404)}}},
         "/v1/accounts/{account_id}/keys": {"parameters": [_ACCOUNT_ID], "post": {
             "summary": "Create an API key (admin); the key is shown once", "operationId": "createKey",
-            "responses": {"201": _json(_ref("ApiKey"), "created"), **_errors(401, 403, 404)}}},
+            "responses": {"201": _json(_ref("ApiKey"), "created"), **_errors(401, 403, 404, 409)}},
+            "get": {"summary": "List an account's keys (admin): prefixes and times, never the secrets",
+                    "operationId": "listKeys",
+                    "responses": {"200": _json(_ref("KeyList"), "the keys, oldest first"),
+                                  **_errors(401, 403, 404)}}},
         "/v1/accounts/{account_id}/keys/{key_id}": {"parameters": [_ACCOUNT_ID, _KEY_ID], "delete": {
             "summary": "Revoke an API key (admin); it stops working at once", "operationId": "revokeKey",
             "responses": {"204": {"description": "revoked"}, **_errors(401, 403, 404)}}},
@@ -154,12 +175,12 @@ def _paths() -> dict[str, Any]:
             "operationId": "getBatch",
             "responses": {"200": _json(_ref("BatchStatus"), "applied or pending"), **_errors(401, 404)}}},
         "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz",
-                             "responses": {"200": {"description": "alive"}}}},
+                             "responses": {"200": _json({"type": "object"}, "alive")}}},
         "/readyz": {"get": {"summary": "Readiness (database, Kafka when configured, consumer): one status per "
                                        "dependency (ok, failing, timeout), checked at most once a second; details "
                                        "only in the log",
                             "operationId": "readyz",
-                            "responses": {"200": {"description": "ready"}, "503": _PROBLEM}}},
+                            "responses": {"200": _json({"type": "object"}, "ready"), "503": _PROBLEM}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
                              "responses": {"200": {"description": "text exposition format",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
@@ -172,11 +193,12 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "meterd", "version": "1.0.0",
                  "description": "Traffic metering and accounts. Errors are RFC 9457 problem details."},
-        "paths": _paths(),
+        "tags": TAGS,
+        "paths": annotate(_paths()),
         "components": {
             "schemas": _schemas(),
-            "responses": {"Problem": {"description": "RFC 9457 problem details",
-                                      "content": {"application/problem+json": {"schema": _ref("ProblemDetails")}}}},
+            "responses": {"Problem": {"description": "RFC 9457 problem details", "content": {
+                "application/problem+json": {"schema": _ref("ProblemDetails"), "examples": PROBLEM_EXAMPLES}}}},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "the admin token or an account API key"}},
         },

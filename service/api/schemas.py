@@ -19,7 +19,7 @@ class _Strict(BaseModel):
 class Account(_Strict):
     id: str
     name: str
-    status: Literal["active", "suspended"]
+    status: Literal["active", "suspended", "deleted"]
     quota_bytes: int | None = Field(ge=0, description="monthly quota; null is unlimited")
     billing_timezone: str = Field(description="IANA zone of the balance and billing months")
     alert_thresholds: list[float] = Field(description="fractions of quota_bytes that raise an event")
@@ -36,6 +36,24 @@ class ApiKey(_Strict):
     key: str = Field(description="shown once; stored hashed")
     account_id: str
     created_at: datetime
+
+
+class AccountPage(_Strict):
+    accounts: list[Account]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last")
+
+
+class KeyInfo(_Strict):
+    id: str
+    prefix: str = Field(description="the key's first characters; the secret itself is never shown again")
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="last authentication, to the minute")
+    revoked_at: datetime | None
+
+
+class KeyList(_Strict):
+    account_id: str
+    keys: list[KeyInfo]
 
 
 class Counts(_Strict):
@@ -173,4 +191,5 @@ class ProblemDetails(BaseModel):
 
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    Account, ApiKey, Usage, Balance, Billing, Events, WebhookSecret, WriteResult, BatchStatus, ProblemDetails)
+    Account, AccountPage, ApiKey, KeyList, Usage, Balance, Billing, Events, WebhookSecret, WriteResult, BatchStatus,
+    ProblemDetails)

@@ -81,8 +81,9 @@ def usage_window(params: dict[str, str], now_s: int, zone: ZoneInfo) -> tuple[li
         raise invalid([{"field": "start", "detail": "must be before end"}])
     # Checked on the nominal step first so a huge window never builds a huge list; a DST day's
     # extra hour can add a few points, which the limit's "about" absorbs.
-    if (end - start) // step > MAX_POINTS:
-        detail = f"the window holds more than {MAX_POINTS} steps; use a larger step"
+    steps = (end - start) // step
+    if steps > MAX_POINTS:
+        detail = f"the window holds {steps} {step_name} steps, more than {MAX_POINTS} steps; use a larger step"
         raise invalid([{"field": "step", "detail": detail}])
     try:
         return boundaries(start, end, step, zone), step_name, step

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Router
 
 from profiling import Profiler, ProfilingSettings
-from service.api.admin_guard import AdminOnly
+from service.api.admin_guard import AdminOnly, as_bearer
 from service.api.app import ApiContext, ReadinessCheck, build_admin_app, build_api
 from service.auth import Authenticator, bearer_token
 from service.config import Settings
@@ -48,9 +48,11 @@ from service.kafka.topics import ensure_topics
 from service.metrics import PipelineMetrics
 from service.pipeline.db_consumer import DatabaseLogConsumer
 from service.pipeline.logs import BatchLog, DatabaseLog, KafkaLog
+from service.runtime.datadir import StartupError
 from service.runtime.gc_tuning import tune_gc_for_serving
 from service.runtime.http_server import HttpServer
-from service.storage import Repository, create_database
+from service.runtime.startup import binding, check_port_free, open_database, port_in_use
+from service.storage import Repository
 from service.storage.ledger import AlreadyApplied, Ledger, LogRowsTaken, OffsetConflict
 from service.webhooks import WebhookDispatcher
 
@@ -85,6 +87,9 @@ class MeterdProcess:
 
     async def start(self) -> None:
         s = self.settings
+        self._check_ports()  # before any work: a busy port is the commonest start-up failure
+        db = await open_database(s)  # then the database: both fail in one line, before anything logs
+        self._stops.append(("database", db.close))
         gov = build_governance(s.governance, registry=self.registry, service_name=s.service_name)
         self._stops.append(("governance", gov.aclose))
         self.governance = gov
@@ -93,9 +98,6 @@ class MeterdProcess:
         self._stops.append(("profiler", profiler.aclose))
         self.profiler = profiler
 
-        db = create_database(s.database_url(), pool_size=s.database.pool_size, echo=s.database.echo,
-                             sqlite_synchronous=s.database.sqlite_synchronous)
-        self._stops.append(("database", db.close))
         await db.migrate()
         # Losing a race to another consumer is not the database failing.
         db_breaker = outbound(gov, "database", s.governance, fail_max=5, reset_timeout=5.0,
@@ -145,7 +147,11 @@ class MeterdProcess:
                                              max_streams_per_key=s.grpc.max_streams_per_key)
             grpc_server, health = build_grpc_server(servicer, max_message_bytes=s.grpc.max_message_bytes,
                                                     interceptors=[interceptor], options=s.grpc.channel_options())
-            port = grpc_server.add_insecure_port(f"{s.grpc.host}:{s.grpc.port}")
+            check_port_free("grpc", s.grpc.host, s.grpc.port)
+            try:
+                port = grpc_server.add_insecure_port(f"{s.grpc.host}:{s.grpc.port}")
+            except RuntimeError:  # lost a race for the port since the check
+                raise port_in_use("grpc", s.grpc.host, s.grpc.port) from None
             await grpc_server.start()
             for name in ("", "meterd.v1.TrafficWriter"):
                 await health.set(name, _serving())
@@ -163,14 +169,16 @@ class MeterdProcess:
                                        extra_routes=extra_routes))
             http = HttpServer(gov.asgi(app, client_key=http_client_key), s.http.host, s.http.port, name="api",
                               header_timeout=s.http.header_timeout_seconds, max_header_bytes=s.http.max_header_bytes)
-            await http.start()
+            with binding("http", s.http.host, s.http.port):
+                await http.start()
             self.endpoints.http = f"http://{s.http.host}:{http.port}"
             servers_stop.append(("http", http.stop))
         else:
             admin_app = gov.asgi(build_admin_app(self.registry, readiness, extra_routes), client_key=http_client_key)
             admin = HttpServer(admin_app, s.admin.host, s.admin.port, name="admin",
                                header_timeout=s.http.header_timeout_seconds, max_header_bytes=s.http.max_header_bytes)
-            await admin.start()
+            with binding("admin", s.admin.host, s.admin.port):
+                await admin.start()
             self.endpoints.admin = f"http://{s.admin.host}:{admin.port}"
             servers_stop.append(("admin http", admin.stop))
         # Servers stop first (reverse of list order below), then producer, consumer, db, broker.
@@ -222,11 +230,25 @@ class MeterdProcess:
             self._stops.append(("consumer", consumer.stop))
         return ingest, consumer
 
+    def _check_ports(self) -> None:
+        s = self.settings
+        ports = [("grpc", s.grpc.host, s.grpc.port)] if "writer" in self.roles else []
+        ports.append(("http", s.http.host, s.http.port) if "api" in self.roles else
+                     ("admin", s.admin.host, s.admin.port))
+        busy = []
+        for kind, host, port in ports:
+            try:
+                check_port_free(kind, host, port)
+            except StartupError as exc:
+                busy.append(str(exc))
+        if busy:  # all of them in one line: fixing one should not reveal the next
+            raise StartupError("; ".join(busy))
+
     def _admin_check(self) -> Callable[[Request], bool]:
         expected = self.admin_token.encode()
 
         def is_admin(request: Request) -> bool:
-            token = bearer_token(request.headers.get("authorization"))
+            token = bearer_token(as_bearer(request.headers.get("authorization")))
             return token is not None and hmac.compare_digest(token.encode(), expected)
 
         return is_admin

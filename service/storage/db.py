@@ -66,6 +66,10 @@ def _webhook_status_and_rotation(conn: Connection) -> None:
     _add_missing_columns(conn, "webhook_outbox", ["last_status"])
 
 
+def _key_last_used(conn: Connection) -> None:
+    _add_missing_columns(conn, "api_keys", ["last_used_at_ms"])
+
+
 # Append-only: (version, description, step). A step runs inside the migration transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
@@ -73,6 +77,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "usage rollups (5 min, hour, day; per node hour, day), accounts.billing_timezone", _rollups),
     (4, "quota threshold events, webhook outbox, accounts' alert and webhook settings", _quota_alerts),
     (5, "webhook delivery status, webhook secret rotation overlap", _webhook_status_and_rotation),
+    (6, "api_keys.last_used_at_ms", _key_last_used),
 ]
 
 

@@ -8,7 +8,7 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import and_, literal, select, update
+from sqlalchemy import and_, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.storage import schema
@@ -17,6 +17,7 @@ from service.storage.db import Database
 from service.storage.period_usage import bytes_used, usage_totals
 from service.storage.webhook_outbox import WebhookOutbox, new_webhook_secret
 
+LAST_USED_RESOLUTION_MS = 60_000
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -57,12 +58,32 @@ class Repository(WebhookOutbox):
             row = res.mappings().first()
         return dict(row) if row else None
 
-    async def list_accounts(self, limit: int = 100, after: str | None = None) -> list[dict]:
-        q = select(schema.accounts).order_by(schema.accounts.c.id).limit(limit)
+    async def list_accounts(self, limit: int = 100, after: str | None = None, *, status: str | None = None,
+                            name: str | None = None) -> list[dict]:
+        """Accounts by id after the cursor `after`; deleted ones only when asked for by status;
+        `name`: a case-insensitive substring."""
+        a = schema.accounts
+        q = select(a).order_by(a.c.id).limit(limit)
         if after:
-            q = q.where(schema.accounts.c.id > after)
+            q = q.where(a.c.id > after)
+        q = q.where(a.c.status == status) if status else q.where(a.c.status != "deleted")
+        if name:
+            q = q.where(func.lower(a.c.name).contains(name.lower(), autoescape=True))
         async with self.db.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def delete_account(self, account_id: str) -> bool:
+        """Marks the account deleted and revokes its keys; its usage rows stay (see README)."""
+        ts = now_ms()
+        a, k = schema.accounts, schema.api_keys
+        async with self.db.engine.begin() as conn:
+            res = await conn.execute(update(a).where(and_(a.c.id == account_id, a.c.status != "deleted"))
+                                     .values(status="deleted", webhook_url=None, updated_at_ms=ts))
+            if res.rowcount == 0:
+                return False
+            await conn.execute(update(k).where(and_(k.c.account_id == account_id, k.c.revoked_at_ms.is_(None)))
+                               .values(revoked_at_ms=ts))
+        return True
 
     async def update_account(self, account_id: str, changes: dict[str, Any]) -> dict | None:
         async with self.db.engine.begin() as conn:
@@ -90,6 +111,13 @@ class Repository(WebhookOutbox):
         return {"id": row["id"], "prefix": row["prefix"], "key": key, "account_id": account_id,
                 "created_at_ms": row["created_at_ms"]}
 
+    async def list_keys(self, account_id: str) -> list[dict]:
+        k = schema.api_keys
+        q = (select(k.c.id, k.c.prefix, k.c.created_at_ms, k.c.last_used_at_ms, k.c.revoked_at_ms)
+             .where(k.c.account_id == account_id).order_by(k.c.created_at_ms, k.c.id))
+        async with self.db.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
     async def revoke_key(self, account_id: str, key_id: str) -> bool:
         async with self.db.engine.begin() as conn:
             res = await conn.execute(
@@ -112,14 +140,22 @@ class Repository(WebhookOutbox):
         digest = hash_key(key)
         async with self.db.engine.connect() as conn:
             res = await conn.execute(
-                select(schema.api_keys.c.account_id, schema.api_keys.c.key_hash)
+                select(schema.api_keys.c.account_id, schema.api_keys.c.key_hash, schema.api_keys.c.last_used_at_ms)
                 .where(and_(schema.api_keys.c.key_hash == digest, schema.api_keys.c.revoked_at_ms.is_(None))))
             row = res.first()
         # The index probe already matched; compare again in constant time so no code path ever
         # compares key material with an early-exit comparison.
         if row is None or not hmac.compare_digest(row[1], digest):
             return None
+        if row[2] is None or now_ms() - row[2] >= LAST_USED_RESOLUTION_MS:
+            await self._touch_key(digest)
         return row[0]
+
+    async def _touch_key(self, digest: str) -> None:
+        # At most one write a minute per key (lookups are cached for a second on top of that).
+        async with self.db.engine.begin() as conn:
+            await conn.execute(update(schema.api_keys).where(schema.api_keys.c.key_hash == digest)
+                               .values(last_used_at_ms=now_ms()))
 
     # -- usage ------------------------------------------------------------------------------
     async def usage_rows(self, account_id: str, width: int, start_s: int, end_s: int, *,

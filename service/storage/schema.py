@@ -51,6 +51,8 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("revoked_at_ms", BigInteger, nullable=True),
+    # When the key last authenticated, to the minute (migration 5): written at most once a minute.
+    Column("last_used_at_ms", BigInteger, nullable=True),
 )
 Index("ix_api_keys_account", api_keys.c.account_id)
 

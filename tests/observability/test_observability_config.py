@@ -30,7 +30,7 @@ from tests.observability.promql_names import metric_names, template_query_names
 from tests.support.require import require_binary
 
 SEVERITIES = {"critical", "warning", "info"}
-DATASOURCE = {"type": "prometheus", "uid": "meterd-prometheus"}
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
 def _run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -156,6 +156,8 @@ def test_dashboards_use_only_emitted_metrics() -> None:
     assert unknown_metric_names(dashboard_expressions(), known) == []
     for name, board in dashboards().items():
         for var in board["templating"]["list"]:
+            if var["type"] == "datasource":
+                continue  # its query is a plugin id ("prometheus"), not PromQL
             query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
             assert template_query_names(query) <= known, (name, var["name"])
 
@@ -184,7 +186,23 @@ def test_every_emitted_metric_is_shown_somewhere() -> None:
 # --- dashboards ----------------------------------------------------------------------------------
 
 
-def test_dashboards_fixed_uids_and_datasource_by_uid() -> None:
+def _datasource_refs(node: object, where: str = "") -> list[tuple[str, object]]:
+    """Every `datasource` value anywhere in a dashboard (panels, targets, variables, annotations)."""
+    found: list[tuple[str, object]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                found.append((where, value))
+            found += _datasource_refs(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _datasource_refs(value, f"{where}[{i}]")
+    return found
+
+
+def test_dashboards_fixed_uids_and_importable_datasource() -> None:
+    """Importable into any Grafana: no panel, target, variable or annotation names a fixed datasource
+    uid; all go through the `datasource` variable, and `__inputs` declares the Prometheus input."""
     boards = dashboards()
     assert {b["uid"] for b in boards.values()} == {
         "meterd-overview",
@@ -193,20 +211,23 @@ def test_dashboards_fixed_uids_and_datasource_by_uid() -> None:
         "meterd-runtime",
     }
     for name, board in boards.items():
-        raw = (DASHBOARDS / name).read_text()
-        assert "${DS_" not in raw and "__inputs" not in raw, name
         assert board.get("id") is None, f"{name}: provisioned dashboards carry no numeric id"
+        [ds_input] = board["__inputs"]
+        assert (ds_input["type"], ds_input["pluginId"]) == ("datasource", "prometheus"), name
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+        refs = _datasource_refs({k: v for k, v in board.items() if k != "__inputs"})
+        assert refs, name
+        for where, ref in refs:
+            assert ref == DATASOURCE, (name, where, ref)  # never a fixed uid such as "meterd-prometheus"
         for p in panels(board):
             if p["type"] == "row":
                 continue
-            assert p["datasource"] == DATASOURCE, (name, p["title"])
             assert p["targets"], (name, p["title"])
             for t in p["targets"]:
-                assert t["datasource"] == DATASOURCE and t["expr"].strip(), (name, p["title"])
+                assert t["expr"].strip(), (name, p["title"])
             grid = p["gridPos"]
             assert grid["x"] + grid["w"] <= 24, (name, p["title"])
-        for var in board["templating"]["list"]:
-            assert var["datasource"] == DATASOURCE
         ids = [p["id"] for p in panels(board)]
         assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import httpx
 
 from profiling import CaptureStore
 from tests.profiling.profiling_helpers import assert_capture_files
+from tests.support.cdp import chromium_page
+from tests.support.meterd import running_meterd
 from tests.support.require import require_binary
 
 # Set PROFILING_SCREENSHOTS=<dir> to keep the screenshots and look at them.
@@ -84,3 +92,54 @@ def test_index_and_flamegraph_render_in_chromium(profiled_app, tmp_path):
     listed = CaptureStore(app.directory, app.service).read(info["id"])
     assert listed is not None
     assert_capture_files(app.directory, listed, "recognisable_busy_function")
+
+
+def _evil_site(directory: Path, target: str) -> tuple[ThreadingHTTPServer, str]:
+    """Another origin whose page posts the profiler's start form on load: a cross-site request forgery."""
+    (directory / "index.html").write_text(
+        f'<html><body><form id="f" method="post" action="{target}/debug/profiles/start">'
+        '<input name="duration_s" value="30"></form><script>document.getElementById("f").submit()</script>'
+        "</body></html>")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(directory)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/index.html"
+
+
+def test_meterd_profiles_page_in_a_browser_with_the_admin_token_as_basic(tmp_path: Path) -> None:
+    """On a real `meterd up`: the browser is challenged for Basic credentials, opens the page with the
+    admin token as password, starts and stops a capture with the page's buttons, opens the flamegraph;
+    a page of another origin cannot start a capture with the browser's remembered credentials."""
+    browser = require_binary("chromium", "chromium-browser")
+    with running_meterd(tmp_path, "up") as m:
+        assert m.http is not None
+        challenge = httpx.get(f"{m.http}/debug/profiles/", headers={"accept": "text/html"})
+        assert challenge.status_code == 401 and challenge.headers["www-authenticate"].startswith("Basic ")
+        api = httpx.get(f"{m.http}/debug/profiles/index.json")
+        assert api.status_code == 401 and api.headers["www-authenticate"].startswith("Bearer")
+        wrong = base64.b64encode(b"admin:not-the-token").decode()
+        assert httpx.get(f"{m.http}/debug/profiles/", headers={"authorization": f"Basic {wrong}"}).status_code == 401
+
+        host = m.http.removeprefix("http://")
+        with chromium_page(browser, tmp_path / "profile-basic") as page:
+            page.navigate(f"http://admin:{m.admin_token}@{host}/debug/profiles/")
+            assert "profiles" in page.js("document.title"), page.js("document.body.innerText")
+            page.js("document.querySelector('form[action$=\"/start\"] button').click()")
+            page.wait_for("document.body.innerText.includes('is running since')", what="a running capture")
+            time.sleep(1.5)
+            page.js("document.querySelector('form[action$=\"/stop\"] button').click()")
+            href = page.wait_for("(document.querySelector('tr.capture.completed a.file.flamegraph') || {}).href",
+                                 what="a completed capture with a flamegraph")
+            page.navigate(href)
+            assert page.js("document.documentElement.tagName.toLowerCase()") == "svg"
+            assert "meterd" in page.js("document.documentElement.textContent")
+
+            evil, evil_url = _evil_site(tmp_path, m.http)
+            try:
+                page.navigate(evil_url)
+                page.wait_for("document.body.innerText.includes('cross-origin')", what="the forged POST's answer")
+            finally:
+                evil.shutdown()
+        with m.client() as c:
+            index = c.get("/debug/profiles/index.json").json()
+        assert index["running"] is None, index  # the forged start did not start anything
+        assert [x["trigger"] for x in index["captures"]] == ["api"]

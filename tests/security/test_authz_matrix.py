@@ -66,6 +66,7 @@ class Row:
     body: Callable[[Ctx], Any] | None = None
     query: dict[str, str] = field(default_factory=dict)
     conditional: bool = False  # checked only when the build serves the route
+    fresh_account: bool = False  # {account_id} is a new account per cell (the call destroys it)
     note: str = ""
 
 
@@ -76,9 +77,13 @@ def _traffic(ctx: Ctx) -> dict[str, Any]:
 
 API_ROWS = [
     Row("POST", "/v1/accounts", admin_only(201), body=lambda ctx: {"name": "matrix-created"}),
+    Row("GET", "/v1/accounts", admin_only(200)),
     Row("GET", "/v1/accounts/{account_id}", own_or_admin(200)),
     Row("PATCH", "/v1/accounts/{account_id}", admin_only(200), body=lambda ctx: {"name": "matrix-target"}),
+    Row("DELETE", "/v1/accounts/{account_id}", admin_only(204), fresh_account=True,
+        note="an account made for the cell: the own key is the target's, refused before any lookup"),
     Row("POST", "/v1/accounts/{account_id}/keys", admin_only(201)),
+    Row("GET", "/v1/accounts/{account_id}/keys", admin_only(200)),
     Row("DELETE", "/v1/accounts/{account_id}/keys/{key_id}", admin_only(204),
         note="key_id is a fresh key of the target account for every cell"),
     Row("GET", "/v1/accounts/{account_id}/usage", own_or_admin(200)),
@@ -196,7 +201,7 @@ def _served(request: pytest.FixtureRequest, server: str) -> list[Endpoint]:
 def _path(row: Row, ctx: Ctx) -> str:
     params: dict[str, str] = {}
     if "{account_id}" in row.path:
-        params["account_id"] = ctx.who.account
+        params["account_id"] = ctx.sec.new_account("matrix-deleted")[0] if row.fresh_account else ctx.who.account
     if "{key_id}" in row.path:
         params["key_id"] = ctx.sec.new_key(ctx.who.account)["id"]
     if "{name}" in row.path:
@@ -417,7 +422,7 @@ def test_no_token_or_key_in_logs(sec: SecurityMeterd, principals: Principals) ->
     outputs = sec.outputs()
     up = outputs["meterd up"]
     assert "[debug" in up, "meterd was expected to log at DEBUG for this test"
-    assert "admin token (generated" not in up, "METERD_ADMIN_TOKEN is set: nothing may be generated or printed"
+    assert "admin token (development mode" not in up, "METERD_ADMIN_TOKEN is set: nothing may be generated or printed"
     secrets = {"admin token": principals.admin_token, "wrong token": principals.wrong_token,
                **{f"API key {k[:10]}…": k for k in sec.issued_keys}}
     assert len(sec.issued_keys) >= 3

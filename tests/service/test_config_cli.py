@@ -132,23 +132,22 @@ def test_overrides_are_validated() -> None:
 
 # -- admin helpers -------------------------------------------------------------------------------
 
-def test_migrate_and_create_account(tmp_path: Path) -> None:
+def test_migrate_and_admin_commands_without_a_server(tmp_path: Path) -> None:
     first = run(tmp_path, "migrate")
     assert first.returncode == 0, first.stderr
     assert f"applied migrations: {[v for v, _, _ in MIGRATIONS]}" in first.stdout
     second = run(tmp_path, "migrate")
     assert second.returncode == 0 and "database is up to date" in second.stdout, second.stdout
 
-    created = run(tmp_path, "accounts", "create", "--name", "x", "--quota-bytes", "123")
-    assert created.returncode == 0, created.stderr
-    lines = created.stdout.splitlines()
-    account_id = next(ln.split()[1] for ln in lines if ln.startswith("account "))
-    key = next(ln.split()[2] for ln in lines if ln.startswith("api key "))
-    assert account_id.startswith("acc_") and key.startswith("mk_")
+    # The admin commands talk to a running server's API (tests/service/test_admin_cli.py), never to a
+    # database of their own: without a server they say so and change nothing.
     with sqlite3.connect(tmp_path / "data" / "meterd.db") as conn:
-        assert conn.execute("SELECT name, status, quota_bytes FROM accounts WHERE id = ?",
-                            (account_id,)).fetchall() == [("x", "active", 123)]
-        assert conn.execute("SELECT count(*) FROM api_keys WHERE account_id = ?", (account_id,)).fetchone() == (1,)
+        before = conn.execute("SELECT count(*) FROM accounts").fetchone()
+    created = run(tmp_path, "accounts", "create", "--name", "x", "--url", "http://127.0.0.1:9",
+                  METERD_ADMIN_TOKEN="an-admin-token-0123456789")
+    assert created.returncode == 2 and "cannot reach meterd at http://127.0.0.1:9" in created.stderr, created
+    with sqlite3.connect(tmp_path / "data" / "meterd.db") as conn:
+        assert conn.execute("SELECT count(*) FROM accounts").fetchone() == before
 
 
 # -- graceful shutdown ---------------------------------------------------------------------------

@@ -55,3 +55,17 @@ def test_docs_would_be_blank_without_meterd_serving_the_files(meterd: Meterd, tm
                    '</body></html>')
     dom = chromium(browser, tmp_path / "profile-cdn", *OFFLINE, "--dump-dom", cdn.as_uri())
     assert "opblock" not in dom and "blank" in dom
+
+
+def test_docs_group_operations_by_area_and_show_no_lock_on_open_endpoints(meterd: Meterd, tmp_path: Path) -> None:
+    browser = require_binary("chromium", "chromium-browser")
+    doc = httpx.get(meterd.proc.http + "/openapi.json").json()
+    dom = chromium(browser, tmp_path / "profile-tags", *OFFLINE, "--dump-dom", meterd.proc.http + "/docs")
+    shown_tags = set(re.findall(r'data-tag="([^"]+)"', dom))
+    assert shown_tags == {t["name"] for t in doc["tags"]}, shown_tags
+    assert "default" not in shown_tags
+    blocks = re.split(r'(?=<div class="opblock opblock-)', dom)
+    by_path = {m.group(1): block for block in blocks if (m := re.search(r'data-path="([^"]+)"', block))}
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert "authorization__btn" not in by_path[path], path  # no lock on an open endpoint
+    assert "authorization__btn" in by_path["/v1/accounts/{account_id}/usage"]

@@ -133,8 +133,8 @@ def test_thresholds_events_and_signed_webhooks(stack: Meterd, receiver: Receiver
 
 
 @pytest.mark.parametrize(("body", "field"), [
-    ({"alert_thresholds": []}, "alert_thresholds"), ({"alert_thresholds": [0]}, "alert_thresholds.0"),
-    ({"alert_thresholds": [0.5, 11]}, "alert_thresholds.1"), ({"webhook_url": "ftp://x"}, "webhook_url"),
+    ({"alert_thresholds": []}, "alert_thresholds"), ({"alert_thresholds": [0]}, "alert_thresholds[0]"),
+    ({"alert_thresholds": [0.5, 11]}, "alert_thresholds[1]"), ({"webhook_url": "ftp://x"}, "webhook_url"),
     ({"webhook_url": "http://" + "a" * 2050}, "webhook_url"),
 ])
 def test_alert_settings_validation(stack: Meterd, body: dict, field: str) -> None:

@@ -251,3 +251,29 @@ async def test_migration_3_backfills_rollups(db: Database) -> None:
                                                      ("acc_old", T0 + 86400): [8, 8, 1]}
     assert await table_rows(db, schema.usage_day) == {("acc_old", T0): [7, 7, 3], ("acc_old", T0 + 86400): [8, 8, 1]}
     assert await table_rows(db, schema.usage_node_hour) == {}
+
+
+async def test_admin_listing_filters_deletion_and_key_last_use(repo: Repository) -> None:
+    """GET /v1/accounts and .../keys on both databases: name filter case-insensitive with LIKE
+    wildcards taken literally, deleted accounts only on request, keys' last use written once a minute."""
+    plain = await repo.create_account("Acme Corp", None)
+    percent = await repo.create_account("100% acme", None)
+    await repo.create_account("globex", None, "suspended")
+    assert {r["id"] for r in await repo.list_accounts(name="ACME")} == {plain["id"], percent["id"]}
+    assert [r["id"] for r in await repo.list_accounts(name="0%")] == [percent["id"]]
+    assert await repo.list_accounts(name="a_m") == []  # `_` is a character, not a wildcard
+    assert [r["name"] for r in await repo.list_accounts(status="suspended")] == ["globex"]
+
+    key = await repo.create_key(plain["id"])
+    assert (await repo.list_keys(plain["id"]))[0]["last_used_at_ms"] is None
+    assert await repo.account_for_key(key["key"]) == plain["id"]
+    [listed] = await repo.list_keys(plain["id"])
+    assert listed["last_used_at_ms"] is not None and "key_hash" not in listed
+    assert await repo.account_for_key(key["key"]) == plain["id"]  # within the minute: no second write
+    assert (await repo.list_keys(plain["id"]))[0]["last_used_at_ms"] == listed["last_used_at_ms"]
+
+    assert await repo.delete_account(plain["id"]) and not await repo.delete_account(plain["id"])
+    assert await repo.account_for_key(key["key"]) is None  # its keys are revoked
+    assert plain["id"] not in {r["id"] for r in await repo.list_accounts()}
+    assert [r["id"] for r in await repo.list_accounts(status="deleted")] == [plain["id"]]
+    assert (await repo.get_account(plain["id"]) or {})["status"] == "deleted"

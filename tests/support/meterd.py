@@ -64,7 +64,7 @@ class MeterdProc:
             m = re.search(pattern, line)
             if m:
                 setattr(self, name, m.group(1))
-        m = re.search(r"admin token \(generated, development mode\): (\S+)", line)
+        m = re.search(r"admin token \(development mode[^)]*\): (\S+)", line)
         if m:
             self.admin_token = m.group(1)
 
