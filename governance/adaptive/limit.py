@@ -12,11 +12,10 @@ with concurrency); it looks at two things the caller cares about, per sampling w
   Growth counts only once admitted latency reaches `growth_floor` of the objective;
 - latency: admitted latency (queueing + handler) over the route's objective, as a mean ratio.
 
-Either one arms the limit. While armed, the limit starts at Little's law for the target (completion
-rate x growth_floor x objective, at most 0.9 x in-flight) and moves
-like Gradient2 towards admitted latency of `growth_floor` x the objective: multiplied by the
-gradient (floor / latency ratio, clamped to 0.5..0.9) while above it, grown by sqrt(limit)
-(headroom, as Gradient2's queue size and Envoy's) below it. It disarms after `cooloff` with no
+Either one arms the limit. While armed, the limit is Little's law for the target latency
+(completion rate x growth_floor x objective; at arming at most 0.9 x in-flight) while admitted
+latency is above that target (never falling faster than halving per window), and grows by
+sqrt(limit) (headroom, as Gradient2's queue size and Envoy's) while below it. It disarms after `cooloff` with no
 shed and no signal; unarmed it is unbounded (reported as 0).
 """
 
@@ -125,9 +124,9 @@ class QueueLimit:
         if signal:
             self.reason = signal
         floor = self.s.growth_floor
-        if latency > floor:  # armed: hold admitted latency near growth_floor x objective
-            gradient = min(0.9, max(0.5, floor / latency))
-            self.limit = max(self.s.min_limit, math.floor(self.limit * gradient))
+        if latency > floor:  # armed: head for Little's law at growth_floor x objective, halving at most
+            target = max(self.limit * 0.5, min(self.limit, self._target_concurrency()))
+            self.limit = max(self.s.min_limit, math.floor(target))
         elif now - max(self._last_shed, self._last_signal) >= self.s.cooloff:
             self.armed, self.reason, self.limit = False, "", math.inf
         else:

@@ -4,7 +4,10 @@
 call's token and reports its end to the limit) or the reason for shedding:
 
 - `inflight_cap` / `bytes_cap`: the route's static guard rails (any priority, any load);
-- `concurrency`: the limit is armed and sheddable in-flight is at the priority's share of it;
+- `concurrency`: the limit is armed and the in-flight calls of this priority and of the ones more
+  important than it are at the priority's share of the limit (so a flood of exports can never
+  crowd out writes: writes count only writes, exports count everything), and no less important
+  call is still in flight (those drain first);
 - `queueing`: the limit is armed and this call already waited ahead of the middleware longer than
   the priority's share of `queue_target` (CoDel's idea: while overloaded, late work is shed first).
 
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from governance.adaptive.limit import LimitSettings, QueueLimit
-from governance.adaptive.policy import DEFAULT_OBJECTIVE, SHARE, Priority, RouteGuard
+from governance.adaptive.policy import AT_LEAST, DEFAULT_OBJECTIVE, PRIORITIES, SHARE, Priority, RouteGuard
 from governance.adaptive.queue import BatchQueue
 from governance.core import SUCCESS, Outcome
 
@@ -78,11 +81,11 @@ class LimiterStats:
 class Listener:
     """The token of one admitted call: gives back its slot and reports its latency to the limit."""
 
-    __slots__ = ("limiter", "guard", "nbytes", "sojourn", "objective", "sampled", "dry_run_reason")
+    __slots__ = ("limiter", "guard", "priority", "nbytes", "sojourn", "objective", "sampled", "dry_run_reason")
 
-    def __init__(self, limiter: AdaptiveLimiter, guard: RouteGuard, nbytes: int, sojourn: float,
-                 objective: float, sampled: bool) -> None:
-        self.limiter, self.guard, self.nbytes = limiter, guard, nbytes
+    def __init__(self, limiter: AdaptiveLimiter, guard: RouteGuard, priority: Priority, nbytes: int,
+                 sojourn: float, objective: float, sampled: bool) -> None:
+        self.limiter, self.guard, self.priority, self.nbytes = limiter, guard, priority, nbytes
         self.sojourn, self.objective, self.sampled = sojourn, objective, sampled
         self.dry_run_reason: str | None = None  # what a dry-run limiter admitted instead of shedding
 
@@ -92,6 +95,7 @@ class Listener:
             return
         lim = self.limiter
         lim.inflight -= 1
+        lim.by_priority[self.priority] -= 1
         # Only successes time the service: a fast failure or a refusal further on is not capacity.
         ok = outcome.kind is SUCCESS
         lim.limit.on_completion((self.sojourn + outcome.duration) / self.objective if ok else None)
@@ -106,6 +110,7 @@ class AdaptiveLimiter:
         self.limit = QueueLimit(s.limit_settings(), clock())
         self.queue = BatchQueue(s.batch_gap)
         self.inflight = 0  # sheddable calls admitted and still running
+        self.by_priority: dict[str, int] = dict.fromkeys(PRIORITIES, 0)
         self.sheds = 0
         self.cpu = 0.0  # gauges only: the decisions never look at CPU
         self.lag = 0.0
@@ -136,7 +141,7 @@ class AdaptiveLimiter:
         if reason is None and sampled:
             limit = self.limit
             limit.roll(now, self.inflight)
-            reason = self._shed_reason(limit, SHARE[priority], sojourn)
+            reason = self._shed_reason(limit, priority, sojourn)
         if reason is not None:
             self.sheds += 1
             self.limit.on_shed(now)
@@ -145,19 +150,26 @@ class AdaptiveLimiter:
         guard.enter(nbytes)
         if sampled:
             self.inflight += 1
+            self.by_priority[priority] += 1
             self.limit.on_arrival(now, sojourn, objective)
-        listener = Listener(self, guard, nbytes, sojourn, objective, sampled)
+        listener = Listener(self, guard, priority, nbytes, sojourn, objective, sampled)
         listener.dry_run_reason = reason
         return listener
 
-    def _shed_reason(self, limit: QueueLimit, share: float, sojourn: float) -> str | None:
+    def _shed_reason(self, limit: QueueLimit, priority: Priority, sojourn: float) -> str | None:
         if not limit.armed:
             return None
+        share = SHARE[priority]
         if sojourn > self.settings.queue_target * share:
             return "queueing"
-        if self.inflight >= max(1.0, limit.limit * share):
-            return "concurrency"
-        return None
+        counted = sum(self.by_priority[p] for p in AT_LEAST[priority])
+        if counted < max(1.0, limit.limit * share):
+            return None
+        # Criticality: while less important calls still hold slots (they are being shed and will
+        # drain), a more important call waits for them rather than being shed itself.
+        if any(self.by_priority[p] for p in PRIORITIES[len(AT_LEAST[priority]):]):
+            return None
+        return "concurrency"
 
     def retry_after(self) -> float:
         """Whole seconds: the cool-off plus the queueing delay callers are seeing now."""

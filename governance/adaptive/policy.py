@@ -16,6 +16,10 @@ PRIORITIES: tuple[Priority, ...] = ("critical", "write", "read", "export")
 # The share of the adaptive limit (and of the queueing target) a priority may use while shedding.
 SHARE: dict[str, float] = {"critical": 1.0, "write": 1.0, "read": 0.5, "export": 0.25}
 
+# The priorities whose in-flight calls count against a call of each priority while shedding: its
+# own and every more important one. Writes count only writes; exports count all.
+AT_LEAST: dict[str, tuple[Priority, ...]] = {p: PRIORITIES[:i + 1] for i, p in enumerate(PRIORITIES)}
+
 # Admitted latency (queueing ahead of the handler + the handler) a route class promises, seconds.
 # Generous on purpose: the objective is "worse than this is useless to the caller", not a target.
 DEFAULT_OBJECTIVE: dict[str, float] = {"critical": 1.0, "write": 2.0, "read": 1.0, "export": 10.0}
