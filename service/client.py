@@ -48,7 +48,7 @@ class RetryBudget:
         self.tokens = min(self.reserve, self.tokens + self.ratio)
 
     def try_retry(self) -> bool:
-        if self.tokens < 1.0:
+        if self.tokens < 1.0 - 1e-9:  # ten deposits of 0.1 make a whole retry despite rounding
             return False
         self.tokens -= 1.0
         return True
