@@ -34,6 +34,7 @@ from service.pb.meterd.v1 import traffic_pb2
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 WRITE = "/meterd.v1.TrafficWriter/Write"
 WRITE_STREAM = "/meterd.v1.TrafficWriter/WriteStream"
+Batch = traffic_pb2.WriteRequest | bytes  # bytes: an already serialised WriteRequest
 
 
 class RetryBudget:
@@ -86,9 +87,8 @@ class MeterdWriter:
                                                 response_deserializer=traffic_pb2.WriteResponse.FromString)
         self._raw_write = self._channel.unary_unary(WRITE, request_serializer=None,
                                                     response_deserializer=traffic_pb2.WriteResponse.FromString)
-        self._stream = self._channel.stream_stream(
-            WRITE_STREAM, request_serializer=traffic_pb2.WriteRequest.SerializeToString,
-            response_deserializer=traffic_pb2.WriteResponse.FromString)
+        self._stream = self._channel.stream_stream(  # serialised here: batches may come as bytes
+            WRITE_STREAM, request_serializer=None, response_deserializer=traffic_pb2.WriteResponse.FromString)
         self.budget = RetryBudget(retry_ratio)
         self.stats = WriterStats()
         self._rng = rng or random.Random()
@@ -136,7 +136,7 @@ class MeterdWriter:
     async def write(self, records: Iterable[traffic_pb2.TrafficRecord]) -> traffic_pb2.WriteResponse:
         return await self.send(self.batch(records))
 
-    async def send(self, request: traffic_pb2.WriteRequest | bytes) -> traffic_pb2.WriteResponse:
+    async def send(self, request: Batch) -> traffic_pb2.WriteResponse:
         """Write one batch (a WriteRequest, or its serialized bytes), retrying refusals within the
         budget with the same batch id."""
         self.stats.batches += 1
@@ -172,12 +172,13 @@ class MeterdWriter:
         return min(self.max_wait, 0.1 * 2.0 ** attempt * jitter)
 
     # -- a stream of batches --------------------------------------------------------------------
-    async def write_stream(self, requests: AsyncIterable[traffic_pb2.WriteRequest] | Iterable[traffic_pb2.WriteRequest]
+    async def write_stream(self, requests: AsyncIterable[Batch] | Iterable[Batch]
                            ) -> AsyncIterator[traffic_pb2.WriteResponse]:
-        """Write batches over one WriteStream, one answer per batch in order. A refused batch ends
-        the stream: after the retry-after the stream is reopened and that batch sent again."""
+        """Write batches (WriteRequests or their bytes) over one WriteStream, one answer per batch in
+        order. A refused batch ends the stream: after the retry-after the stream is reopened and that
+        batch sent again."""
         source = _aiter(requests)
-        retry: traffic_pb2.WriteRequest | None = None
+        retry: Batch | None = None
         attempt = 0
         while True:
             stream = self._stream(metadata=self._metadata, timeout=None)
@@ -192,7 +193,7 @@ class MeterdWriter:
                         self.budget.on_attempt()
                     self.stats.attempts += 1
                     retry = request
-                    await stream.write(request)
+                    await stream.write(request if isinstance(request, bytes) else request.SerializeToString())
                     response = await stream.read()
                     if response is grpc.aio.EOF:
                         await stream  # raises the status that ended the stream

@@ -4,10 +4,10 @@
 call's token and reports its end to the limit) or the reason for shedding:
 
 - `inflight_cap` / `bytes_cap`: the route's static guard rails (any priority, any load);
-- `concurrency`: the limit is armed and the in-flight calls of this priority and of the ones more
-  important than it are at the priority's share of the limit (so a flood of exports can never
-  crowd out writes: writes count only writes, exports count everything), and no less important
-  call is still in flight (those drain first);
+- `priority`: the limit is armed and this call's whole priority is being shed (Google SRE's
+  criticality: exports first, then reads, then writes; see `_set_level`);
+- `concurrency`: the limit is armed, this priority is the one being held to it, and in-flight
+  calls of this priority and more important ones are at its share of the limit;
 - `queueing`: the limit is armed and this call already waited ahead of the middleware longer than
   the priority's share of `queue_target` (CoDel's idea: while overloaded, late work is shed first).
 
@@ -20,13 +20,22 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from governance.adaptive.limit import LimitSettings, QueueLimit
-from governance.adaptive.policy import AT_LEAST, DEFAULT_OBJECTIVE, PRIORITIES, SHARE, Priority, RouteGuard
+from governance.adaptive.policy import (
+    AT_LEAST,
+    DEFAULT_OBJECTIVE,
+    PRIORITIES,
+    SHARE,
+    SHED_ORDER,
+    Priority,
+    RouteGuard,
+)
 from governance.adaptive.queue import BatchQueue
 from governance.core import SUCCESS, Outcome
 
@@ -42,7 +51,7 @@ class AdaptiveSettings(BaseModel):
     max_inflight_bytes: int = Field(256 << 20, ge=1, description="static cap on its in-flight request bytes")
     dry_run: bool = Field(False, description="decide and count, but never shed (rollout / benchmarks)")
     window: float = Field(0.1, gt=0, description="sampling window, seconds")
-    growth_interval: float = Field(0.5, gt=0, description="a queue must grow this long to count as standing")
+    growth_interval: float = Field(0.8, gt=0, description="a queue must grow this long to count as standing")
     growth_min: int = Field(8, ge=1, description="calls a growing queue must gain over growth_interval")
     growth_fraction: float = Field(0.25, gt=0, description="growth relative to completions (0.25: 1.25x load)")
     growth_floor: float = Field(0.25, gt=0, le=1, description="latency / objective below which growth is fine")
@@ -81,15 +90,19 @@ class LimiterStats:
 class Listener:
     """The token of one admitted call: gives back its slot and reports its latency to the limit."""
 
-    __slots__ = ("limiter", "guard", "priority", "nbytes", "sojourn", "objective", "sampled", "dry_run_reason")
+    __slots__ = ("limiter", "guard", "priority", "nbytes", "sojourn", "objective", "sampled", "dry_run_reason",
+                 "admitted", "ended")
 
     def __init__(self, limiter: AdaptiveLimiter, guard: RouteGuard, priority: Priority, nbytes: int,
                  sojourn: float, objective: float, sampled: bool) -> None:
         self.limiter, self.guard, self.priority, self.nbytes = limiter, guard, priority, nbytes
         self.sojourn, self.objective, self.sampled = sojourn, objective, sampled
         self.dry_run_reason: str | None = None  # what a dry-run limiter admitted instead of shedding
+        self.admitted = 0.0
+        self.ended = False
 
     def release(self, outcome: Outcome) -> None:
+        self.ended = True
         self.guard.leave(self.nbytes)
         if not self.sampled:
             return
@@ -111,7 +124,11 @@ class AdaptiveLimiter:
         self.queue = BatchQueue(s.batch_gap)
         self.inflight = 0  # sheddable calls admitted and still running
         self.by_priority: dict[str, int] = dict.fromkeys(PRIORITIES, 0)
+        self._asked: dict[str, float] = dict.fromkeys(PRIORITIES, -math.inf)  # last call, by priority
+        self.level = 0  # how many priorities of SHED_ORDER are being shed (see _set_level)
+        self._level_at = -math.inf
         self.sheds = 0
+        self._admitted: deque[Listener] = deque()
         self.cpu = 0.0  # gauges only: the decisions never look at CPU
         self.lag = 0.0
         self._last_tick: float | None = None
@@ -126,7 +143,18 @@ class AdaptiveLimiter:
         self._last_tick = now
         self.cpu += (cpu - self.cpu) * (1.0 - math.exp(-dt / s.cpu_tau))
         self.lag += (lag - self.lag) * (1.0 - math.exp(-dt / s.lag_tau))
-        self.limit.roll(now, self.inflight)
+        self._roll(now)
+
+    def _roll(self, now: float) -> None:
+        if not self.limit.due(now):
+            return
+        admitted = self._admitted  # oldest first; ended calls are dropped from the front lazily
+        while admitted and admitted[0].ended:
+            admitted.popleft()
+        oldest = admitted[0] if admitted else None
+        age = (now - oldest.admitted + oldest.sojourn) / oldest.objective if oldest is not None else 0.0
+        self.limit.roll(now, self.inflight, age)
+        self._set_level(now)
 
     def on_mark(self, now: float) -> None:
         self.queue.on_mark(now)
@@ -139,9 +167,9 @@ class AdaptiveLimiter:
         reason = guard.refuse(nbytes)
         sampled = priority != "critical"
         if reason is None and sampled:
-            limit = self.limit
-            limit.roll(now, self.inflight)
-            reason = self._shed_reason(limit, priority, sojourn)
+            self._asked[priority] = now
+            self._roll(now)
+            reason = self._shed_reason(self.limit, priority, sojourn)
         if reason is not None:
             self.sheds += 1
             self.limit.on_shed(now)
@@ -154,22 +182,40 @@ class AdaptiveLimiter:
             self.limit.on_arrival(now, sojourn, objective)
         listener = Listener(self, guard, priority, nbytes, sojourn, objective, sampled)
         listener.dry_run_reason = reason
+        if sampled:
+            listener.admitted = now
+            self._admitted.append(listener)
         return listener
 
     def _shed_reason(self, limit: QueueLimit, priority: Priority, sojourn: float) -> str | None:
         if not limit.armed:
             return None
+        rank = SHED_ORDER.index(priority) + 1
+        if rank > self.level:
+            return None  # not this priority's turn: less important ones are shed first
+        if rank < self.level:
+            return "priority"  # its whole class is shed: the overload survived shedding it partly
         share = SHARE[priority]
         if sojourn > self.settings.queue_target * share:
             return "queueing"
-        counted = sum(self.by_priority[p] for p in AT_LEAST[priority])
-        if counted < max(1.0, limit.limit * share):
-            return None
-        # Criticality: while less important calls still hold slots (they are being shed and will
-        # drain), a more important call waits for them rather than being shed itself.
-        if any(self.by_priority[p] for p in PRIORITIES[len(AT_LEAST[priority]):]):
-            return None
-        return "concurrency"
+        if sum(self.by_priority[p] for p in AT_LEAST[priority]) >= max(1.0, limit.limit * share):
+            return "concurrency"
+        return None
+
+    def _set_level(self, now: float) -> None:
+        """Escalate through SHED_ORDER while the limit is pressing, one step per growth_interval,
+        skipping priorities nobody asked for; step back once admitted latency is calm again."""
+        lim, s = self.limit, self.settings
+        if not lim.armed:
+            self.level = 0
+            return
+        settled = now - self._level_at >= s.growth_interval
+        if self.level == 0 or (lim.pressing and settled and self.level < len(SHED_ORDER)):
+            self.level, self._level_at = self.level + 1, now
+        elif lim.calm and settled and self.level > 1:
+            self.level, self._level_at = self.level - 1, now
+        while self.level < len(SHED_ORDER) and now - self._asked[SHED_ORDER[self.level - 1]] > s.cooloff:
+            self.level += 1  # nothing of that priority to shed
 
     def retry_after(self) -> float:
         """Whole seconds: the cool-off plus the queueing delay callers are seeing now."""

@@ -16,6 +16,11 @@ PRIORITIES: tuple[Priority, ...] = ("critical", "write", "read", "export")
 # The share of the adaptive limit (and of the queueing target) a priority may use while shedding.
 SHARE: dict[str, float] = {"critical": 1.0, "write": 1.0, "read": 0.5, "export": 0.25}
 
+# Google SRE's criticality: under overload whole priorities are shed in this order. The limiter's
+# level says how many are being shed: the last of them is held to the adaptive limit, the ones
+# before it are refused outright, the ones after it are not shed by load at all.
+SHED_ORDER: tuple[Priority, ...] = ("export", "read", "write")
+
 # The priorities whose in-flight calls count against a call of each priority while shedding: its
 # own and every more important one. Writes count only writes; exports count all.
 AT_LEAST: dict[str, tuple[Priority, ...]] = {p: PRIORITIES[:i + 1] for i, p in enumerate(PRIORITIES)}
