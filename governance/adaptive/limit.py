@@ -39,7 +39,7 @@ class LimitSettings:
     growth_interval: float = 0.8
     growth_min: int = 8
     growth_fraction: float = 0.25
-    growth_floor: float = 0.25
+    growth_floor: float = 0.1
     cooloff: float = 1.0
     min_limit: int = 2
     memory: float = 10.0

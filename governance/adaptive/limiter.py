@@ -54,7 +54,7 @@ class AdaptiveSettings(BaseModel):
     growth_interval: float = Field(0.8, gt=0, description="a queue must grow this long to count as standing")
     growth_min: int = Field(8, ge=1, description="calls a growing queue must gain over growth_interval")
     growth_fraction: float = Field(0.25, gt=0, description="growth relative to completions (0.25: 1.25x load)")
-    growth_floor: float = Field(0.25, gt=0, le=1, description="latency / objective below which growth is fine")
+    growth_floor: float = Field(0.1, gt=0, le=1, description="latency / objective below which growth is fine")
     cooloff: float = Field(1.0, ge=0, description="seconds without a shed or signal before disarming")
     min_limit: int = Field(2, ge=1, description="the armed limit never goes below this")
     queue_target: float = Field(0.05, gt=0, description="while armed, shed calls that waited longer, s")

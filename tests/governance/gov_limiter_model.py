@@ -55,7 +55,7 @@ class Model:
         self.limiter.tick()
         self.at(self.clock.now + 0.05, self._tick)
 
-    def submit(self, stats: Stats, *, priority: str = "write", objective: float = 2.0, route: str = "/w",
+    def submit(self, stats: Stats, *, priority: str = "write", objective: float = 5.0, route: str = "/w",
                then: Callable[[], None] | None = None, on_shed: Callable[[float], None] | None = None) -> None:
         """One call; `then` runs when it completes, `on_shed(retry_after)` when it is shed."""
         guard = self.guards.setdefault(route, RouteGuard(route, 10_000, 1 << 40))

@@ -133,7 +133,7 @@ def test_the_stats_snapshot_is_read_only(model: Model, clock: FakeClock) -> None
 
 
 def test_settings_give_objectives_by_priority() -> None:
-    assert AdaptiveSettings(priority="write").route_objective() == 2.0
+    assert AdaptiveSettings(priority="write").route_objective() == 5.0
     assert AdaptiveSettings(priority="export").route_objective() == 10.0
     assert AdaptiveSettings(priority="read", objective=0.3).route_objective() == 0.3
     with pytest.raises(ValueError, match="priority"):
