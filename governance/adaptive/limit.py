@@ -11,7 +11,7 @@ with concurrency); it looks at two things the caller cares about, per sampling w
   clients, or a batching service taking on more, completes more as it admits more), and in-flight
   passes every level of the last `memory` seconds (a closed loop's ebb and flow stays within the
   levels it has shown); or the queueing delay ahead of the middleware rises in every window, by
-  `growth_fraction` s/s, past its own levels. Growth counts after `warmup` seconds of history and
+  `growth_fraction` s/s, past its own levels. Growth counts after `warmup` seconds with traffic and
   once admitted latency (or the age of the oldest call in flight) reaches `growth_floor` of the
   objective;
 - latency: admitted latency (queueing + handler) over the route's objective, as a mean ratio.
@@ -43,7 +43,7 @@ class LimitSettings:
     cooloff: float = 1.0
     min_limit: int = 2
     memory: float = 10.0
-    warmup: float = 2.0
+    warmup: float = 3.0
 
 
 @dataclass(slots=True)
@@ -114,7 +114,8 @@ class QueueLimit:
             self._window_end += self.s.window
             self._history.append(done)
             self._estimate(self._window_end, done, inflight, oldest)
-            self._levels.append((inflight, self.delay))
+            if done.arrivals or inflight:  # levels (and the warm-up) count windows with traffic only
+                self._levels.append((inflight, self.delay))
             if now - self._window_end > self.s.growth_interval:  # idle for long: skip empty windows
                 self._history.clear()
                 self._window_end = now + self.s.window

@@ -14,6 +14,9 @@ from tests.governance.gov_helpers import FakeClock
 from tests.governance.gov_limiter_model import Model, Stats
 
 
+WARM = 5.0  # seconds of traffic below capacity first: growth counts after the limiter's warm-up (3 s)
+
+
 @pytest.fixture
 def model(clock: FakeClock) -> Model:
     return Model(AdaptiveLimiter(AdaptiveSettings(), clock=clock), clock)
@@ -51,8 +54,8 @@ def test_latency_over_the_objective_sheds_even_a_closed_loop(model: Model, clock
 @pytest.mark.parametrize("load", [2.0, 5.0])
 def test_open_loop_overload_is_shed_within_a_second(model: Model, clock: FakeClock, load: float) -> None:
     t0 = clock.now
-    model.open_loop(0.5 * model.capacity, t0, t0 + 3, Stats())
-    step = t0 + 3
+    model.open_loop(0.5 * model.capacity, t0, t0 + WARM, Stats())
+    step = t0 + WARM
     stats = Stats()
     model.open_loop(load * model.capacity, step, step + 6, stats)
     model.run(step + 6)
@@ -74,11 +77,12 @@ def test_no_shedding_below_capacity(model: Model, clock: FakeClock) -> None:
 def test_a_flood_of_reads_and_exports_is_shed_and_writes_are_not(model: Model, clock: FakeClock) -> None:
     t0 = clock.now
     writes, reads, exports = Stats(), Stats(), Stats()
-    model.open_loop(0.5 * model.capacity, t0, t0 + 8, writes, priority="write", route="/w")
-    model.open_loop(2.5 * model.capacity, t0 + 3, t0 + 8, reads, priority="read", objective=1.0, route="/r")
-    model.open_loop(2.5 * model.capacity, t0 + 3, t0 + 8, exports, priority="export", objective=10.0,
+    end = t0 + WARM + 5
+    model.open_loop(0.5 * model.capacity, t0, end, writes, priority="write", route="/w")
+    model.open_loop(2.5 * model.capacity, t0 + WARM, end, reads, priority="read", objective=1.0, route="/r")
+    model.open_loop(2.5 * model.capacity, t0 + WARM, end, exports, priority="export", objective=10.0,
                     route="/e")
-    model.run(t0 + 12)
+    model.run(end + 4)
     assert writes.shed_times == [] and writes.completed == writes.admitted
     shed_share = {name: len(s.shed_times) / (len(s.shed_times) + s.admitted)
                   for name, s in (("read", reads), ("export", exports))}
@@ -87,10 +91,11 @@ def test_a_flood_of_reads_and_exports_is_shed_and_writes_are_not(model: Model, c
 
 def test_critical_calls_are_never_shed_by_load(model: Model, clock: FakeClock) -> None:
     t0 = clock.now
-    model.open_loop(5 * model.capacity, t0, t0 + 3, Stats())
+    model.open_loop(0.5 * model.capacity, t0, t0 + WARM, Stats())
+    model.open_loop(5 * model.capacity, t0 + WARM, t0 + WARM + 3, Stats())
     probes = Stats()
-    model.open_loop(10, t0 + 1, t0 + 3, probes, priority="critical", route="/healthz")
-    model.run(t0 + 3)
+    model.open_loop(10, t0 + WARM + 1, t0 + WARM + 3, probes, priority="critical", route="/healthz")
+    model.run(t0 + WARM + 3)
     assert model.limiter.limit.armed
     assert probes.shed_times == [] and probes.admitted == 20
 
@@ -112,9 +117,9 @@ def test_guard_rails_cap_inflight_calls_and_bytes_whatever_the_load(clock: FakeC
 
 def test_dry_run_decides_and_counts_but_admits(model: Model, clock: FakeClock) -> None:
     t0 = clock.now
-    model.open_loop(0.5 * model.capacity, t0, t0 + 3, Stats())  # history: the warm-up
-    model.open_loop(5 * model.capacity, t0 + 3, t0 + 5, Stats())
-    model.run(t0 + 5)
+    model.open_loop(0.5 * model.capacity, t0, t0 + WARM, Stats())
+    model.open_loop(5 * model.capacity, t0 + WARM, t0 + WARM + 2, Stats())
+    model.run(t0 + WARM + 2)
     assert model.limiter.limit.armed
     guard = RouteGuard("/w", 10_000, 1 << 40)
     before = model.limiter.sheds

@@ -150,11 +150,19 @@ def running_relay(workdir: Path, robots: dict[str, FakeDingTalk], port: int) -> 
         _stop_group(process)
 
 
+WRITE_INFLIGHT_CAP = 2  # trip_kafka_breaker sends 6 writes at once
+
+
 def meterd_config(tmp: Path) -> dict[str, Any]:
     plugins = copy.deepcopy(DEFAULT_PLUGINS)
     quota = next(p for p in plugins if p["type"] == "quota")
     # A route override below the default: the balance reads of the scenario get 429s.
     quota["routes"] = {**quota["routes"], "GET /v1/accounts/{account_id}/balance": {"limit": BALANCE_QUOTA}}
+    adaptive = next(p for p in plugins if p["type"] == "adaptive")
+    # The write route's static in-flight cap, low: writes hanging on the dead broker pile up past it
+    # and are shed (governance_adaptive_sheds_total{priority="write"}, the shedding alert's series).
+    adaptive["routes"] = {"/meterd.v1.TrafficWriter/Write": {"priority": "write", "max_inflight": WRITE_INFLIGHT_CAP},
+                          **adaptive["routes"]}
     return {
         # The kafka breaker stays open for the rest of the scenario once the broker is gone.
         "governance": {"plugins": plugins, "outbound": {"kafka": {"reset_timeout": 300}}},
