@@ -33,7 +33,10 @@ STREAM_RPC = {"bidi_stream /meterd.v1.TrafficWriter/WriteStream": {"enabled": Fa
 # long scans are shed first, account reads and admin calls next, ingest writes last. Unmatched
 # routes are "read". Every variant shares one limiter; each has its own guard rails per route.
 ADAPTIVE_PRIORITIES: dict[str, dict[str, Any]] = {
-    "/meterd.v1.TrafficWriter/*": {"priority": "write"},
+    # Qualified by call type, so neither glob matches the WriteStream RPC itself (left to STREAM_RPC
+    # whatever order a config file lists them in).
+    "unary /meterd.v1.TrafficWriter/Write": {"priority": "write"},
+    "message /meterd.v1.TrafficWriter/WriteStream": {"priority": "write"},
     "POST /v1/traffic": {"priority": "write"},
     "GET /v1/accounts/{account_id}/usage": {"priority": "export"},
 }

@@ -13,7 +13,6 @@ from governance.core import SUCCESS, Call, Outcome
 from tests.governance.gov_helpers import FakeClock
 from tests.governance.gov_limiter_model import Model, Stats
 
-
 WARM = 5.0  # seconds of traffic below capacity first: growth counts after the limiter's warm-up (3 s)
 
 
