@@ -20,6 +20,8 @@ One run on this machine measures, side by side (issue 17, acceptance 5):
 Batches are serialized before the clock starts (the client sends bytes), so the client's CPU stays
 small next to the server's on this 2-core machine. Usage:
   .venv/bin/python benchmarks/ingest.py [--records 500000] [--concurrency 8] [--open-seconds 20]
+  .venv/bin/python benchmarks/ingest.py --sweep [--sweep-records 200000]   # issue 24's closed-loop sweep:
+      8/32/128 Write and 32 WriteStream writers, as shipped vs limiter in dry run (benchmarks/ingest_sweep.py)
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 try:  # run as a script: benchmarks/ is on sys.path
+    from ingest_sweep import run_sweep, sweep_client  # noqa: E402
     from machine_info import machine  # noqa: E402
 except ImportError:  # imported as benchmarks.<module>
+    from benchmarks.ingest_sweep import run_sweep, sweep_client  # noqa: E402
     from benchmarks.machine_info import machine  # noqa: E402
 
 from service.pb.meterd.v1 import pipeline_pb2, traffic_pb2  # noqa: E402
@@ -186,11 +190,15 @@ def client_process(spec_path: Path) -> None:
     templates = record_templates(spec["accounts"], spec["per_batch"], int(time.time() * 1000))
     if spec["mode"] == "closed":
         bodies = [request_bytes(spec["tag"], i, templates) for i in range(spec["records"] // spec["per_batch"])]
+    if spec["mode"] in ("write", "stream"):  # the --sweep arms (benchmarks/ingest_sweep.py)
+        bodies = [request_bytes(spec["tag"], i, templates) for i in range(spec["records"] // spec["per_batch"])]
     out = Path(spec["out"])
     out.with_suffix(".ready").write_text("1")
     while not out.with_suffix(".go").exists():
         time.sleep(0.005)
-    if spec["mode"] == "closed":
+    if spec["mode"] in ("write", "stream"):
+        result = asyncio.run(sweep_client(spec, bodies))
+    elif spec["mode"] == "closed":
         result = asyncio.run(closed_loop(spec["target"], bodies, spec["per_batch"], spec["concurrency"]))
     else:
         result = asyncio.run(open_loop(spec["target"], spec["tag"], templates, spec["per_batch"], spec["rate"],
@@ -288,6 +296,9 @@ def _server_metrics(http: str) -> dict[str, str]:
         h = _histogram(text, name, label)
         if h:
             out[key] = f"{h['count']} calls, mean {h['mean']}, p50 {h['p50']}, p99 {h['p99']}"
+    for key, name in (("limiter sheds", "governance_adaptive_sheds_total"),
+                      ("dry-run sheds", "governance_adaptive_dry_run_sheds_total")):
+        out[key] = f"{sum(float(line.rsplit(' ', 1)[1]) for line in text.splitlines() if line.startswith(name)):.0f}"
     return out
 
 
@@ -702,7 +713,16 @@ def main() -> None:
     ap.add_argument("--append", action="store_true", help="append to --out (a second run) instead of replacing it")
     ap.add_argument("--profile", type=Path, help="diagnostic: py-spy raw profile of meterd during the database-log "
                     "arm, written here (sampling slows that arm)")
+    ap.add_argument("--sweep", action="store_true", help="only the closed-loop sweep (8/32/128 Write, 32 WriteStream "
+                    "writers), as shipped vs limiter in dry run; appended to --out")
+    ap.add_argument("--sweep-records", type=int, default=200_000, help="records per sweep arm (at least 3 "
+                    "batches per writer)")
     args = ap.parse_args()
+    if args.sweep:
+        report = run_sweep(args, sys.modules[__name__])
+        print(report)
+        args.out.write_text((args.out.read_text() + "\n---\n\n" if args.out.exists() else "") + report)
+        return
     loads: dict[str, str] = {}
     spec = {"mode": "closed", "records": args.records, "per_batch": args.batch, "concurrency": args.concurrency}
     with tempfile.TemporaryDirectory(prefix="meterd-bench-") as tmp_s:

@@ -116,19 +116,24 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
         "description": "Adaptive limiter, quota limiter and circuit breakers: what was refused and why.",
         "panels": [
             row("Adaptive limiter"),
-            panel("Limit vs in-flight", [
-                q(f"governance_adaptive_limit{{{J}}}", "limit {{instance}} {{limiter}}"),
-                q(f"governance_adaptive_inflight{{{J}}}", "in-flight {{instance}} {{limiter}}"),
-            ], description="Shedding starts when in-flight exceeds the limit while overloaded."),
-            panel("CPU seen by the limiter and overload state", [
-                q(f"governance_adaptive_cpu_ratio{{{J}}}", "cpu {{instance}} {{limiter}}"),
-                q(f"governance_adaptive_overloaded{{{J}}}", "overloaded {{instance}} {{limiter}}"),
+            panel("Limit vs in-flight vs shed", [
+                q(f"governance_adaptive_limit{{{J}}}", "limit {{instance}}"),
+                q(f"governance_adaptive_inflight{{{J}}}", "in-flight {{instance}}"),
+                q(f"sum by (instance) (rate(governance_adaptive_sheds_total{{{J}}}[{RI}]))", "shed/s {{instance}}"),
+            ], description="The limit is 0 (none) until a standing queue grows or admitted latency passes the "
+                           "route's objective; then in-flight is held at it and the excess is shed."),
+            panel("Sheds/s by route, priority and reason", [
+                q(f"sum by (route, priority, reason) (rate(governance_adaptive_sheds_total{{{J}}}[{RI}]))",
+                  "{{priority}} {{route}} {{reason}}"),
+            ], "reqps", stack=True, description="Exports go first, reads next, writes last."),
+            panel("Admitted latency vs objective and overload state", [
+                q(f"governance_adaptive_latency_objective_ratio{{{J}}}", "latency/objective {{instance}}"),
+                q(f"governance_adaptive_overloaded{{{J}}}", "overloaded {{instance}}"),
+                q(f"governance_adaptive_cpu_ratio{{{J}}}", "cpu {{instance}}"),
             ], "percentunit"),
-            panel("Event-loop queueing delay vs shedding target", [
-                q(f"governance_adaptive_queue_delay_seconds{{{J}}}", "delay {{instance}} {{limiter}}"),
-                q(f"governance_adaptive_queue_target_seconds{{{J}}}", "target {{instance}} {{limiter}}")], "s",
-                description="A call that queued longer than the target (the service's min_rt) is shed "
-                            "while the CPU is hot."),
+            panel("Queueing ahead of the middleware", [
+                q(f"governance_adaptive_queue_delay_seconds{{{J}}}", "delay {{instance}}")], "s",
+                description="Mean sojourn of admitted calls in the event loop before the limiter saw them."),
             row("Rejections"),
             panel("Rejections/s by plugin and reason", [
                 q(f"sum by (plugin, reason) (rate(governance_rejections_total{{{J}}}[{RI}]))", "{{plugin}} {{reason}}"),

@@ -100,6 +100,7 @@ class GovernanceMiddleware:
         client = scope.get("client")
         if client:
             call.peer = client[0]
+        call.request_bytes = content_length(scope["headers"])
         admitted = self.chain.admit(call, plan) if plan.sync else await self.chain.admit_async(call, plan)
         if isinstance(admitted, Rejection):
             await _send_reply(send, *refusal_response(admitted))
@@ -136,6 +137,15 @@ class GovernanceMiddleware:
                 status = status or 500
                 kind = outcome_kind("http", status)
             self.chain.unwind(admitted, Outcome(kind, status, time.perf_counter() - start, call))
+
+
+def content_length(headers: Any) -> int:
+    """The declared body size (0 when absent, chunked or malformed): admission happens before the
+    body is read, so a refusal never pays for receiving it."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def refusal_response(refused: Rejection) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -55,6 +55,7 @@ class Call:
     msgs_in: int = 0  # stream message counts, kept by the gRPC adapter
     msgs_out: int = 0
     peer: str | None = None  # the caller's address (host only), for keying calls without credentials
+    request_bytes: int = 0  # the request's size as far as known at admission (Content-Length, gRPC message)
     attributes: dict[str, Any] = field(default_factory=dict)
 
     def add_response_header(self, name: str, value: str) -> None:

@@ -129,16 +129,23 @@ class GovernanceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         streaming_in = rpc_type in ("client_stream", "bidi_stream")
         unary_out = rpc_type in ("unary", "client_stream")
 
+        # A unary request arrives as raw bytes and is decoded only once admitted: a refusal never
+        # pays for deserialising (a 1000-record batch costs more to decode than to refuse).
+        decode = None if streaming_in else handler.request_deserializer
+
         def start(request: Any, context: Any) -> tuple[Call, Any]:
             call = Call("grpc", method, rpc_type, key, time.perf_counter(), md, peer=peer_host(context.peer()))
             if streaming_in:
                 return call, _counted(request, call)
             call.msgs_in = 1
+            if decode is not None and isinstance(request, bytes):
+                call.request_bytes = len(request)
             return call, request
 
         async def gen_wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
             call, request = start(request, context)
             async with self.governed(call, context):
+                request = await _decoded(decode, request, context)
                 async for resp in behavior(request, context):
                     call.msgs_out += 1
                     yield resp
@@ -146,13 +153,26 @@ class GovernanceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         async def coro_wrapper(request: Any, context: Any) -> Any:
             call, request = start(request, context)
             async with self.governed(call, context):
+                request = await _decoded(decode, request, context)
                 resp = await behavior(request, context)
                 call.msgs_out = 1 if unary_out else call.msgs_out
             return resp
 
         wrapper = gen_wrapper if inspect.isasyncgenfunction(behavior) else coro_wrapper
-        return _FACTORIES[rpc_type](wrapper, request_deserializer=handler.request_deserializer,
+        deserializer = handler.request_deserializer if streaming_in else None
+        return _FACTORIES[rpc_type](wrapper, request_deserializer=deserializer,
                                     response_serializer=handler.response_serializer)
+
+
+async def _decoded(decode: Callable[[bytes], Any] | None, request: Any, context: Any) -> Any:
+    """The request decoded after admission; undecodable bytes are the caller's error, as grpc says."""
+    if decode is None or not isinstance(request, bytes):
+        return request
+    try:
+        return decode(request)
+    except Exception:  # noqa: BLE001 - any decoder error means the same thing: bad bytes
+        await context.abort(grpc.StatusCode.INTERNAL, "Exception deserializing request!")
+        raise AssertionError("context.abort returned") from None
 
 
 def peer_host(peer: str | None) -> str | None:

@@ -29,12 +29,24 @@ _OPS_ROUTES = {"/metrics": {"enabled": False}, "/healthz": {"enabled": False}, "
 # measured and traced, so one long-lived stream never holds an in-flight slot or a quota unit.
 STREAM_RPC = {"bidi_stream /meterd.v1.TrafficWriter/WriteStream": {"enabled": False}}
 
+# Criticality for the adaptive limiter (governance/adaptive/policy.py): under overload exports and
+# long scans are shed first, account reads and admin calls next, ingest writes last. Unmatched
+# routes are "read". Every variant shares one limiter; each has its own guard rails per route.
+ADAPTIVE_PRIORITIES: dict[str, dict[str, Any]] = {
+    # Qualified by call type, so neither glob matches the WriteStream RPC itself (left to STREAM_RPC
+    # whatever order a config file lists them in).
+    "unary /meterd.v1.TrafficWriter/Write": {"priority": "write"},
+    "message /meterd.v1.TrafficWriter/WriteStream": {"priority": "write"},
+    "POST /v1/traffic": {"priority": "write"},
+    "GET /v1/accounts/{account_id}/usage": {"priority": "export"},
+}
+
 DEFAULT_PLUGINS: list[dict[str, Any]] = [  # validated into PluginSpecs by GovernanceSettings
     {"type": "metrics"},
     {"type": "tracing"},
     # Authenticate before anything counts per client: quota keys are principals, not header bytes.
     {"type": "service.governance_auth:PrincipalKey", "routes": {**_OPS_ROUTES, **STREAM_RPC}},
-    {"type": "adaptive", "routes": {**_OPS_ROUTES, **STREAM_RPC}},
+    {"type": "adaptive", "routes": {**_OPS_ROUTES, **STREAM_RPC, **ADAPTIVE_PRIORITIES}},
     # Generous per-client defaults: a guard against one runaway client, not a billing limit.
     {"type": "quota", "limit": "1000/second;30000/minute", "routes": {**_OPS_ROUTES, **STREAM_RPC}},
     {"type": "breaker", "routes": {**_OPS_ROUTES, **STREAM_RPC}},

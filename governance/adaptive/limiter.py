@@ -1,138 +1,228 @@
-"""The limiter that enforces: admits or sheds each call from the estimator, the queue policy and
-the CPU signal. Pure logic with an injected clock; `tick(cpu, lag)` feeds it signals (the plugin's
-sampler task does in production).
+"""The limiter that enforces, and the listener that reports (Netflix's Limiter / Listener).
 
-Decisions (see the estimator and queue modules for the signals):
-- queueing: the call's sojourn exceeds the target (the service's own min_rt) while the queue rule
-  is armed; arming needs load (hot CPU), so a GC pause or a noisy neighbour never sheds;
-- concurrency: in-flight exceeds max_pass x min_rt while some overload signal is up (hot CPU, loop
-  lag, latency gradient) or within the cool-off after the last drop, or exceeds it by
-  `latency_tolerance` x (Little's law says that is a queue already).
-Retry-After is the cool-off plus the measured queueing delay.
+`acquire(guard, priority, objective, nbytes)` answers a `Listener` (admitted: the listener is the
+call's token and reports its end to the limit) or the reason for shedding:
+
+- `inflight_cap` / `bytes_cap`: the route's static guard rails (any priority, any load);
+- `priority`: the limit is armed and this call's whole priority is being shed (Google SRE's
+  criticality: exports first, then reads, then writes; see `_set_level`);
+- `concurrency`: the limit is armed, this priority is the one being held to it, and in-flight
+  calls of this priority and more important ones are at its share of the limit;
+- `queueing`: the limit is armed and this call already waited ahead of the middleware longer than
+  the priority's share of `queue_target` (CoDel's idea: while overloaded, late work is shed first).
+
+`critical` calls skip the adaptive part (never shed by load) and are not samples of the workload.
+Pure logic with an injected clock; `tick()` closes sampling windows (the plugin's sampler calls it;
+`acquire` also does when it is due, so a loop too busy to run the sampler still decides on fresh data).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from governance.adaptive.estimator import BbrEstimator
+from governance.adaptive.limit import LimitSettings, QueueLimit
+from governance.adaptive.policy import (
+    AT_LEAST,
+    DEFAULT_OBJECTIVE,
+    PRIORITIES,
+    SHARE,
+    SHED_ORDER,
+    Priority,
+    RouteGuard,
+)
 from governance.adaptive.queue import BatchQueue
+from governance.core import SUCCESS, Outcome
 
 
 class AdaptiveSettings(BaseModel):
+    """The adaptive plugin's settings. Route fields (priority .. max_inflight_bytes, dry_run) may differ
+    per route variant; the rest configure the one limiter all variants share (the first one wins)."""
+
     model_config = ConfigDict(extra="forbid")
-    window: float = Field(10.0, gt=0, description="seconds of history for max_pass/min_rt")
-    buckets: int = Field(100, ge=2)
-    cpu_threshold: float = Field(0.8, gt=0, description="utilisation (0..1) that counts as hot")
-    cooloff: float = Field(1.0, ge=0, description="seconds shedding stays armed after the last drop")
-    latency_tolerance: float = Field(2.0, gt=1, description="short-window latency / min_rt that means queueing")
-    lag_floor: float = Field(0.005, ge=0, description="queueing below this is timer/GC noise, never overload")
-    queue_interval: float = Field(0.5, gt=0, description="sojourn must stay above target this long to start shedding")
-    batch_gap: float = Field(0.0005, ge=0, description="an idle gap longer than this means a batch did not queue")
-    tick: float = Field(0.05, gt=0, description="signal sampling period, seconds")
-    cpu_tau: float = Field(0.3, gt=0, description="CPU EMA time constant, seconds")
-    lag_tau: float = Field(0.1, gt=0, description="loop-lag EMA time constant, seconds")
-    cpu_cores: float | None = Field(None, description="cores one process can use; default min(1, quota)")
+    priority: Priority = Field("read", description="critical | write | read | export (shed first)")
+    objective: float | None = Field(None, gt=0, description="admitted latency objective, s; None: by priority")
+    max_inflight: int = Field(1024, ge=1, description="static cap on this route's in-flight calls")
+    max_inflight_bytes: int = Field(256 << 20, ge=1, description="static cap on its in-flight request bytes")
     dry_run: bool = Field(False, description="decide and count, but never shed (rollout / benchmarks)")
+    window: float = Field(0.1, gt=0, description="sampling window, seconds")
+    growth_interval: float = Field(0.8, gt=0, description="a queue must grow this long to count as standing")
+    growth_min: int = Field(8, ge=1, description="calls a growing queue must gain over growth_interval")
+    growth_fraction: float = Field(0.25, gt=0, description="growth relative to completions (0.25: 1.25x load)")
+    growth_floor: float = Field(0.1, gt=0, le=1, description="latency / objective below which growth is fine")
+    cooloff: float = Field(1.0, ge=0, description="seconds without a shed or signal before disarming")
+    min_limit: int = Field(2, ge=1, description="the armed limit never goes below this")
+    queue_target: float = Field(0.05, gt=0, description="while armed, shed calls that waited longer, s")
+    batch_gap: float = Field(0.0005, ge=0, description="an idle gap longer than this means a batch did not queue")
+    tick: float = Field(0.05, gt=0, description="sampler period, seconds")
+    cpu_tau: float = Field(0.3, gt=0, description="CPU gauge EMA time constant, seconds")
+    lag_tau: float = Field(0.1, gt=0, description="loop-lag gauge EMA time constant, seconds")
+    cpu_cores: float | None = Field(None, description="cores one process can use; default min(1, quota)")
+
+    def route_objective(self) -> float:
+        return self.objective if self.objective is not None else DEFAULT_OBJECTIVE[self.priority]
+
+    def limit_settings(self) -> LimitSettings:
+        return LimitSettings(self.window, self.growth_interval, self.growth_min, self.growth_fraction,
+                             self.growth_floor, self.cooloff, self.min_limit)
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterStats:
+    """A read-only snapshot for gauges and dashboards: nothing outside the limiter writes its state."""
+
+    limit: float  # 0 while unarmed (no limit)
+    inflight: int
+    armed: bool
+    reason: str
+    latency_ratio: float
+    queue_delay: float
+    cpu: float
+    loop_lag: float
+    sheds: int
+
+
+class Listener:
+    """The token of one admitted call: gives back its slot and reports its latency to the limit."""
+
+    __slots__ = ("limiter", "guard", "priority", "nbytes", "sojourn", "objective", "sampled", "dry_run_reason",
+                 "admitted", "ended")
+
+    def __init__(self, limiter: AdaptiveLimiter, guard: RouteGuard, priority: Priority, nbytes: int,
+                 sojourn: float, objective: float, sampled: bool) -> None:
+        self.limiter, self.guard, self.priority, self.nbytes = limiter, guard, priority, nbytes
+        self.sojourn, self.objective, self.sampled = sojourn, objective, sampled
+        self.dry_run_reason: str | None = None  # what a dry-run limiter admitted instead of shedding
+        self.admitted = 0.0
+        self.ended = False
+
+    def release(self, outcome: Outcome) -> None:
+        self.ended = True
+        self.guard.leave(self.nbytes)
+        if not self.sampled:
+            return
+        lim = self.limiter
+        lim.inflight -= 1
+        lim.by_priority[self.priority] -= 1
+        # Only successes time the service: a fast failure or a refusal further on is not capacity.
+        ok = outcome.kind is SUCCESS
+        lim.limit.on_completion((self.sojourn + outcome.duration) / self.objective if ok else None)
 
 
 class AdaptiveLimiter:
     """Not thread-safe by design: one instance lives on one event loop."""
 
-    def __init__(self, settings: AdaptiveSettings | None = None, clock: Callable[[], float] = time.monotonic,
-                 cpu_now: Callable[[], float] | None = None) -> None:
-        """cpu_now: the process's CPU utilisation since the last tick, read on demand (the plugin
-        wires CpuSignal.peek), for decisions taken while the loop is too busy to tick."""
+    def __init__(self, settings: AdaptiveSettings | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = s = settings or AdaptiveSettings()
         self._clock = clock
-        self.cpu_now = cpu_now
-        self.estimator = BbrEstimator(s.window, s.buckets, clock())
+        self.limit = QueueLimit(s.limit_settings(), clock())
         self.queue = BatchQueue(s.batch_gap)
-        self.inflight = 0
-        self.cpu = 0.0  # EMA of the CPU signal
-        self.cpu_sample = 0.0  # the latest raw sample, which leads the EMA by its time constant
+        self.inflight = 0  # sheddable calls admitted and still running
+        self.by_priority: dict[str, int] = dict.fromkeys(PRIORITIES, 0)
+        self._asked: dict[str, float] = dict.fromkeys(PRIORITIES, -math.inf)  # last call, by priority
+        self.level = 0  # how many priorities of SHED_ORDER are being shed (see _set_level)
+        self._level_at = -math.inf
+        self.sheds = 0
+        self._admitted: deque[Listener] = deque()
+        self.cpu = 0.0  # gauges only: the decisions never look at CPU
         self.lag = 0.0
         self._last_tick: float | None = None
-        self.conc_armed = False  # some overload signal says: cap concurrency
-        self.last_drop = -math.inf
-        self.drops = 0
-        self.queue_target = s.lag_floor
 
     def now(self) -> float:
         return self._clock()
 
-    def tick(self, cpu: float, lag: float) -> None:
-        """Feed one sample of CPU utilisation and event-loop lag (seconds); re-evaluate arming."""
-        s = self.settings
-        now = self._clock()
+    def tick(self, cpu: float = 0.0, lag: float = 0.0) -> None:
+        """Close due sampling windows; update the CPU and loop-lag gauges."""
+        s, now = self.settings, self._clock()
         dt = s.tick if self._last_tick is None else max(1e-6, now - self._last_tick)
         self._last_tick = now
-        self.cpu_sample = cpu
         self.cpu += (cpu - self.cpu) * (1.0 - math.exp(-dt / s.cpu_tau))
         self.lag += (lag - self.lag) * (1.0 - math.exp(-dt / s.lag_tau))
-        self.estimator.advance(now)
-        self.queue_target = max(self.estimator.min_rt, s.lag_floor)
-        self.conc_armed = (self.lag > self.queue_target or self.estimator.latency_up(s.latency_tolerance)
-                           or self.cpu >= s.cpu_threshold)
-        if self.queue.armed and now - self.last_drop >= s.cooloff:
-            self.queue.armed = False
+        self._roll(now)
+
+    def _roll(self, now: float) -> None:
+        if not self.limit.due(now):
+            return
+        admitted = self._admitted  # oldest first; ended calls are dropped from the front lazily
+        while admitted and admitted[0].ended:
+            admitted.popleft()
+        oldest = admitted[0] if admitted else None
+        age = (now - oldest.admitted + oldest.sojourn) / oldest.objective if oldest is not None else 0.0
+        self.limit.roll(now, self.inflight, age)
+        self._set_level(now)
 
     def on_mark(self, now: float) -> None:
         self.queue.on_mark(now)
 
-    def sojourn(self, now: float) -> float:
-        return self.queue.sojourn(now)
-
-    def acquire(self) -> str | None:
-        """None to admit (and count in-flight), else the reason for shedding."""
+    def acquire(self, guard: RouteGuard, priority: Priority, objective: float, nbytes: int = 0,
+                dry_run: bool = False) -> Listener | str:
+        """A listener (admitted), or the reason this call is shed. `dry_run`: decide, count, admit."""
         now = self._clock()
-        s = self.settings
         sojourn = self.queue.sojourn(now)
-        # A call that has itself waited queue_interval is a standing queue already: it arms the
-        # queue rule at once, on the latest CPU sample rather than the EMA (which lags a load step).
-        standing = sojourn >= s.queue_interval and self._hot_now()
-        pressure = sojourn > self.queue_target and (self.cpu >= s.cpu_threshold or self._hot_while_unsampled(now))
-        if self.queue.should_shed(now, sojourn, self.queue_target, pressure, standing, s.queue_interval):
-            return self._drop(now, "queueing")
-        if self._over_concurrency(now):
-            return self._drop(now, "concurrency")
-        self.inflight += 1
+        reason = guard.refuse(nbytes)
+        sampled = priority != "critical"
+        if reason is None and sampled:
+            self._asked[priority] = now
+            self._roll(now)
+            reason = self._shed_reason(self.limit, priority, sojourn)
+        if reason is not None:
+            self.sheds += 1
+            self.limit.on_shed(now)
+            if not dry_run:
+                return reason
+        guard.enter(nbytes)
+        if sampled:
+            self.inflight += 1
+            self.by_priority[priority] += 1
+            self.limit.on_arrival(now, sojourn, objective)
+        listener = Listener(self, guard, priority, nbytes, sojourn, objective, sampled)
+        listener.dry_run_reason = reason
+        if sampled:
+            listener.admitted = now
+            self._admitted.append(listener)
+        return listener
+
+    def _shed_reason(self, limit: QueueLimit, priority: Priority, sojourn: float) -> str | None:
+        if not limit.armed:
+            return None
+        rank = SHED_ORDER.index(priority) + 1
+        if rank > self.level:
+            return None  # not this priority's turn: less important ones are shed first
+        if rank < self.level:
+            return "priority"  # its whole class is shed: the overload survived shedding it partly
+        share = SHARE[priority]
+        if sojourn > self.settings.queue_target * share:
+            return "queueing"
+        if sum(self.by_priority[p] for p in AT_LEAST[priority]) >= max(1.0, limit.limit * share):
+            return "concurrency"
         return None
 
-    def _over_concurrency(self, now: float) -> bool:
-        limit, s = self.estimator.max_inflight, self.settings
-        return bool(limit and self.inflight > 1 and self.inflight > limit and (
-            self.conc_armed or now - self.last_drop < s.cooloff or self.inflight > s.latency_tolerance * limit))
-
-    def _drop(self, now: float, reason: str) -> str:
-        self.last_drop = now
-        self.drops += 1
-        return reason
-
-    def _hot_while_unsampled(self, now: float) -> bool:
-        """The sampler is overdue (one batch has held the loop for more than two ticks, so the EMA
-        cannot move) and the CPU used since its last sample is hot."""
-        s, last = self.settings, self._last_tick
-        return (self.cpu_now is not None and last is not None and now - last > 2 * s.tick
-                and self.cpu_now() >= s.cpu_threshold)
-
-    def _hot_now(self) -> bool:
-        """The latest CPU sample is hot, or the CPU used since that sample is."""
-        threshold = self.settings.cpu_threshold
-        if self.cpu_sample >= threshold:
-            return True
-        return self.cpu_now is not None and self.cpu_now() >= threshold
-
-    def release(self, duration: float, success: bool) -> None:
-        self.inflight -= 1
-        if success:
-            self.estimator.record(self._clock(), duration)
+    def _set_level(self, now: float) -> None:
+        """Escalate through SHED_ORDER while the limit is pressing, one step per growth_interval,
+        skipping priorities nobody asked for; step back once admitted latency is calm again."""
+        lim, s = self.limit, self.settings
+        if not lim.armed:
+            self.level = 0
+            return
+        settled = now - self._level_at >= s.growth_interval
+        if self.level == 0 or (lim.pressing and settled and self.level < len(SHED_ORDER)):
+            self.level, self._level_at = self.level + 1, now
+        elif lim.calm and settled and self.level > 1:
+            self.level, self._level_at = self.level - 1, now
+        while self.level < len(SHED_ORDER) and now - self._asked[SHED_ORDER[self.level - 1]] > s.cooloff:
+            self.level += 1  # nothing of that priority to shed
 
     def retry_after(self) -> float:
-        est = self.estimator
-        queue_delay = max(self.lag, est.short_rt - est.min_rt, 0.0)
-        return max(1.0, math.ceil(self.settings.cooloff + queue_delay))
+        """Whole seconds: the cool-off plus the queueing delay callers are seeing now."""
+        return float(max(1, math.ceil(self.settings.cooloff + self.limit.delay)))
+
+    def snapshot(self) -> LimiterStats:
+        lim = self.limit
+        return LimiterStats(limit=lim.limit if lim.armed else 0.0, inflight=self.inflight, armed=lim.armed,
+                            reason=lim.reason, latency_ratio=lim.ratio, queue_delay=lim.delay, cpu=self.cpu,
+                            loop_lag=self.lag, sheds=self.sheds)

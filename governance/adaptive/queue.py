@@ -4,9 +4,7 @@ In one asyncio process a CPU-bound backlog queues *before* the middleware (ready
 buffers), so in-flight stays ~1 and a concurrency cap never sheds. The loop runs such a backlog in
 batches: a marker callback queued behind each batch fires when the next one starts, so every call
 gets a sojourn estimate (half the previous back-to-back batch, in which it arrived, plus its
-position in the current one). CoDel-style: once sojourn stays above the target for `interval`
-(or at once when a call has itself waited `interval`: a standing queue), calls whose sojourn
-exceeds the target are shed until the limiter's cool-off passes with no drop.
+position in the current one). This module only measures; the limit decides what the delay means.
 """
 
 from __future__ import annotations
@@ -19,12 +17,10 @@ class BatchQueue:
         self.batch_gap = batch_gap
         self.in_batch = False
         self.need_mark = False  # the host must queue a marker behind the current batch
-        self.armed = False  # sojourn stayed above target for the interval: shed late calls
         self._batch_start = 0.0
         self._batch_carry = 0.0
         self._mark_t = -math.inf
         self._prev_batch = 0.0
-        self._first_above: float | None = None
 
     def on_mark(self, now: float) -> None:
         """The marker queued behind the current batch ran: that batch is over."""
@@ -49,16 +45,3 @@ class BatchQueue:
         # step), so a gap of up to a tenth of the previous batch still counts as back to back.
         back_to_back = now - self._mark_t <= max(self.batch_gap, 0.1 * self._prev_batch)
         return self._prev_batch / 2 if back_to_back else 0.0
-
-    def should_shed(self, now: float, sojourn: float, target: float, pressure: bool, standing: bool,
-                    interval: float) -> bool:
-        """CoDel's rule. `pressure`: some signal says the loop is behind because of load, not a
-        pause; `standing`: this call has itself waited `interval` on a hot CPU (arms at once)."""
-        if sojourn > target and (self.armed or standing or pressure):
-            if self._first_above is None:
-                self._first_above = now
-            if not self.armed and (standing or now - self._first_above >= interval):
-                self.armed = True
-            return self.armed
-        self._first_above = None
-        return False

@@ -239,7 +239,7 @@ async def test_adaptive_refusals_are_one_shared_decision_rendered_fresh_each_tim
     # one per call; every reply must still be a whole 503 problem, counted once and released.
     gov = Governance.from_config({"plugins": [{"type": "metrics"}, {"type": "adaptive"}]}, registry=registry)
     adaptive = gov.plugin("adaptive")
-    adaptive.limiter.acquire = lambda: "queueing"  # type: ignore[method-assign]  # shed everything
+    adaptive.limiter.acquire = lambda *a: "queueing"  # type: ignore[method-assign]  # shed everything
     refusals = {id(adaptive.admit(Call("http", "/hello", "GET", None, 0.0))) for _ in range(3)}
     assert len(refusals) == 1
     async with client_for(gov.asgi(make_starlette())) as http:

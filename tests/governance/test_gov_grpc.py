@@ -8,7 +8,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from governance import Governance
+from governance import NOOP, Call, Governance, Rejection, Token
 from tests.governance.gov_helpers import (
     SERVICE,
     client_for,
@@ -163,3 +163,48 @@ def test_peer_host_parses_grpc_peer_strings() -> None:
     assert peer_host("ipv6:[::1]:50051") == "::1"
     assert peer_host("unix:/tmp/s") == "unix:/tmp/s"
     assert peer_host("") is None and peer_host(None) is None
+
+
+class RefuseBig:
+    """Refuses requests over 10 bytes, by the size the adapter knows before decoding."""
+
+    name = "refusebig"
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def admit(self, call: Call) -> Token | Rejection:
+        self.sizes.append(call.request_bytes)
+        return Rejection(self.name, "too_big", "overloaded") if call.request_bytes > 10 else NOOP
+
+
+async def test_a_refused_unary_request_is_never_deserialised(registry: CollectorRegistry) -> None:
+    decoded: list[bytes] = []
+
+    def decode(raw: bytes) -> bytes:
+        decoded.append(raw)
+        return raw
+
+    async def echo(request: bytes, context: object) -> bytes:
+        return b"ok:" + request
+
+    gov = Governance.from_config({"plugins": [{"type": "metrics"},
+                                              {"type": "tests.governance.test_gov_grpc:RefuseBig"}]},
+                                 registry=registry)
+    server = grpc.aio.server(interceptors=[gov.grpc_interceptor()])
+    handler = grpc.unary_unary_rpc_method_handler(echo, request_deserializer=decode)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", {"M": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/t.S/M")
+            assert await call(b"small") == b"ok:small"
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(b"x" * 1000)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(None)
+        await gov.aclose()
+    assert gov.plugin("refusebig").sizes == [5, 1000]  # admission knew each request's size...
+    assert decoded == [b"small"]  # ...and only the admitted one was decoded

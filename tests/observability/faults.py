@@ -150,11 +150,19 @@ def running_relay(workdir: Path, robots: dict[str, FakeDingTalk], port: int) -> 
         _stop_group(process)
 
 
+WRITE_INFLIGHT_CAP = 1  # Traffic.write_burst sends 8 at once
+
+
 def meterd_config(tmp: Path) -> dict[str, Any]:
     plugins = copy.deepcopy(DEFAULT_PLUGINS)
     quota = next(p for p in plugins if p["type"] == "quota")
     # A route override below the default: the balance reads of the scenario get 429s.
     quota["routes"] = {**quota["routes"], "GET /v1/accounts/{account_id}/balance": {"limit": BALANCE_QUOTA}}
+    adaptive = next(p for p in plugins if p["type"] == "adaptive")
+    # The write route's static in-flight cap, low: a burst of writes goes past it and some are shed
+    # (governance_adaptive_sheds_total{priority="write"}, the series the shedding alert reads).
+    adaptive["routes"]["unary /meterd.v1.TrafficWriter/Write"] = {"priority": "write",
+                                                                  "max_inflight": WRITE_INFLIGHT_CAP}
     return {
         # The kafka breaker stays open for the rest of the scenario once the broker is gone.
         "governance": {"plugins": plugins, "outbound": {"kafka": {"reset_timeout": 300}}},
@@ -245,6 +253,24 @@ class Traffic:
                 self.expect("bad Write", "OK", code)
             except grpc.RpcError as err:
                 self.expect("bad Write", err.code(), code)
+
+    def write_burst(self) -> None:
+        """8 concurrent 2000-record writes past the Write route's in-flight cap, until one is shed."""
+        md = bearer(self.key)
+        records = [record(self.account, bytes_out=i) for i in range(2000)]
+
+        def one(_: int) -> str:
+            try:
+                self.stub.Write(pb(records, unique()), metadata=md, timeout=10)
+                return "OK"
+            except grpc.RpcError as err:
+                return f"{err.code().name}: {err.details()}"
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if any("inflight_cap" in answer for answer in self.pool.map(one, range(8))):
+                return
+        self.problems.append("no write of a burst was shed past the Write route's in-flight cap")
 
     def profile(self, action: str, status: int) -> None:
         resp = self.admin.post(f"/debug/profiles/{action}", json={"duration_s": 30} if action == "start" else None)

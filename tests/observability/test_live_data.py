@@ -92,6 +92,7 @@ SIGNALS: dict[str, str] = {
     'meterd_relay_send_failures_total{robot="broken", reason="http_5xx"} > 0': "the failing robot's 5xx",
     'meterd_relay_notifications_total{robot="broken", result="rejected"} > 0': "the failing robot's refusal",
     'governance_breaker_state{breaker="kafka"} == 1': "the kafka breaker opened",
+    'governance_adaptive_sheds_total{priority="write", reason="inflight_cap"} > 0': "a write burst went past the cap",
     # Alerts (for: removed) that the faults must fire: the rules work on real series.
     'ALERTS{alertname="MeterdDependencyBreakerOpen", alertstate="firing", breaker="kafka"}': "the outage",
     'ALERTS{alertname="MeterdErrorBudgetBurn", alertstate="firing", severity="critical"}': "the outage's errors",
@@ -289,6 +290,8 @@ def healthy_traffic(traffic: Traffic, failing_robot: FakeDingTalk, profiles: Pat
     for i in range(8):
         traffic.http_round()
         traffic.grpc_round()
+        if i in (1, 5):  # twice: the shed counter increases between two scrapes
+            traffic.write_burst()
         if i == 0:
             traffic.profile("start", 201)
             traffic.relay_firing_and_resolved()

@@ -204,9 +204,9 @@ SLOW_BODIES = 20
 
 
 def _wait_until_limiter_is_idle(sec: SecurityMeterd, timeout: float = 30.0) -> None:
-    """Until the adaptive limiter has no recent history (its 10 s window): 20 requests at once on a
-    server that just served a handful look like a queue to it (Little's law) and it refuses most
-    with 503, which never reach the body deadline this test is about. /metrics is not governed."""
+    """Until the adaptive limiter is unarmed (no limit, not overloaded): a limiter still shedding
+    from earlier load would answer 503 before the body deadline this test is about. /metrics is
+    not governed."""
     deadline = time.monotonic() + timeout
     values: dict[str, list[float]] = {}
     with sec.m.client("") as c:
