@@ -10,14 +10,19 @@ from service.config import IngestSettings
 from service.ingest.errors import FieldViolation, ForeignRecords, InvalidBatch
 from service.pb.meterd.v1 import traffic_pb2
 
-BATCH_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+BATCH_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Printable ASCII that hostnames, UUIDs, IP:port and cloud/pod paths use; no control characters,
+# spaces or quotes (they break PostgreSQL text, logs and CSV), and no leading = + - @ (spreadsheet
+# formulas in an export).
+NODE_ID = re.compile(r"(?![=+@-])[A-Za-z0-9._:@/+=~\[\]-]{1,128}")
+NODE_ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ : @ / + = ~ [ ] -, not starting with = + - @"
 _MAX_VIOLATIONS = 50
 
 
 def validate_shape(batch_id: str, record_count: int, settings: IngestSettings) -> None:
     """The checks that need no lookup; run first so an oversized batch costs no query."""
     violations: list[FieldViolation] = []
-    if not BATCH_ID.match(batch_id):
+    if not BATCH_ID.fullmatch(batch_id):
         violations.append(FieldViolation("batch_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -"))
     if record_count == 0:
         violations.append(FieldViolation("records", "must contain at least one record"))
@@ -63,8 +68,8 @@ def validate_batch(
             add(FieldViolation(f"records[{i}].account_id", f"account '{acc}' is {status}"))
         if not r.node_id:
             add(FieldViolation(f"records[{i}].node_id", "is required"))
-        elif len(r.node_id) > 128:
-            add(FieldViolation(f"records[{i}].node_id", "must be at most 128 characters"))
+        elif not NODE_ID.fullmatch(r.node_id):
+            add(FieldViolation(f"records[{i}].node_id", NODE_ID_RULE))
         ts = r.timestamp_ms
         if ts <= 0:
             add(FieldViolation(f"records[{i}].timestamp_ms", "is required (Unix time in milliseconds)"))
