@@ -97,7 +97,8 @@ class IngestService:
             # The PRODUCER span's context rides with the batch (Kafka headers, or the log row).
             with producer_span(self._destination, headers, attributes={"meterd.batch_id": batch_id}):
                 duplicate = await self._log.append(
-                    Outgoing(key, digest, len(records), batch.SerializeToString(), headers))
+                    Outgoing(key, digest, len(records), batch.SerializeToString(), headers,
+                             max(r.timestamp_ms for r in records) // 1000))
             result = WriteResult(batch_id, len(records), duplicate)
             self._remember(key, digest)
             future.set_result(result)

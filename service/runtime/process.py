@@ -101,7 +101,7 @@ class MeterdProcess:
         db_breaker = outbound(gov, "database", s.governance, fail_max=5, reset_timeout=5.0,
                               exclude=(OffsetConflict, LogRowsTaken, AlreadyApplied))
         repo: Repository = GuardedRepository(Repository(db), db_breaker)  # type: ignore[assignment]
-        books = Ledger(db)
+        books = Ledger(db, future_s=s.ingest.max_future_seconds)
         books.on_crossings = self.metrics.count_crossings
         ledger: Ledger = GuardedRepository(books, db_breaker)  # type: ignore[assignment]
         auth = Authenticator(repo, self.admin_token)

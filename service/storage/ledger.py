@@ -52,6 +52,7 @@ class Claim:
     records: int
     payload: bytes = b""  # for the database log: the serialized batch
     traceparent: str | None = None
+    latest_record_s: int | None = None  # the batch's latest record time (dedupe retention)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +102,11 @@ def now_ms() -> int:
 
 
 class Ledger:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, future_s: int = 300) -> None:
         self.db = db
+        # ingest.max_future_seconds: how far ahead of its claim a record may be stamped, and the
+        # clock difference between writer and consumer hosts the dedupe retention allows for.
+        self.future_s = future_s
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
         # Told about the quota threshold crossings each committed flush recorded (metrics).
         self.on_crossings: Callable[[list[Crossing]], None] | None = None
@@ -120,7 +124,7 @@ class Ledger:
         async with self.db.engine.begin() as conn:
             won: set[str] = set()
             rows = [{"dedupe_key": c.key, "digest": c.digest, "records": c.records, "claimed_at": now_s,
-                     "applied_at_ms": None} for c in unique.values()]
+                     "applied_at_ms": None, "latest_record_s": c.latest_record_s} for c in unique.values()]
             for chunk in _chunks(rows):
                 stmt = self._insert(b).values(chunk).on_conflict_do_nothing(index_elements=["dedupe_key"])
                 won.update(r[0] for r in await conn.execute(stmt.returning(b.c.dedupe_key)))
@@ -227,8 +231,8 @@ class Ledger:
         # marks claimed ones; an id counted already or claimed for other records is not returned.
         b = schema.batches
         now_s, at = int(time.time()), now_ms()
-        rows = [{"dedupe_key": k, "digest": d, "records": n, "claimed_at": now_s, "applied_at_ms": at}
-                for k, (d, n) in sorted(applied.items())]
+        rows = [{"dedupe_key": k, "digest": d, "records": n, "claimed_at": now_s, "applied_at_ms": at,
+                 "latest_record_s": None} for k, (d, n) in sorted(applied.items())]
         marked: set[str] = set()
         for chunk in _chunks(rows):
             stmt = self._insert(b).values(chunk)
@@ -248,11 +252,17 @@ class Ledger:
             return res.rowcount or 0
 
     async def purge(self, before_s: int) -> int:
-        """Forgets counted batch ids claimed before ``before_s`` (dedupe retention)."""
+        """Forgets counted batch ids whose latest record time is before ``before_s`` (now minus the
+        dedupe retention) by more than the clock allowance; an id without a stored record time is
+        bounded by its claim time plus max_future (no record of it was stamped later)."""
         b = schema.batches
+        counted = b.c.applied_at_ms.is_not(None)
+        cut = before_s - self.future_s
         async with self.db.engine.begin() as conn:
-            res = await conn.execute(b.delete().where(and_(b.c.claimed_at < before_s, b.c.applied_at_ms.is_not(None))))
-            return res.rowcount or 0
+            by_record = await conn.execute(b.delete().where(and_(counted, b.c.latest_record_s < cut)))
+            by_claim = await conn.execute(b.delete().where(and_(
+                counted, b.c.latest_record_s.is_(None), b.c.claimed_at < cut - self.future_s)))
+            return (by_record.rowcount or 0) + (by_claim.rowcount or 0)
 
 
 async def _states(conn: AsyncConnection, keys: list[str]) -> dict[str, BatchState]:

@@ -136,8 +136,12 @@ batches = Table(
     Column("records", Integer, nullable=False),
     Column("claimed_at", BigInteger, nullable=False),  # Unix seconds, for retention
     Column("applied_at_ms", BigInteger, nullable=True),  # NULL: acknowledged, not counted yet
+    # Unix seconds of the batch's latest record (migration 5): its id is kept until no record of
+    # it can be accepted again. NULL (older claims, ids the consumer inserts): claimed_at stands in.
+    Column("latest_record_s", BigInteger, nullable=True),
 )
 Index("ix_batches_claimed_at", batches.c.claimed_at)
+Index("ix_batches_latest_record", batches.c.latest_record_s)
 
 # The durable log between writer and consumer when no Kafka is configured: a row is appended (in
 # the claim's transaction) before the writer acknowledges, and deleted in the transaction that
