@@ -51,8 +51,8 @@ class PipelineMetrics:
             "meterd_consumer_lag_seconds", "Age of the oldest acknowledged batch not yet counted "
             "(database log) or since the consumer last caught up (Kafka)", registry=registry)
         self.stale_offsets = Counter(
-            "meterd_consumer_stale_offsets", "Stored partition offsets found past the end of their log "
-            "(topic recreated or broker reset), by the policy applied", ["policy"], registry=registry)
+            "meterd_consumer_stale_offsets", "Stored partition offsets found not to fit their log (past "
+            "its end, or a different message before them: topic recreated or broker reset), by the policy applied", ["policy"], registry=registry)
         for policy in ("earliest", "halt"):  # zero series from the start, so alerts see an increase
             self.stale_offsets.labels(policy)
         self.usage_saturated = Counter(

@@ -93,6 +93,7 @@ class Flush:
     usage: UsageDelta = field(default_factory=dict)  # (account, node, minute) -> sums
     applied: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # key -> (digest, records)
     offsets: dict[int, tuple[int | None, int]] = field(default_factory=dict)  # Kafka: partition CAS
+    marks: dict[int, str] = field(default_factory=dict)  # Kafka: fingerprint of each new offset's last message
     log_seqs: list[int] = field(default_factory=list)  # database log rows this flush consumes
     dead: list[DeadLetter] = field(default_factory=list)  # database log rows it could not count
 
@@ -170,11 +171,15 @@ class Ledger:
             return [LogRow(int(r[0]), r[1], bytes(r[2]), r[3], int(r[4])) for r in await conn.execute(q)]
 
     async def load_offsets(self, group_id: str, topic: str) -> dict[int, int]:
+        return {p: offset for p, (offset, _) in (await self.load_positions(group_id, topic)).items()}
+
+    async def load_positions(self, group_id: str, topic: str) -> dict[int, tuple[int, str | None]]:
+        """partition -> (next offset, fingerprint of the message before it, when known)."""
         o = schema.consumer_offsets
         async with self.db.engine.connect() as conn:
-            res = await conn.execute(select(o.c.partition, o.c.next_offset)
+            res = await conn.execute(select(o.c.partition, o.c.next_offset, o.c.last_mark)
                                      .where(and_(o.c.group_id == group_id, o.c.topic == topic)))
-            return {int(r[0]): int(r[1]) for r in res}
+            return {int(r[0]): (int(r[1]), r[2]) for r in res}
 
     async def apply(self, flush: Flush, *, group_id: str = "", topic: str = "") -> None:
         """The one flush transaction. Raises (and writes nothing) when this consumer no longer owns
@@ -183,7 +188,7 @@ class Ledger:
         crossings: list[Crossing] = []
         async with self.db.engine.begin() as conn:
             if flush.offsets:
-                await self._cas_offsets(conn, group_id, topic, flush.offsets)
+                await self._cas_offsets(conn, group_id, topic, flush.offsets, flush.marks)
             if flush.log_seqs:
                 await _take_log_rows(conn, flush.log_seqs)
             if flush.dead:
@@ -199,19 +204,20 @@ class Ledger:
             self.on_crossings(crossings)  # after commit: counts only crossings that were stored
 
     async def _cas_offsets(self, conn: AsyncConnection, group_id: str, topic: str,
-                           offsets: dict[int, tuple[int | None, int]]) -> None:
+                           offsets: dict[int, tuple[int | None, int]], marks: dict[int, str]) -> None:
         o = schema.consumer_offsets
         lost: set[int] = set()
         for partition, (expected, new) in sorted(offsets.items()):
+            mark = marks.get(partition)
             if expected is None:
                 stmt = self._insert(o).values(group_id=group_id, topic=topic, partition=partition,
-                                              next_offset=new).on_conflict_do_nothing()
+                                              next_offset=new, last_mark=mark).on_conflict_do_nothing()
                 res = await conn.execute(stmt)
             else:
                 res = await conn.execute(
                     update(o).where(and_(o.c.group_id == group_id, o.c.topic == topic,
                                          o.c.partition == partition, o.c.next_offset == expected))
-                    .values(next_offset=new))
+                    .values(next_offset=new, last_mark=mark))
             if res.rowcount != 1:
                 lost.add(partition)
         if lost:
@@ -222,9 +228,10 @@ class Ledger:
         o = schema.consumer_offsets
         async with self.db.engine.begin() as conn:
             for partition, offset in partitions.items():
-                stmt = self._insert(o).values(group_id=group_id, topic=topic, partition=partition, next_offset=offset)
+                stmt = self._insert(o).values(group_id=group_id, topic=topic, partition=partition,
+                                              next_offset=offset, last_mark=None)
                 await conn.execute(stmt.on_conflict_do_update(index_elements=["group_id", "topic", "partition"],
-                                                              set_={"next_offset": offset}))
+                                                              set_={"next_offset": offset, "last_mark": None}))
 
     async def _mark_applied(self, conn: AsyncConnection, applied: dict[str, tuple[bytes, int]]) -> None:
         # Inserts the ids of batches no writer claimed (older writers, tests producing directly),

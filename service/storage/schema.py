@@ -176,6 +176,9 @@ consumer_offsets = Table(
     Column("topic", String(200), primary_key=True),
     Column("partition", Integer, primary_key=True),
     Column("next_offset", BigInteger, nullable=False),
+    # A fingerprint of the message at next_offset - 1 (migration 5): a log reset under the stored
+    # offset is detected by that message being different or missing, whatever the new log's length.
+    Column("last_mark", String(64), nullable=True),
 )
 
 schema_migrations = Table(

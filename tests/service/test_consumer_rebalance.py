@@ -34,6 +34,7 @@ class Msg:
     value: bytes
     key: bytes = b""
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    timestamp: int = 0
 
 
 class StandInKafka:
@@ -134,13 +135,35 @@ async def test_a_partition_lost_before_the_flush_is_not_written(ledger: Ledger) 
     old, _ = await consumer(ledger, {0, 1})
     await old._handle(tp(0), [Msg(TOPIC, 0, 0, batch("a", 1))])
     await old._handle(tp(1), [Msg(TOPIC, 1, 0, batch("b", 10))])
+    old_kafka = old._consumer
     new, _ = await consumer(ledger, {1})
     await new._handle(tp(1), [Msg(TOPIC, 1, 0, batch("b", 10)), Msg(TOPIC, 1, 1, batch("c", 100))])
     await new.flush()
+    old_kafka.owned.discard(tp(1))  # type: ignore[attr-defined]  # the rebalance reached it too
     await old.flush()
     assert await counted(ledger) == 111
     assert await ledger.load_offsets(old._kafka.group_id, TOPIC) == {0: 1, 1: 2}
     assert 1 not in old._buffers
+
+
+async def test_a_partition_still_assigned_after_a_lost_race_is_re_read(ledger: Ledger) -> None:
+    """N14: a zombie (a consumer already expelled from the group) flushes partition 1 first. The
+    owner, still assigned partition 1, loses the offset race: it must re-read from the stored
+    offset, not forget the partition until a rebalance that may never come."""
+    log = [Msg(TOPIC, 1, 0, batch("a", 1), b"k-a", timestamp=1),
+           Msg(TOPIC, 1, 1, batch("b", 10), b"k-b", timestamp=2),
+           Msg(TOPIC, 1, 2, batch("c", 100), b"k-c", timestamp=3)]
+    owner, kafka = await consumer(ledger, {0, 1})
+    zombie, _ = await consumer(ledger, {1})
+    await owner._handle(tp(1), log[:1])
+    await zombie._handle(tp(1), log[:1])
+    await zombie.flush()
+    await owner.flush()  # loses the race on partition 1
+    assert {t.partition for t in kafka.assignment()} == {0, 1}
+    await owner._handle(tp(1), log[kafka.positions[1]:])  # the next fetch, from wherever it is now
+    await owner.flush()
+    assert await counted(ledger) == 111
+    assert await ledger.load_offsets(owner._kafka.group_id, TOPIC) == {1: 3}
 
 
 @pytest.mark.parametrize("policy", ["earliest", "halt"])
