@@ -118,6 +118,12 @@ class ConsumerSettings(_Section):
     # How long per-minute usage rows are kept (step=1m queries); the 5-minute, hourly and daily
     # rollups are kept for ever.
     minute_retention_seconds: int = Field(90 * 24 * 3600, gt=0)
+    # Claims of batches never counted (a Kafka produce that failed and was not retried, a
+    # dead-lettered row); keep them longer than a message can wait in Kafka.
+    unapplied_claim_retention_seconds: int = Field(30 * 24 * 3600, gt=0)
+    # Quota events (GET /v1/accounts/{id}/events) once their webhook is done, and dead letters.
+    quota_event_retention_seconds: int = Field(400 * 24 * 3600, gt=0)
+    dead_letter_retention_seconds: int = Field(90 * 24 * 3600, gt=0)
 
 
 class WebhookSettings(_Section):

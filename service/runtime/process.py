@@ -103,6 +103,7 @@ class MeterdProcess:
         repo: Repository = GuardedRepository(Repository(db), db_breaker)  # type: ignore[assignment]
         books = Ledger(db, future_s=s.ingest.max_future_seconds)
         books.on_crossings = self.metrics.count_crossings
+        books.on_saturated = self.metrics.usage_saturated.inc
         ledger: Ledger = GuardedRepository(books, db_breaker)  # type: ignore[assignment]
         auth = Authenticator(repo, self.admin_token)
         bind_authenticator(gov, auth)  # the chain's `auth` plugin keys quota by principal from here on

@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.storage import schema
+from service.storage import purges, schema
 from service.storage.db import Database
 from service.storage.quota_alerts import Crossing, record_crossings
 from service.storage.rollup import UsageDelta
@@ -109,8 +109,10 @@ class Ledger:
         # clock difference between writer and consumer hosts the dedupe retention allows for.
         self.future_s = future_s
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
-        # Told about the quota threshold crossings each committed flush recorded (metrics).
+        # Told about the quota threshold crossings each committed flush recorded (metrics), and
+        # about stored sums it stopped at the overflow ceiling.
         self.on_crossings: Callable[[list[Crossing]], None] | None = None
+        self.on_saturated: Callable[[int], None] | None = None
 
     # -- writer side --------------------------------------------------------------------------
     async def claim(self, claims: Sequence[Claim], *, append_to_log: bool) -> list[ClaimResult]:
@@ -186,6 +188,7 @@ class Ledger:
         what it is about to count: OffsetConflict, LogRowsTaken or AlreadyApplied. Quota
         threshold crossings the usage causes are recorded in the same transaction."""
         crossings: list[Crossing] = []
+        saturated = 0
         async with self.db.engine.begin() as conn:
             if flush.offsets:
                 await self._cas_offsets(conn, group_id, topic, flush.offsets, flush.marks)
@@ -198,10 +201,12 @@ class Ledger:
             if flush.applied:
                 await self._mark_applied(conn, flush.applied)
             if flush.usage:
-                await add_usage(conn, self._insert, flush.usage)
+                saturated = await add_usage(conn, self._insert, flush.usage)
                 crossings = await record_crossings(conn, self._insert, flush.usage)
         if crossings and self.on_crossings is not None:
             self.on_crossings(crossings)  # after commit: counts only crossings that were stored
+        if saturated and self.on_saturated is not None:
+            self.on_saturated(saturated)
 
     async def _cas_offsets(self, conn: AsyncConnection, group_id: str, topic: str,
                            offsets: dict[int, tuple[int | None, int]], marks: dict[int, str]) -> None:
@@ -252,24 +257,21 @@ class Ledger:
             raise AlreadyApplied(missing)
 
     async def purge_minutes(self, before_s: int) -> int:
-        """Drops minute rows older than the retention; the rollups keep their sums."""
-        u = schema.usage_minute
         async with self.db.engine.begin() as conn:
-            res = await conn.execute(u.delete().where(u.c.minute < before_s))
-            return res.rowcount or 0
+            return await purges.minute_rows(conn, before_s)
 
     async def purge(self, before_s: int) -> int:
-        """Forgets counted batch ids whose latest record time is before ``before_s`` (now minus the
-        dedupe retention) by more than the clock allowance; an id without a stored record time is
-        bounded by its claim time plus max_future (no record of it was stamped later)."""
-        b = schema.batches
-        counted = b.c.applied_at_ms.is_not(None)
-        cut = before_s - self.future_s
+        """Forgets counted batch ids no retry can reach any more (see purges.counted_batch_ids)."""
         async with self.db.engine.begin() as conn:
-            by_record = await conn.execute(b.delete().where(and_(counted, b.c.latest_record_s < cut)))
-            by_claim = await conn.execute(b.delete().where(and_(
-                counted, b.c.latest_record_s.is_(None), b.c.claimed_at < cut - self.future_s)))
-            return (by_record.rowcount or 0) + (by_claim.rowcount or 0)
+            return await purges.counted_batch_ids(conn, before_s, self.future_s)
+
+    async def purge_records(self, *, claims_before_s: int, events_before_ms: int,
+                            dead_before_ms: int) -> dict[str, int]:
+        """Claims never counted, quota events and dead letters past their retention."""
+        async with self.db.engine.begin() as conn:
+            return {"claims": await purges.unapplied_claims(conn, claims_before_s),
+                    "quota_events": await purges.quota_events(conn, events_before_ms),
+                    "dead_letters": await purges.dead_letters(conn, dead_before_ms)}
 
 
 async def _states(conn: AsyncConnection, keys: list[str]) -> dict[str, BatchState]:
