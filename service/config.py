@@ -98,6 +98,9 @@ class IngestSettings(_Section):
     log_max_pending_records: int = Field(5_000_000, gt=0)
     # Concurrent writes committed together in one database transaction (group commit).
     claim_group_max_batches: int = Field(256, gt=0)
+    # Distinct node ids per account: a batch adding nodes beyond it is refused (each node keeps
+    # per-node rollup rows for ever, so this bounds the data dir per account).
+    max_nodes_per_account: int = Field(10_000, gt=0)
 
 
 class ConsumerSettings(_Section):

@@ -15,6 +15,7 @@ from service.auth import Principal
 from service.config import Settings
 from service.ingest.accounts import AccountStatusCache
 from service.ingest.errors import BatchConflict, DependencyDown, IngestError
+from service.ingest.nodes import NodeCap
 from service.ingest.validate import validate_batch, validate_shape
 from service.metrics import PipelineMetrics
 from service.pb.meterd.v1 import pipeline_pb2, traffic_pb2
@@ -41,6 +42,7 @@ class IngestService:
         self._log = log
         self._metrics = metrics
         self._accounts = AccountStatusCache(repo, settings.ingest.account_cache_seconds)
+        self._nodes = NodeCap(repo, settings.ingest.max_nodes_per_account)
         # Recently acknowledged batches (dedupe key -> digest), to answer retries at once.
         self._acked: OrderedDict[str, bytes] = OrderedDict()
         # Batches being appended now: a concurrent retry waits for the first attempt's outcome.
@@ -88,6 +90,7 @@ class IngestService:
         future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = (digest, future)
         try:
+            await self._nodes.admit(records)
             batch.dedupe_key = key
             batch.batch_id = batch_id
             batch.principal = principal.name

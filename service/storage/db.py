@@ -64,6 +64,10 @@ def _quota_alerts(conn: Connection) -> None:
 def _dedupe_by_record_time(conn: Connection) -> None:
     _add_missing_columns(conn, "batches", ["latest_record_s"])
     _add_missing_columns(conn, "consumer_offsets", ["last_mark"])
+    schema.metadata.create_all(conn, tables=[schema.account_nodes], checkfirst=True)
+    # Nodes already written count against the cap from the start.
+    conn.execute(text("INSERT INTO account_nodes (account_id, node_id, first_seen_ms) "
+                      "SELECT DISTINCT account_id, node_id, 0 FROM usage_node_day"))
     for index in schema.batches.indexes:
         index.create(conn, checkfirst=True)
 
@@ -74,7 +78,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (2, "batch claims (replacing seen batches), the database log, its dead letters", _batches_and_log),
     (3, "usage rollups (5 min, hour, day; per node hour, day), accounts.billing_timezone", _rollups),
     (4, "quota threshold events, webhook outbox, accounts' alert and webhook settings", _quota_alerts),
-    (5, "batches.latest_record_s (ids kept by record time), consumer_offsets.last_mark", _dedupe_by_record_time),
+    (5, "batches.latest_record_s, consumer_offsets.last_mark, account_nodes (node cap)", _dedupe_by_record_time),
 ]
 
 

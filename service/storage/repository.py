@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from service.storage import schema
 from service.storage.billing_sql import interval_stats
 from service.storage.db import Database
+from service.storage.nodes import register_nodes
 from service.storage.period_usage import bytes_used, usage_totals
 
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -204,3 +205,9 @@ class Repository:
         async with self.db.engine.connect() as conn:
             row = (await conn.execute(select(o).where(o.c.event_id == event_id))).mappings().first()
         return dict(row) if row else None
+
+    async def register_nodes(self, wanted: dict[str, set[str]], cap: int) -> dict[str, set[str]]:
+        """Node ids per account for the node cap; returns those refused (see storage/nodes.py)."""
+        insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        async with self.db.engine.begin() as conn:
+            return await register_nodes(conn, insert, wanted, cap)

@@ -92,6 +92,16 @@ ACCOUNT_ROLLUPS: tuple[tuple[int, Table], ...] = (
 NODE_ROLLUPS: tuple[tuple[int, Table], ...] = ((3600, usage_node_hour), (86400, usage_node_day))
 USAGE_TABLES = (usage_minute, usage_5m, usage_hour, usage_day, usage_node_hour, usage_node_day)
 
+# Every node id an account has written (migration 5): the per-account node cap counts these rows,
+# so the per-node rollups (which are kept) cannot grow without bound.
+account_nodes = Table(
+    "account_nodes",
+    metadata,
+    Column("account_id", String(40), primary_key=True),
+    Column("node_id", String(128), primary_key=True),
+    Column("first_seen_ms", BigInteger, nullable=False),
+)
+
 # One row per (account, period, threshold) crossed: the unique key is what makes "once per
 # threshold per period" hold across flushes, consumers and restarts.
 quota_events = Table(
