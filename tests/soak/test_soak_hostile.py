@@ -93,6 +93,10 @@ async def _normal(api: str, key: str, account: str, stop_at: float, sent: Totals
             await asyncio.sleep(0.2)
 
 
+def _disk(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 async def _sample(pid: int, data_dir: Path, stop_at: float, peaks: list[tuple[float, int, int]]) -> None:
     proc = psutil.Process(pid)
     start = time.monotonic()
@@ -101,7 +105,7 @@ async def _sample(pid: int, data_dir: Path, stop_at: float, peaks: list[tuple[fl
         for child in proc.children(recursive=True):
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += child.memory_info().rss
-        disk = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
+        disk = _disk(data_dir)
         peaks.append((time.monotonic() - start, total, disk))
         print(f"[{peaks[-1][0]:6.1f} s] rss {total / 2**20:7.1f} MB  disk {disk / 2**20:6.1f} MB", flush=True)
         if time.monotonic() >= stop_at:
