@@ -193,6 +193,37 @@ async def test_stale_offsets_follow_the_policy_loudly(ledger: Ledger, policy: st
     assert await counted(ledger) == 5 + 20
 
 
+@pytest.mark.parametrize("policy", ["earliest", "halt"])
+async def test_a_longer_new_log_is_detected_by_the_last_counted_message(
+        ledger: Ledger, policy: str, caplog: pytest.LogCaptureFixture) -> None:
+    """N4 at unit level: the new log already holds 8 messages, past the stored offset 5, so no
+    offset comparison can tell; the message before the stored offset is another one."""
+    first, _ = await consumer(ledger, {0})
+    await first._handle(tp(0), [Msg(TOPIC, 0, i, batch(f"old-{i}", 1), f"old-{i}".encode(), timestamp=i)
+                                for i in range(5)])
+    await first.flush()
+    new_log = [Msg(TOPIC, 0, i, batch(f"new-{i}", 10), f"new-{i}".encode(), timestamp=100 + i) for i in range(8)]
+    registry = CollectorRegistry()
+    c = AggregatingConsumer("127.0.0.1:9", Settings(consumer={"on_stale_offsets": policy}), ledger,
+                            PipelineMetrics(registry))
+    kafka = StandInKafka({0})
+    c._consumer = kafka  # type: ignore[assignment]
+    await c.seek_to_stored(kafka.assignment())
+    kafka.high[0] = 8
+    await c._check_positions()  # the offset fits the new log: nothing to see here
+    await c._handle(tp(0), new_log[kafka.positions[0]:])
+    assert "does not hold the message last counted" in caplog.text
+    assert registry.get_sample_value("meterd_consumer_stale_offsets_total", {"policy": policy}) == 1
+    if policy == "halt":
+        assert kafka.paused == {0}
+        await c.flush()
+        assert await counted(ledger) == 5
+        return
+    await c._handle(tp(0), new_log[kafka.positions[0]:])
+    await c.flush()
+    assert await counted(ledger) == 5 + 80
+
+
 class RecordingDlq:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, dict[str, bytes]]] = []
