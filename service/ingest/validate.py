@@ -14,7 +14,8 @@ BATCH_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Printable ASCII that hostnames, UUIDs, IP:port and cloud/pod paths use; no control characters,
 # spaces or quotes (they break PostgreSQL text, logs and CSV), and no leading = + - @ (spreadsheet
 # formulas in an export).
-NODE_ID = re.compile(r"(?![=+@-])[A-Za-z0-9._:@/+=~\[\]-]{1,128}")
+NODE_ID_PATTERN = r"^(?![=+@-])[A-Za-z0-9._:@/+=~\[\]-]{1,128}$"  # also the OpenAPI schema's
+NODE_ID = re.compile(NODE_ID_PATTERN[1:-1])
 NODE_ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ : @ / + = ~ [ ] -, not starting with = + - @"
 _MAX_VIOLATIONS = 50
 
