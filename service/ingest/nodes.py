@@ -23,12 +23,12 @@ class NodeCap:
 
     async def admit(self, records: Sequence[traffic_pb2.TrafficRecord]) -> None:
         """Raises InvalidBatch naming every record whose node would take its account past the cap."""
-        unseen: dict[str, set[str]] = {}
-        for r in records:
-            if (r.account_id, r.node_id) not in self._known:
-                unseen.setdefault(r.account_id, set()).add(r.node_id)
-        if not unseen:
+        new_pairs = {(r.account_id, r.node_id) for r in records} - self._known
+        if not new_pairs:
             return
+        unseen: dict[str, set[str]] = {}
+        for account, node in new_pairs:
+            unseen.setdefault(account, set()).add(node)
         async with self._lock:
             refused = await self._repo.register_nodes(unseen, self._cap)
         if len(self._known) > self._cache_size:

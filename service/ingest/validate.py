@@ -56,6 +56,7 @@ def validate_batch(
     latest = now + settings.max_future_seconds * 1000
     max_bytes = settings.max_bytes_per_record
     max_requests = settings.max_requests_per_record
+    good_nodes: set[str] = set()  # a batch repeats few node ids: match each once
     for i, r in enumerate(records):
         acc = r.account_id
         status = statuses.get(acc)
@@ -67,9 +68,14 @@ def validate_batch(
             add(FieldViolation(f"records[{i}].account_id", f"unknown account '{acc[:64]}'"))
         elif status != "active":
             add(FieldViolation(f"records[{i}].account_id", f"account '{acc}' is {status}"))
-        if not r.node_id:
+        node = r.node_id
+        if node in good_nodes:
+            pass
+        elif not node:
             add(FieldViolation(f"records[{i}].node_id", "is required"))
-        elif not NODE_ID.fullmatch(r.node_id):
+        elif NODE_ID.fullmatch(node):
+            good_nodes.add(node)
+        else:
             add(FieldViolation(f"records[{i}].node_id", NODE_ID_RULE))
         ts = r.timestamp_ms
         if ts <= 0:
