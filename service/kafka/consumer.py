@@ -323,7 +323,20 @@ class AggregatingConsumer:
     async def _stale(self, positions: dict[int, int]) -> None:
         async with self._lock:
             for p, pos in positions.items():
-                await self._log_reset_locked(p, pos, "stored offset is past the end of the partition")
+                if not await self._log_starts_at_stored(p):
+                    await self._log_reset_locked(p, pos, "stored offset is past the end of the partition")
+
+    async def _log_starts_at_stored(self, p: int) -> bool:
+        """Retention deleted just the message before the stored offset (real Kafka answers the
+        early seek OFFSET_OUT_OF_RANGE): the log starts at the stored offset, nothing is skipped."""
+        stored = self._stored.get(p)
+        if stored is None or not self._identity.pending(p):
+            return False
+        if (await self._consumer.beginning_offsets([self._tp(p)])).get(self._tp(p)) != stored:
+            return False
+        self._identity.forget(p)
+        self._consumer.seek(self._tp(p), stored)
+        return True
 
     async def _log_reset_locked(self, p: int, pos: int, what: str) -> None:
         """The partition is not the log the stored offset is for: say so, then apply the policy."""

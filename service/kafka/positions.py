@@ -40,6 +40,9 @@ class LogIdentity:
         self._pending.pop(partition, None)
         return offset
 
+    def pending(self, partition: int) -> bool:
+        return partition in self._pending
+
     def forget(self, partition: int) -> None:
         self._pending.pop(partition, None)
 

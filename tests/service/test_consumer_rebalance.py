@@ -224,6 +224,31 @@ async def test_a_longer_new_log_is_detected_by_the_last_counted_message(
     assert await counted(ledger) == 5 + 80
 
 
+async def test_retention_of_just_the_last_counted_message_is_not_a_reset(ledger: Ledger) -> None:
+    """Real Kafka answers the early seek (to the message before the stored offset) with
+    OFFSET_OUT_OF_RANGE when retention deleted exactly up to the stored offset: no reset, no alert."""
+    first, _ = await consumer(ledger, {0})
+    await first._handle(tp(0), [Msg(TOPIC, 0, i, batch(f"old-{i}", 1), f"old-{i}".encode()) for i in range(5)])
+    await first.flush()
+    registry = CollectorRegistry()
+    c = AggregatingConsumer("127.0.0.1:9", Settings(), ledger, PipelineMetrics(registry))
+    kafka = StandInKafka({0})
+
+    async def log_starts_at_5(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 5)
+
+    kafka.beginning_offsets = log_starts_at_5  # type: ignore[method-assign]
+    c._consumer = kafka  # type: ignore[assignment]
+    await c.seek_to_stored(kafka.assignment())
+    assert kafka.positions[0] == 4
+    await c._stale({0: 4})  # what the OffsetOutOfRangeError handler passes on
+    assert kafka.positions[0] == 5
+    assert registry.get_sample_value("meterd_consumer_stale_offsets_total", {"policy": "earliest"}) == 0
+    await c._handle(tp(0), [Msg(TOPIC, 0, 5, batch("next", 10), b"next")])
+    await c.flush()
+    assert await counted(ledger) == 15
+
+
 class RecordingDlq:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, dict[str, bytes]]] = []
