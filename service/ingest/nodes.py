@@ -21,9 +21,10 @@ class NodeCap:
         self._known: set[tuple[str, str]] = set()  # (account, node) registered
         self._lock = asyncio.Lock()  # one registration at a time per process: the count stays honest
 
-    async def admit(self, records: Sequence[traffic_pb2.TrafficRecord]) -> None:
-        """Raises InvalidBatch naming every record whose node would take its account past the cap."""
-        new_pairs = {(r.account_id, r.node_id) for r in records} - self._known
+    async def admit(self, pairs: set[tuple[str, str]], records: Sequence[traffic_pb2.TrafficRecord]) -> None:
+        """Raises InvalidBatch naming every record whose node would take its account past the cap.
+        ``pairs`` are the batch's (account, node) pairs, gathered by validation."""
+        new_pairs = pairs - self._known
         if not new_pairs:
             return
         unseen: dict[str, set[str]] = {}

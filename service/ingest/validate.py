@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from service.config import IngestSettings
 from service.ingest.errors import FieldViolation, ForeignRecords, InvalidBatch
@@ -34,6 +35,14 @@ def validate_shape(batch_id: str, record_count: int, settings: IngestSettings) -
         raise InvalidBatch(violations)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchFacts:
+    """What the writer needs next, gathered in the validation pass (no second pass over records)."""
+
+    latest_ms: int  # the latest record timestamp: kept with the claim for dedupe retention
+    nodes: set[tuple[str, str]]  # (account_id, node_id) pairs: the node cap
+
+
 def validate_batch(
     batch_id: str,
     records: Sequence[traffic_pb2.TrafficRecord],
@@ -42,7 +51,7 @@ def validate_batch(
     *,
     own_account: str | None,
     now_ms: int | None = None,
-) -> None:
+) -> BatchFacts:
     """Raises InvalidBatch / ForeignRecords unless every record may be accepted.
 
     ``statuses`` maps each account id in the batch to its status (missing: unknown account).
@@ -57,6 +66,8 @@ def validate_batch(
     max_bytes = settings.max_bytes_per_record
     max_requests = settings.max_requests_per_record
     good_nodes: set[str] = set()  # a batch repeats few node ids: match each once
+    pairs: set[tuple[str, str]] = set()
+    latest_ms = 0
     for i, r in enumerate(records):
         acc = r.account_id
         status = statuses.get(acc)
@@ -69,6 +80,7 @@ def validate_batch(
         elif status != "active":
             add(FieldViolation(f"records[{i}].account_id", f"account '{acc}' is {status}"))
         node = r.node_id
+        pairs.add((acc, node))
         if node in good_nodes:
             pass
         elif not node:
@@ -78,6 +90,8 @@ def validate_batch(
         else:
             add(FieldViolation(f"records[{i}].node_id", NODE_ID_RULE))
         ts = r.timestamp_ms
+        if ts > latest_ms:
+            latest_ms = ts
         if ts <= 0:
             add(FieldViolation(f"records[{i}].timestamp_ms", "is required (Unix time in milliseconds)"))
         elif ts < earliest:
@@ -96,3 +110,4 @@ def validate_batch(
             break
     if violations:
         raise InvalidBatch(violations)
+    return BatchFacts(latest_ms, pairs)

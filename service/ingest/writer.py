@@ -73,7 +73,7 @@ class IngestService:
                      records: Sequence[traffic_pb2.TrafficRecord]) -> WriteResult:
         validate_shape(batch_id, len(records), self._settings)
         statuses = await self._accounts.statuses({r.account_id for r in records})
-        validate_batch(batch_id, records, statuses, self._settings, own_account=principal.account_id)
+        facts = validate_batch(batch_id, records, statuses, self._settings, own_account=principal.account_id)
 
         batch = pipeline_pb2.TrafficBatch(records=records)
         digest = hashlib.blake2b(batch.SerializeToString(deterministic=True), digest_size=16).digest()
@@ -90,7 +90,7 @@ class IngestService:
         future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = (digest, future)
         try:
-            await self._nodes.admit(records)
+            await self._nodes.admit(facts.nodes, records)
             batch.dedupe_key = key
             batch.batch_id = batch_id
             batch.principal = principal.name
@@ -101,7 +101,7 @@ class IngestService:
             with producer_span(self._destination, headers, attributes={"meterd.batch_id": batch_id}):
                 duplicate = await self._log.append(
                     Outgoing(key, digest, len(records), batch.SerializeToString(), headers,
-                             max(r.timestamp_ms for r in records) // 1000))
+                             facts.latest_ms // 1000))
             result = WriteResult(batch_id, len(records), duplicate)
             self._remember(key, digest)
             future.set_result(result)
