@@ -106,13 +106,17 @@ class IngestSettings(_Section):
     log_max_pending_records: int = Field(5_000_000, gt=0)
     # Concurrent writes committed together in one database transaction (group commit).
     claim_group_max_batches: int = Field(256, gt=0)
+    # Distinct node ids per account: a batch adding nodes beyond it is refused (each node keeps
+    # per-node rollup rows for ever, so this bounds the data dir per account).
+    max_nodes_per_account: int = Field(10_000, gt=0)
 
 
 class ConsumerSettings(_Section):
     flush_interval_seconds: float = Field(1.0, gt=0)
     max_buffer_records: int = Field(200_000, gt=0)
     fetch_max_records: int = Field(2_000, gt=0)
-    # How long batch ids are remembered for dedupe; retries older than this count again.
+    # How long a batch id is remembered after its latest record's time (plus ingest.max_future_seconds
+    # for clock differences); at least ingest.max_past_seconds, so no retry it dedupes is accepted later.
     dedupe_retention_seconds: int = Field(7 * 24 * 3600, gt=0)
     # Database log: how often an idle consumer looks for new rows (a local writer also wakes it).
     log_poll_seconds: float = Field(0.2, gt=0)
@@ -134,6 +138,12 @@ class ConsumerSettings(_Section):
     read_max_records: int = Field(20_000, gt=0)
     read_max_bytes: int = Field(8 * 1024 * 1024, gt=0)
     max_flush_keys: int = Field(20_000, gt=0)
+    # Claims of batches never counted (a Kafka produce that failed and was not retried, a
+    # dead-lettered row); keep them longer than a message can wait in Kafka.
+    unapplied_claim_retention_seconds: int = Field(30 * 24 * 3600, gt=0)
+    # Quota events (GET /v1/accounts/{id}/events) once their webhook is done, and dead letters.
+    quota_event_retention_seconds: int = Field(400 * 24 * 3600, gt=0)
+    dead_letter_retention_seconds: int = Field(90 * 24 * 3600, gt=0)
 
 
 class WebhookSettings(_Section):
@@ -236,7 +246,18 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-    return _override(settings, overrides or {}, ())
+    settings = _override(settings, overrides or {}, ())
+    _check_promises(settings)
+    return settings
+
+
+def _check_promises(s: Settings) -> None:
+    """Settings valid one by one that together would break a promise (one line each)."""
+    if s.consumer.dedupe_retention_seconds < s.ingest.max_past_seconds:
+        raise ConfigError(
+            f"invalid configuration: consumer.dedupe_retention_seconds ({s.consumer.dedupe_retention_seconds}) "
+            f"must be at least ingest.max_past_seconds ({s.ingest.max_past_seconds}), or a batch retried after "
+            "its id is forgotten while its records are still accepted would be counted twice")
 
 
 def _override(model: BaseModel, overrides: dict[str, Any], path: tuple[str, ...]) -> Any:

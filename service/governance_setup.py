@@ -128,6 +128,11 @@ class GuardedRepository:
                 # The database is unreachable but the breaker has not opened yet (it needs fail_max
                 # failures): the same fact as an open breaker, so callers answer UNAVAILABLE/503.
                 raise DependencyUnavailable(self._breaker.name, 1.0) from exc
+            except sqlalchemy.exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # The server went away mid-statement (killed, restarted): unavailable, not unknown.
+                raise DependencyUnavailable(self._breaker.name, 1.0) from exc
 
         guarded.__name__ = name
         setattr(self, name, guarded)  # cache: later lookups skip __getattr__

@@ -52,8 +52,9 @@ class PipelineMetrics:
             "meterd_consumer_lag_seconds", "Age of the oldest acknowledged batch not yet counted "
             "(database log) or since the consumer last caught up (Kafka)", registry=registry)
         self.stale_offsets = Counter(
-            "meterd_consumer_stale_offsets", "Stored partition offsets found past the end of their log "
-            "(topic recreated or broker reset), by the policy applied", ["policy"], registry=registry)
+            "meterd_consumer_stale_offsets", "Stored partition offsets found not to fit their log (past "
+            "its end, or a different message before them: topic recreated or broker reset), "
+            "by the policy applied", ["policy"], registry=registry)
         for policy in ("earliest", "halt"):  # zero series from the start, so alerts see an increase
             self.stale_offsets.labels(policy)
         self.consumer_errors = Counter(
@@ -65,7 +66,8 @@ class PipelineMetrics:
         for kind in ("transient", "data"):
             self.consumer_errors.labels(kind)
         self.usage_saturated = Counter(
-            "meterd_usage_saturated", "Usage sums that reached 2^63-1 and stopped there instead of overflowing",
+            "meterd_usage_saturated", "Usage sums (in a flush or in a stored row) that reached 2^63-1 "
+            "and stopped there instead of overflowing",
             registry=registry)
         # Observed by both consumers once per batch, when the flush that counted it commits.
         self.freshness_seconds = Histogram(

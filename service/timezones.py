@@ -6,6 +6,10 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 
+class BoundaryError(RuntimeError):
+    """A local boundary did not advance as a calendar must: a bug, failed fast instead of a hang."""
+
+
 def local_floor(epoch_s: int, step: int, zone: ZoneInfo) -> int:
     """Start of the local minute, hour or day (step 60/3600/86400) holding the instant."""
     if step == 60:
@@ -35,8 +39,14 @@ def boundaries(start: int, end: int, step: int, zone: ZoneInfo) -> list[int]:
     ``end`` (the last element closes the last bucket). Local days are 23 or 25 hours on DST days."""
     b = local_floor(start, step, zone)
     out = [b]
+    # No local bucket is shorter than half its step (DST shifts are at most an hour, 30 min at
+    # Lord Howe), so more iterations than this mean the zone arithmetic is wrong.
+    limit = (end - b) // (step // 2) + 2
     while b < end:
-        b = next_boundary(b, step, zone)
+        nxt = next_boundary(b, step, zone)
+        if nxt <= b or len(out) > limit:
+            raise BoundaryError(f"local {step}-s boundaries in {zone.key} stopped advancing at {b}")
+        b = nxt
         out.append(b)
     return out
 

@@ -14,6 +14,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from service.api.bodies import AccountCreate, AccountPatch
 from service.api.openapi_examples import PROBLEM_EXAMPLES, TAGS, annotate
 from service.api.schemas import RESPONSE_MODELS
+from service.ingest.validate import NODE_ID_PATTERN
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 
@@ -46,7 +47,7 @@ _TRAFFIC_SCHEMAS: dict[str, Any] = {
     "TrafficRecord": {"type": "object", "required": ["account_id", "node_id", "timestamp_ms"],
                       "additionalProperties": False,
                       "properties": {"account_id": {"type": "string", "minLength": 1},
-                                     "node_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                                     "node_id": {"type": "string", "pattern": NODE_ID_PATTERN},
                                      "timestamp_ms": {"type": "integer", "minimum": 1},
                                      "bytes_in": _COUNT, "bytes_out": _COUNT, "requests": _COUNT}},
     "TrafficBatch": {"type": "object", "required": ["batch_id", "records"], "additionalProperties": False,

@@ -86,6 +86,9 @@ def usage_window(params: dict[str, str], now_s: int, zone: ZoneInfo) -> tuple[li
         detail = f"the window holds {steps} {step_name} steps, more than {MAX_POINTS} steps; use a larger step"
         raise invalid([{"field": "step", "detail": detail}])
     try:
-        return boundaries(start, end, step, zone), step_name, step
+        bounds = boundaries(start, end, step, zone)
+        # At step=1m no datetime is built above; the local offsets are needed for the body.
+        format_local_at(bounds[0], zone.key), format_local_at(bounds[-1], zone.key)
+        return bounds, step_name, step
     except (OverflowError, ValueError):  # beyond what datetime can represent (years 1..9999)
         raise invalid([{"field": "start", "detail": "out of range"}]) from None

@@ -28,8 +28,10 @@ class UsageQuery:
             raise invalid([{"field": "group_by", "detail": "must be node_id"}])
         node_ids = params.getlist("node_id")
         for n in node_ids:
-            if not n or len(n) > MAX_NODE_ID:
-                raise invalid([{"field": "node_id", "detail": f"must be 1 to {MAX_NODE_ID} characters"}])
+            # Control characters cannot be in a stored node id (and NUL fails a PostgreSQL query).
+            if not n or len(n) > MAX_NODE_ID or not n.isprintable():
+                raise invalid([{"field": "node_id",
+                                "detail": f"must be 1 to {MAX_NODE_ID} printable characters"}])
         return cls(parse_zone(params.get("tz")), group_by == "node_id", sorted(set(node_ids)))
 
 

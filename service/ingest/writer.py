@@ -15,6 +15,7 @@ from service.auth import Principal
 from service.config import Settings
 from service.ingest.accounts import AccountStatusCache
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError
+from service.ingest.nodes import NodeCap
 from service.ingest.validate import validate_batch, validate_shape
 from service.metrics import PipelineMetrics
 from service.pb.meterd.v1 import pipeline_pb2, traffic_pb2
@@ -51,6 +52,7 @@ class IngestService:
         self._log = log
         self._metrics = metrics
         self._accounts = AccountStatusCache(repo, settings.ingest.account_cache_seconds)
+        self._nodes = NodeCap(repo, settings.ingest.max_nodes_per_account)
         # Recently acknowledged batches (dedupe key -> digest), to answer retries at once.
         self._acked: OrderedDict[str, bytes] = OrderedDict()
         # Batches being appended now: a concurrent retry waits for the first attempt's outcome.
@@ -82,7 +84,7 @@ class IngestService:
         validate_shape(batch_id, len(records), self._settings)
         refuse_foreign_records(principal, records)  # before the lookup: a foreign batch costs no query
         statuses = await self._accounts.statuses({r.account_id for r in records})
-        validate_batch(batch_id, records, statuses, self._settings, own_account=principal.account_id)
+        facts = validate_batch(batch_id, records, statuses, self._settings, own_account=principal.account_id)
 
         batch = pipeline_pb2.TrafficBatch(records=records)
         digest = hashlib.blake2b(batch.SerializeToString(deterministic=True), digest_size=16).digest()
@@ -99,6 +101,7 @@ class IngestService:
         future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = (digest, future)
         try:
+            await self._nodes.admit(facts.nodes, records)
             batch.dedupe_key = key
             batch.batch_id = batch_id
             batch.principal = principal.name
@@ -108,7 +111,8 @@ class IngestService:
             # The PRODUCER span's context rides with the batch (Kafka headers, or the log row).
             with producer_span(self._destination, headers, attributes={"meterd.batch_id": batch_id}):
                 duplicate = await self._log.append(
-                    Outgoing(key, digest, len(records), batch.SerializeToString(), headers))
+                    Outgoing(key, digest, len(records), batch.SerializeToString(), headers,
+                             facts.latest_ms // 1000))
             result = WriteResult(batch_id, len(records), duplicate)
             self._remember(key, digest)
             future.set_result(result)

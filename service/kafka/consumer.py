@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 from governance.tracing import start_consumer_span
 from service.config import Settings
 from service.kafka.isolation import PartitionSettler, PoisonGuard
+from service.kafka.positions import LogIdentity, message_mark
 from service.metrics import PipelineMetrics
 from service.pipeline.counting import Aggregate, Verdict, decode, merged_usage, observe_freshness
 from service.pipeline.poison import error_kind
@@ -63,6 +64,7 @@ class AggregatingConsumer:
         self._buffers: dict[int, Aggregate] = {}  # owned partition -> counted, not yet flushed
         self._stored: dict[int, int | None] = {}  # owned partition -> offset stored when we got it
         self._halted: set[int] = set()  # partitions stopped by the "halt" stale-offset policy
+        self._identity = LogIdentity()  # is each partition still the log its stored offset is for?
         self._lock = asyncio.Lock()
         self._last_flush = time.monotonic()
         self._last_purge = 0.0
@@ -103,15 +105,16 @@ class AggregatingConsumer:
     # -- partition ownership ----------------------------------------------------------------
     async def _seek(self, partitions: Iterable[TopicPartition]) -> None:
         """Positions each partition at the offset stored in the database (the beginning if none)."""
-        stored = await self._ledger.load_offsets(self._kafka.group_id, self._topic)
+        stored = await self._ledger.load_positions(self._kafka.group_id, self._topic)
         for tp in partitions:
-            offset = stored.get(tp.partition)
+            offset, mark = stored.get(tp.partition, (None, None))
             self._stored[tp.partition] = offset
             self._buffers[tp.partition] = Aggregate()
             if offset is None:
+                self._identity.forget(tp.partition)
                 await self._consumer.seek_to_beginning(tp)
             else:
-                self._consumer.seek(tp, offset)
+                self._consumer.seek(tp, self._identity.start_at(tp.partition, offset, mark))
 
     async def seek_to_stored(self, assigned: Any) -> None:
         async with self._lock:
@@ -143,6 +146,7 @@ class AggregatingConsumer:
         self._stored.pop(partition, None)
         self._buffers.pop(partition, None)
         self._halted.discard(partition)
+        self._identity.forget(partition)
 
     # -- the loop ---------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -192,6 +196,11 @@ class AggregatingConsumer:
             buf = self._buffers.get(tp.partition)
             if buf is None or not messages:
                 return  # revoked while we were fetching
+            messages, reset = self._identity.check(tp.partition, messages)
+            if reset is not None:
+                await self._log_reset_locked(tp.partition, self._stored.get(tp.partition) or 0,
+                                             f"the partition does not hold the message last counted: {reset}")
+                return
             if self._poison.wants(tp.partition) and buf.next_offset is None:
                 self._stored[tp.partition], messages = await self._poison.settle(
                     tp.partition, self._stored.get(tp.partition), messages)
@@ -216,6 +225,7 @@ class AggregatingConsumer:
                 elif verdict is Verdict.CONFLICT:
                     await self._dead_letter(msg, "batch_id conflict: the id was already used for different records")
             buf.next_offset = messages[-1].offset + 1
+            buf.last_mark = message_mark(messages[-1])
             self._metrics.buffer_records.set(self._buffered())
 
     async def _dead_letter(self, msg: ConsumerRecord, error: str) -> None:
@@ -243,16 +253,13 @@ class AggregatingConsumer:
             usage, saturated = merged_usage(chosen.values())
             applied = {k: v for b in chosen.values() for k, v in b.applied.items()}
             offsets = {p: (self._stored[p], b.next_offset) for p, b in chosen.items() if b.next_offset is not None}
+            marks = {p: b.last_mark for p, b in chosen.items() if b.last_mark is not None}
             started = time.perf_counter()
             try:
-                await self._ledger.apply(Flush(usage=usage, applied=applied, offsets=offsets),
+                await self._ledger.apply(Flush(usage=usage, applied=applied, offsets=offsets, marks=marks),
                                          group_id=self._kafka.group_id, topic=self._topic)
             except OffsetConflict as exc:
-                # Those partitions belong to another consumer now: drop them, write the rest.
-                log.warning("lost partitions during flush; dropping their sums",
-                            extra={"partitions": sorted(exc.partitions)})
-                for p in exc.partitions:
-                    self._forget(p)
+                await self._lost_race(exc.partitions)
                 continue
             except AlreadyApplied:
                 log.warning("batch ids counted elsewhere since they were checked; re-reading")
@@ -270,6 +277,17 @@ class AggregatingConsumer:
         self._metrics.buffer_records.set(self._buffered())
         self._last_flush = time.monotonic()
         await self._commit_to_kafka(offsets)
+
+    async def _lost_race(self, partitions: set[int]) -> None:
+        """Another consumer (a zombie, or the new owner) moved these offsets first: drop their sums.
+        A partition Kafka still assigns to us is re-read from the stored offset, never forgotten."""
+        owned = {tp.partition for tp in self._consumer.assignment()} & partitions
+        log.warning("lost an offset race during flush; dropping those sums",
+                    extra={"partitions": sorted(partitions), "still_assigned": sorted(owned)})
+        for p in partitions - owned:
+            self._forget(p)
+        if owned:
+            await self._seek([self._tp(p) for p in sorted(owned)])
 
     async def _commit_to_kafka(self, offsets: dict[int, tuple[int | None, int]]) -> None:
         # Informational only (lag tooling); the database offsets are authoritative.
@@ -317,22 +335,40 @@ class AggregatingConsumer:
             await self._stale(stale)
 
     async def _stale(self, positions: dict[int, int]) -> None:
-        policy = self._cfg.on_stale_offsets
         async with self._lock:
             for p, pos in positions.items():
-                self._metrics.stale_offsets.labels(policy).inc()
-                log.error("stored offset is past the end of the partition: the topic was recreated or the broker "
-                          "reset (runbook: alerts/runbooks.md#meterdstaleoffsets)",
-                          extra={"topic": self._topic, "partition": p, "position": pos, "policy": policy})
-                if policy == "halt":
-                    self._consumer.pause(self._tp(p))
-                    self._halted.add(p)
-                    continue
-                begin = (await self._consumer.beginning_offsets([self._tp(p)])).get(self._tp(p), 0)
-                await self._ledger.reset_offsets(self._kafka.group_id, self._topic, {p: begin})
-                self._stored[p] = begin
-                self._buffers[p] = Aggregate()
-                self._consumer.seek(self._tp(p), begin)
+                if not await self._log_starts_at_stored(p):
+                    await self._log_reset_locked(p, pos, "stored offset is past the end of the partition")
+
+    async def _log_starts_at_stored(self, p: int) -> bool:
+        """Retention deleted just the message before the stored offset (real Kafka answers the
+        early seek OFFSET_OUT_OF_RANGE): the log starts at the stored offset, nothing is skipped."""
+        stored = self._stored.get(p)
+        if stored is None or not self._identity.pending(p):
+            return False
+        if (await self._consumer.beginning_offsets([self._tp(p)])).get(self._tp(p)) != stored:
+            return False
+        self._identity.forget(p)
+        self._consumer.seek(self._tp(p), stored)
+        return True
+
+    async def _log_reset_locked(self, p: int, pos: int, what: str) -> None:
+        """The partition is not the log the stored offset is for: say so, then apply the policy."""
+        policy = self._cfg.on_stale_offsets
+        self._metrics.stale_offsets.labels(policy).inc()
+        log.error(f"{what}: the topic was recreated or the broker reset "
+                  "(runbook: alerts/RUNBOOKS.md#meterdstaleoffsets)",
+                  extra={"topic": self._topic, "partition": p, "position": pos, "policy": policy})
+        self._identity.forget(p)
+        if policy == "halt":
+            self._consumer.pause(self._tp(p))
+            self._halted.add(p)
+            return
+        begin = (await self._consumer.beginning_offsets([self._tp(p)])).get(self._tp(p), 0)
+        await self._ledger.reset_offsets(self._kafka.group_id, self._topic, {p: begin})
+        self._stored[p] = begin
+        self._buffers[p] = Aggregate()
+        self._consumer.seek(self._tp(p), begin)
 
     async def _maybe_purge(self) -> None:
         now = time.monotonic()

@@ -42,6 +42,7 @@ class Aggregate:
     applied: dict[str, tuple[bytes, int]] = field(default_factory=dict)
     records: int = 0
     next_offset: int | None = None
+    last_mark: str | None = None  # Kafka: fingerprint of the message before next_offset
     received_ms: list[int] = field(default_factory=list)  # when the writer got each counted batch
 
     def verdict(self, batch: pipeline_pb2.TrafficBatch, stored: BatchState | None) -> Verdict:

@@ -30,6 +30,7 @@ class Outgoing:
     records: int
     payload: bytes  # serialized pipeline TrafficBatch
     headers: Sequence[tuple[str, bytes]]  # trace context
+    latest_record_s: int | None = None  # the latest record time, kept with the claim (dedupe retention)
 
 
 class BatchLog(Protocol):
@@ -74,7 +75,8 @@ class DatabaseLog:
         await self._refuse_when_full()
         started = time.perf_counter()
         traceparent = next((v.decode() for k, v in batch.headers if k == "traceparent"), None)
-        result = await self._group.submit(Claim(batch.key, batch.digest, batch.records, batch.payload, traceparent))
+        result = await self._group.submit(Claim(batch.key, batch.digest, batch.records, batch.payload, traceparent,
+                                                 batch.latest_record_s))
         _check(result, batch)
         self._metrics.log_append_seconds.labels(self.name).observe(time.perf_counter() - started)
         if result.new:
@@ -109,7 +111,8 @@ class KafkaLog:
 
     async def append(self, batch: Outgoing) -> bool:
         started = time.perf_counter()
-        result = await self._group.submit(Claim(batch.key, batch.digest, batch.records))
+        result = await self._group.submit(Claim(batch.key, batch.digest, batch.records,
+                                                 latest_record_s=batch.latest_record_s))
         _check(result, batch)
         if not result.applied:  # counted batches need no second trip through Kafka
             await self._producer.send(self._topic, batch.key.encode(), batch.payload, batch.headers)

@@ -103,8 +103,9 @@ class MeterdProcess:
         db_breaker = outbound(gov, "database", s.governance, fail_max=5, reset_timeout=5.0,
                               exclude=(OffsetConflict, LogRowsTaken, AlreadyApplied))
         repo: Repository = GuardedRepository(Repository(db), db_breaker)  # type: ignore[assignment]
-        books = Ledger(db)
+        books = Ledger(db, future_s=s.ingest.max_future_seconds)
         books.on_crossings = self.metrics.count_crossings
+        books.on_saturated = self.metrics.usage_saturated.inc
         ledger: Ledger = GuardedRepository(books, db_breaker)  # type: ignore[assignment]
         auth = Authenticator(repo, self.admin_token)
         bind_authenticator(gov, auth)  # the chain's `auth` plugin keys quota by principal from here on

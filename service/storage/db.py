@@ -70,6 +70,17 @@ def _key_last_used(conn: Connection) -> None:
     _add_missing_columns(conn, "api_keys", ["last_used_at_ms"])
 
 
+def _dedupe_by_record_time(conn: Connection) -> None:
+    _add_missing_columns(conn, "batches", ["latest_record_s"])
+    _add_missing_columns(conn, "consumer_offsets", ["last_mark"])
+    schema.metadata.create_all(conn, tables=[schema.account_nodes], checkfirst=True)
+    # Nodes already written count against the cap from the start.
+    conn.execute(text("INSERT INTO account_nodes (account_id, node_id, first_seen_ms) "
+                      "SELECT DISTINCT account_id, node_id, 0 FROM usage_node_day"))
+    for index in schema.batches.indexes:
+        index.create(conn, checkfirst=True)
+
+
 # Append-only: (version, description, step). A step runs inside the migration transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
@@ -78,6 +89,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (4, "quota threshold events, webhook outbox, accounts' alert and webhook settings", _quota_alerts),
     (5, "webhook delivery status, webhook secret rotation overlap", _webhook_status_and_rotation),
     (6, "api_keys.last_used_at_ms", _key_last_used),
+    (7, "batches.latest_record_s, consumer_offsets.last_mark, account_nodes (node cap)", _dedupe_by_record_time),
 ]
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.storage import schema
+from service.storage import purges, schema
 from service.storage.db import Database
 from service.storage.quota_alerts import Crossing, record_crossings
 from service.storage.rollup import UsageDelta
@@ -52,6 +52,7 @@ class Claim:
     records: int
     payload: bytes = b""  # for the database log: the serialized batch
     traceparent: str | None = None
+    latest_record_s: int | None = None  # the batch's latest record time (dedupe retention)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ class Flush:
     usage: UsageDelta = field(default_factory=dict)  # (account, node, minute) -> sums
     applied: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # key -> (digest, records)
     offsets: dict[int, tuple[int | None, int]] = field(default_factory=dict)  # Kafka: partition CAS
+    marks: dict[int, str] = field(default_factory=dict)  # Kafka: fingerprint of each new offset's last message
     log_seqs: list[int] = field(default_factory=list)  # database log rows this flush consumes
     dead: list[DeadLetter] = field(default_factory=list)  # database log rows it could not count
 
@@ -101,11 +103,16 @@ def now_ms() -> int:
 
 
 class Ledger:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, future_s: int = 300) -> None:
         self.db = db
+        # ingest.max_future_seconds: how far ahead of its claim a record may be stamped, and the
+        # clock difference between writer and consumer hosts the dedupe retention allows for.
+        self.future_s = future_s
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
-        # Told about the quota threshold crossings each committed flush recorded (metrics).
+        # Told about the quota threshold crossings each committed flush recorded (metrics), and
+        # about stored sums it stopped at the overflow ceiling.
         self.on_crossings: Callable[[list[Crossing]], None] | None = None
+        self.on_saturated: Callable[[int], None] | None = None
 
     # -- writer side --------------------------------------------------------------------------
     async def claim(self, claims: Sequence[Claim], *, append_to_log: bool) -> list[ClaimResult]:
@@ -120,7 +127,7 @@ class Ledger:
         async with self.db.engine.begin() as conn:
             won: set[str] = set()
             rows = [{"dedupe_key": c.key, "digest": c.digest, "records": c.records, "claimed_at": now_s,
-                     "applied_at_ms": None} for c in unique.values()]
+                     "applied_at_ms": None, "latest_record_s": c.latest_record_s} for c in unique.values()]
             for chunk in _chunks(rows):
                 stmt = self._insert(b).values(chunk).on_conflict_do_nothing(index_elements=["dedupe_key"])
                 won.update(r[0] for r in await conn.execute(stmt.returning(b.c.dedupe_key)))
@@ -181,20 +188,25 @@ class Ledger:
             return [LogRow(int(r[0]), r[1], bytes(r[2]), r[3], int(r[4])) for r in await conn.execute(q)]
 
     async def load_offsets(self, group_id: str, topic: str) -> dict[int, int]:
+        return {p: offset for p, (offset, _) in (await self.load_positions(group_id, topic)).items()}
+
+    async def load_positions(self, group_id: str, topic: str) -> dict[int, tuple[int, str | None]]:
+        """partition -> (next offset, fingerprint of the message before it, when known)."""
         o = schema.consumer_offsets
         async with self.db.engine.connect() as conn:
-            res = await conn.execute(select(o.c.partition, o.c.next_offset)
+            res = await conn.execute(select(o.c.partition, o.c.next_offset, o.c.last_mark)
                                      .where(and_(o.c.group_id == group_id, o.c.topic == topic)))
-            return {int(r[0]): int(r[1]) for r in res}
+            return {int(r[0]): (int(r[1]), r[2]) for r in res}
 
     async def apply(self, flush: Flush, *, group_id: str = "", topic: str = "") -> None:
         """The one flush transaction. Raises (and writes nothing) when this consumer no longer owns
         what it is about to count: OffsetConflict, LogRowsTaken or AlreadyApplied. Quota
         threshold crossings the usage causes are recorded in the same transaction."""
         crossings: list[Crossing] = []
+        saturated = 0
         async with self.db.engine.begin() as conn:
             if flush.offsets:
-                await self._cas_offsets(conn, group_id, topic, flush.offsets)
+                await self._cas_offsets(conn, group_id, topic, flush.offsets, flush.marks)
             if flush.log_seqs:
                 await _take_log_rows(conn, flush.log_seqs)
             if flush.dead:
@@ -204,25 +216,28 @@ class Ledger:
             if flush.applied:
                 await self._mark_applied(conn, flush.applied)
             if flush.usage:
-                await add_usage(conn, self._insert, flush.usage)
+                saturated = await add_usage(conn, self._insert, flush.usage)
                 crossings = await record_crossings(conn, self._insert, flush.usage)
         if crossings and self.on_crossings is not None:
             self.on_crossings(crossings)  # after commit: counts only crossings that were stored
+        if saturated and self.on_saturated is not None:
+            self.on_saturated(saturated)
 
     async def _cas_offsets(self, conn: AsyncConnection, group_id: str, topic: str,
-                           offsets: dict[int, tuple[int | None, int]]) -> None:
+                           offsets: dict[int, tuple[int | None, int]], marks: dict[int, str]) -> None:
         o = schema.consumer_offsets
         lost: set[int] = set()
         for partition, (expected, new) in sorted(offsets.items()):
+            mark = marks.get(partition)
             if expected is None:
                 stmt = self._insert(o).values(group_id=group_id, topic=topic, partition=partition,
-                                              next_offset=new).on_conflict_do_nothing()
+                                              next_offset=new, last_mark=mark).on_conflict_do_nothing()
                 res = await conn.execute(stmt)
             else:
                 res = await conn.execute(
                     update(o).where(and_(o.c.group_id == group_id, o.c.topic == topic,
                                          o.c.partition == partition, o.c.next_offset == expected))
-                    .values(next_offset=new))
+                    .values(next_offset=new, last_mark=mark))
             if res.rowcount != 1:
                 lost.add(partition)
         if lost:
@@ -233,17 +248,18 @@ class Ledger:
         o = schema.consumer_offsets
         async with self.db.engine.begin() as conn:
             for partition, offset in partitions.items():
-                stmt = self._insert(o).values(group_id=group_id, topic=topic, partition=partition, next_offset=offset)
+                stmt = self._insert(o).values(group_id=group_id, topic=topic, partition=partition,
+                                              next_offset=offset, last_mark=None)
                 await conn.execute(stmt.on_conflict_do_update(index_elements=["group_id", "topic", "partition"],
-                                                              set_={"next_offset": offset}))
+                                                              set_={"next_offset": offset, "last_mark": None}))
 
     async def _mark_applied(self, conn: AsyncConnection, applied: dict[str, tuple[bytes, int]]) -> None:
         # Inserts the ids of batches no writer claimed (older writers, tests producing directly),
         # marks claimed ones; an id counted already or claimed for other records is not returned.
         b = schema.batches
         now_s, at = int(time.time()), now_ms()
-        rows = [{"dedupe_key": k, "digest": d, "records": n, "claimed_at": now_s, "applied_at_ms": at}
-                for k, (d, n) in sorted(applied.items())]
+        rows = [{"dedupe_key": k, "digest": d, "records": n, "claimed_at": now_s, "applied_at_ms": at,
+                 "latest_record_s": None} for k, (d, n) in sorted(applied.items())]
         marked: set[str] = set()
         for chunk in _chunks(rows):
             stmt = self._insert(b).values(chunk)
@@ -256,18 +272,21 @@ class Ledger:
             raise AlreadyApplied(missing)
 
     async def purge_minutes(self, before_s: int) -> int:
-        """Drops minute rows older than the retention; the rollups keep their sums."""
-        u = schema.usage_minute
         async with self.db.engine.begin() as conn:
-            res = await conn.execute(u.delete().where(u.c.minute < before_s))
-            return res.rowcount or 0
+            return await purges.minute_rows(conn, before_s)
 
     async def purge(self, before_s: int) -> int:
-        """Forgets counted batch ids claimed before ``before_s`` (dedupe retention)."""
-        b = schema.batches
+        """Forgets counted batch ids no retry can reach any more (see purges.counted_batch_ids)."""
         async with self.db.engine.begin() as conn:
-            res = await conn.execute(b.delete().where(and_(b.c.claimed_at < before_s, b.c.applied_at_ms.is_not(None))))
-            return res.rowcount or 0
+            return await purges.counted_batch_ids(conn, before_s, self.future_s)
+
+    async def purge_records(self, *, claims_before_s: int, events_before_ms: int,
+                            dead_before_ms: int) -> dict[str, int]:
+        """Claims never counted, quota events and dead letters past their retention."""
+        async with self.db.engine.begin() as conn:
+            return {"claims": await purges.unapplied_claims(conn, claims_before_s),
+                    "quota_events": await purges.quota_events(conn, events_before_ms),
+                    "dead_letters": await purges.dead_letters(conn, dead_before_ms)}
 
 
 async def _states(conn: AsyncConnection, keys: list[str]) -> dict[str, BatchState]:

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage import schema
 from service.storage.period_usage import bytes_used
-from service.storage.rollup import UsageDelta
+from service.storage.rollup import BIGINT_MAX, UsageDelta
 from service.timezones import month_bounds
 
 DEFAULT_THRESHOLDS = (0.8, 1.0)
@@ -89,7 +89,8 @@ async def record_crossings(conn: AsyncConnection, insert: Callable[..., Any], us
                     continue
                 event_id = "evt_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
                 stmt = insert(e).values(id=event_id, account_id=acc, period_start=start, period_end=end,
-                                        timezone=tz, threshold_ppm=t, quota_bytes=quota, used_bytes=spent,
+                                        timezone=tz, threshold_ppm=t, quota_bytes=quota,
+                                        used_bytes=min(spent, BIGINT_MAX),  # saturates like usage rows
                                         created_at_ms=now_ms).on_conflict_do_nothing(
                     index_elements=["account_id", "period_start", "threshold_ppm"])
                 if (await conn.execute(stmt)).rowcount != 1:

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from service.storage import schema
 from service.storage.billing_sql import interval_stats
 from service.storage.db import Database
+from service.storage.nodes import register_nodes
 from service.storage.period_usage import bytes_used, usage_totals
 from service.storage.webhook_outbox import WebhookOutbox, new_webhook_secret
 
@@ -194,3 +195,9 @@ class Repository(WebhookOutbox):
         async with self.db.engine.connect() as conn:
             totals = (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
             return totals, await interval_stats(conn, account_id, start_s, cutoff_s, day_bounds)
+
+    async def register_nodes(self, wanted: dict[str, set[str]], cap: int) -> dict[str, set[str]]:
+        """Node ids per account for the node cap; returns those refused (see storage/nodes.py)."""
+        insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        async with self.db.engine.begin() as conn:
+            return await register_nodes(conn, insert, wanted, cap)

@@ -97,6 +97,16 @@ ACCOUNT_ROLLUPS: tuple[tuple[int, Table], ...] = (
 NODE_ROLLUPS: tuple[tuple[int, Table], ...] = ((3600, usage_node_hour), (86400, usage_node_day))
 USAGE_TABLES = (usage_minute, usage_5m, usage_hour, usage_day, usage_node_hour, usage_node_day)
 
+# Every node id an account has written (migration 5): the per-account node cap counts these rows,
+# so the per-node rollups (which are kept) cannot grow without bound.
+account_nodes = Table(
+    "account_nodes",
+    metadata,
+    Column("account_id", String(40), primary_key=True),
+    Column("node_id", String(128), primary_key=True),
+    Column("first_seen_ms", BigInteger, nullable=False),
+)
+
 # One row per (account, period, threshold) crossed: the unique key is what makes "once per
 # threshold per period" hold across flushes, consumers and restarts.
 quota_events = Table(
@@ -142,8 +152,12 @@ batches = Table(
     Column("records", Integer, nullable=False),
     Column("claimed_at", BigInteger, nullable=False),  # Unix seconds, for retention
     Column("applied_at_ms", BigInteger, nullable=True),  # NULL: acknowledged, not counted yet
+    # Unix seconds of the batch's latest record (migration 5): its id is kept until no record of
+    # it can be accepted again. NULL (older claims, ids the consumer inserts): claimed_at stands in.
+    Column("latest_record_s", BigInteger, nullable=True),
 )
 Index("ix_batches_claimed_at", batches.c.claimed_at)
+Index("ix_batches_latest_record", batches.c.latest_record_s)
 
 # The durable log between writer and consumer when no Kafka is configured: a row is appended (in
 # the claim's transaction) before the writer acknowledges, and deleted in the transaction that
@@ -178,6 +192,9 @@ consumer_offsets = Table(
     Column("topic", String(200), primary_key=True),
     Column("partition", Integer, primary_key=True),
     Column("next_offset", BigInteger, nullable=False),
+    # A fingerprint of the message at next_offset - 1 (migration 5): a log reset under the stored
+    # offset is detected by that message being different or missing, whatever the new log's length.
+    Column("last_mark", String(64), nullable=True),
 )
 
 schema_migrations = Table(

@@ -28,7 +28,21 @@ def saturating_upsert(insert: Callable[..., Any], table: Table) -> Any:
     return stmt.on_conflict_do_update(index_elements=keys, set_=set_)
 
 
-async def add_usage(conn: AsyncConnection, insert: Callable[..., Any], usage: UsageDelta) -> None:
+_COUNTERS = ("bytes_in", "bytes_out", "requests")
+
+
+async def add_usage(conn: AsyncConnection, insert: Callable[..., Any], usage: UsageDelta) -> int:
+    """Adds the sums; returns how many stored sums this stopped at the ceiling (bytes dropped).
+    A delta itself at the ceiling overflowed in memory and was counted there already."""
+    saturated = 0
     # Minute rows and every rollup in one transaction: a query never sees one without the other.
     for table, rows in rollup_rows(usage):
-        await conn.execute(saturating_upsert(insert, table), rows)
+        keys = [c.name for c in table.primary_key.columns]
+        stmt = saturating_upsert(insert, table).returning(*(table.c[k] for k in keys),
+                                                          *(table.c[c] for c in _COUNTERS))
+        delta = {tuple(r[k] for k in keys): r for r in rows}
+        for row in await conn.execute(stmt, rows):
+            sent = delta[tuple(row[:len(keys)])]
+            saturated += sum(1 for c, stored in zip(_COUNTERS, row[len(keys):], strict=True)
+                             if stored == BIGINT_MAX and 0 < sent[c] < BIGINT_MAX)
+    return saturated

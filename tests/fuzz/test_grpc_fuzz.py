@@ -54,7 +54,7 @@ def _valid_records(accounts: FuzzAccounts) -> st.SearchStrategy[traffic_pb2.Traf
     now = int(time.time() * 1000)
     return st.builds(
         traffic_pb2.TrafficRecord, account_id=st.just(accounts.own),
-        node_id=st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True),
+        node_id=st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", fullmatch=True),
         timestamp_ms=st.integers(now - 6 * 24 * 3600 * 1000, now + 60_000),
         bytes_in=st.integers(0, 2**40), bytes_out=st.integers(0, 2**40), requests=st.integers(0, 2**31))
 

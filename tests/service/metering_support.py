@@ -20,6 +20,7 @@ PAST_SECONDS = 800 * 86400
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Meterd]:
     tmp = tmp_path_factory.mktemp(f"metering-{request.param}")
     extra = {"METERD_INGEST__MAX_PAST_SECONDS": str(PAST_SECONDS),
+             "METERD_CONSUMER__DEDUPE_RETENTION_SECONDS": str(PAST_SECONDS),  # at least max_past
              "METERD_CONSUMER__FLUSH_INTERVAL_SECONDS": "0.3",
              # Quick webhook retries so the failing receiver's retries land within the test.
              "METERD_WEBHOOKS__RETRY_BASE_SECONDS": "0.3", "METERD_WEBHOOKS__POLL_INTERVAL_SECONDS": "0.1"}

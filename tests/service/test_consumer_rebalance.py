@@ -34,6 +34,7 @@ class Msg:
     value: bytes
     key: bytes = b""
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    timestamp: int = 0
 
 
 class StandInKafka:
@@ -134,13 +135,35 @@ async def test_a_partition_lost_before_the_flush_is_not_written(ledger: Ledger) 
     old, _ = await consumer(ledger, {0, 1})
     await old._handle(tp(0), [Msg(TOPIC, 0, 0, batch("a", 1))])
     await old._handle(tp(1), [Msg(TOPIC, 1, 0, batch("b", 10))])
+    old_kafka = old._consumer
     new, _ = await consumer(ledger, {1})
     await new._handle(tp(1), [Msg(TOPIC, 1, 0, batch("b", 10)), Msg(TOPIC, 1, 1, batch("c", 100))])
     await new.flush()
+    old_kafka.owned.discard(tp(1))  # type: ignore[attr-defined]  # the rebalance reached it too
     await old.flush()
     assert await counted(ledger) == 111
     assert await ledger.load_offsets(old._kafka.group_id, TOPIC) == {0: 1, 1: 2}
     assert 1 not in old._buffers
+
+
+async def test_a_partition_still_assigned_after_a_lost_race_is_re_read(ledger: Ledger) -> None:
+    """N14: a zombie (a consumer already expelled from the group) flushes partition 1 first. The
+    owner, still assigned partition 1, loses the offset race: it must re-read from the stored
+    offset, not forget the partition until a rebalance that may never come."""
+    log = [Msg(TOPIC, 1, 0, batch("a", 1), b"k-a", timestamp=1),
+           Msg(TOPIC, 1, 1, batch("b", 10), b"k-b", timestamp=2),
+           Msg(TOPIC, 1, 2, batch("c", 100), b"k-c", timestamp=3)]
+    owner, kafka = await consumer(ledger, {0, 1})
+    zombie, _ = await consumer(ledger, {1})
+    await owner._handle(tp(1), log[:1])
+    await zombie._handle(tp(1), log[:1])
+    await zombie.flush()
+    await owner.flush()  # loses the race on partition 1
+    assert {t.partition for t in kafka.assignment()} == {0, 1}
+    await owner._handle(tp(1), log[kafka.positions[1]:])  # the next fetch, from wherever it is now
+    await owner.flush()
+    assert await counted(ledger) == 111
+    assert await ledger.load_offsets(owner._kafka.group_id, TOPIC) == {1: 3}
 
 
 @pytest.mark.parametrize("policy", ["earliest", "halt"])
@@ -168,6 +191,62 @@ async def test_stale_offsets_follow_the_policy_loudly(ledger: Ledger, policy: st
     await c._handle(tp(0), [Msg(TOPIC, 0, i, batch(f"new-{i}", 10)) for i in range(2)])
     await c.flush()
     assert await counted(ledger) == 5 + 20
+
+
+@pytest.mark.parametrize("policy", ["earliest", "halt"])
+async def test_a_longer_new_log_is_detected_by_the_last_counted_message(
+        ledger: Ledger, policy: str, caplog: pytest.LogCaptureFixture) -> None:
+    """N4 at unit level: the new log already holds 8 messages, past the stored offset 5, so no
+    offset comparison can tell; the message before the stored offset is another one."""
+    first, _ = await consumer(ledger, {0})
+    await first._handle(tp(0), [Msg(TOPIC, 0, i, batch(f"old-{i}", 1), f"old-{i}".encode(), timestamp=i)
+                                for i in range(5)])
+    await first.flush()
+    new_log = [Msg(TOPIC, 0, i, batch(f"new-{i}", 10), f"new-{i}".encode(), timestamp=100 + i) for i in range(8)]
+    registry = CollectorRegistry()
+    c = AggregatingConsumer("127.0.0.1:9", Settings(consumer={"on_stale_offsets": policy}), ledger,
+                            PipelineMetrics(registry))
+    kafka = StandInKafka({0})
+    c._consumer = kafka  # type: ignore[assignment]
+    await c.seek_to_stored(kafka.assignment())
+    kafka.high[0] = 8
+    await c._check_positions()  # the offset fits the new log: nothing to see here
+    await c._handle(tp(0), new_log[kafka.positions[0]:])
+    assert "does not hold the message last counted" in caplog.text
+    assert registry.get_sample_value("meterd_consumer_stale_offsets_total", {"policy": policy}) == 1
+    if policy == "halt":
+        assert kafka.paused == {0}
+        await c.flush()
+        assert await counted(ledger) == 5
+        return
+    await c._handle(tp(0), new_log[kafka.positions[0]:])
+    await c.flush()
+    assert await counted(ledger) == 5 + 80
+
+
+async def test_retention_of_just_the_last_counted_message_is_not_a_reset(ledger: Ledger) -> None:
+    """Real Kafka answers the early seek (to the message before the stored offset) with
+    OFFSET_OUT_OF_RANGE when retention deleted exactly up to the stored offset: no reset, no alert."""
+    first, _ = await consumer(ledger, {0})
+    await first._handle(tp(0), [Msg(TOPIC, 0, i, batch(f"old-{i}", 1), f"old-{i}".encode()) for i in range(5)])
+    await first.flush()
+    registry = CollectorRegistry()
+    c = AggregatingConsumer("127.0.0.1:9", Settings(), ledger, PipelineMetrics(registry))
+    kafka = StandInKafka({0})
+
+    async def log_starts_at_5(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 5)
+
+    kafka.beginning_offsets = log_starts_at_5  # type: ignore[method-assign]
+    c._consumer = kafka  # type: ignore[assignment]
+    await c.seek_to_stored(kafka.assignment())
+    assert kafka.positions[0] == 4
+    await c._stale({0: 4})  # what the OffsetOutOfRangeError handler passes on
+    assert kafka.positions[0] == 5
+    assert registry.get_sample_value("meterd_consumer_stale_offsets_total", {"policy": "earliest"}) == 0
+    await c._handle(tp(0), [Msg(TOPIC, 0, 5, batch("next", 10), b"next")])
+    await c.flush()
+    assert await counted(ledger) == 15
 
 
 class RecordingDlq:

@@ -111,6 +111,21 @@ async def test_usage_saturates_instead_of_overflowing(ledger: Ledger, db: Databa
         assert kinds == {"integer"}
 
 
+async def test_stored_row_saturation_is_counted(ledger: Ledger) -> None:
+    """N15: each flush's sums stay below the ceiling, the stored row reaches it: that is counted
+    (per column that dropped bytes), and nothing is counted while no row is at the ceiling."""
+    seen: list[int] = []
+    ledger.on_saturated = seen.append
+    half = MAX_SUM // 2 + 1
+    await ledger.apply(Flush(usage={("sat", "n1", T0): [half, 1, 1]}))
+    assert sum(seen) == 0
+    await ledger.apply(Flush(usage={("sat", "n1", T0): [half, 1, 1]}))  # bytes_in passes 2^63-1
+    assert sum(seen) >= 1
+    before = sum(seen)
+    await ledger.apply(Flush(usage={("sat", "n1", T0): [0, 1, 1], ("other", "n1", T0): [5, 5, 5]}))
+    assert sum(seen) == before  # nothing added to the saturated column, nothing dropped
+
+
 async def test_purge_keeps_batches_not_yet_counted(ledger: Ledger) -> None:
     await ledger.claim([claim("a/old", b"x"), claim("a/pending", b"y")], append_to_log=True)
     await ledger.apply(Flush(applied={"a/old": (b"x".ljust(16, b"."), 1)}))

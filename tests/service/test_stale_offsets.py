@@ -56,3 +56,39 @@ def test_a_reset_broker_is_detected_and_its_new_log_counted(tmp_path: Path) -> N
             assert "past the end of the partition" in m.output()
         finally:
             m.kill()
+
+
+def test_a_reset_whose_new_log_outgrew_the_stored_offset_is_detected(tmp_path: Path) -> None:
+    """N4: while no consumer runs, writers fill the new log past the old stored offset (6). The
+    consumer must not seek to offset 6 of a different log and skip the new log's first six
+    batches: the mismatch is detected (log line, metric) and all 16 batches are counted."""
+    with running_tansu(tmp_path / "tansu") as tansu:
+        env = meterd_env(tmp_path, METERD_KAFKA__BOOTSTRAP_SERVERS=tansu.bootstrap, METERD_KAFKA__PARTITIONS="1",
+                         METERD_CONSUMER__FLUSH_INTERVAL_SECONDS="0.3")
+        m = MeterdProc(["up"], env, tmp_path).start()
+        try:
+            with m.client() as c:
+                account = c.post("/v1/accounts", json={"name": "reset-longer"}).json()["id"]
+                for i in range(6):
+                    _post(m, account, f"before-{i}", 1)
+                wait_until(lambda: c.get(f"/v1/accounts/{account}/usage").json()["totals"]["requests"] == 6,
+                           30, 0.2, "the first six batches counted")
+            m.stop(30)
+            tansu.kill()
+            tansu.start()
+            m = MeterdProc(["api"], env, tmp_path).start()  # writers only: the new log grows to 10
+            for i in range(10):
+                _post(m, account, f"after-{i}", 100)
+            m.stop(30)
+            m = MeterdProc(["up"], env, tmp_path).start()
+            with m.client() as c:
+                wait_until(lambda: c.get(f"/v1/accounts/{account}/usage").json()["totals"]["requests"] == 16,
+                           30, 0.2, "all sixteen batches counted")
+                time.sleep(1.0)
+                assert c.get(f"/v1/accounts/{account}/usage").json()["totals"] == {
+                    "bytes_in": 1006, "bytes_out": 0, "requests": 16}
+            metrics = httpx.get(f"{m.http}/metrics").text
+            assert 'meterd_consumer_stale_offsets_total{policy="earliest"} 1.0' in metrics, metrics[-2000:]
+            assert "does not hold the message last counted" in m.output()
+        finally:
+            m.kill()

@@ -150,6 +150,10 @@ def test_dst_day_has_25_hourly_points(stack: Meterd) -> None:
     ({"group_by": "node_id", "step": "1m"}, "group_by"),
     ({"node_id": "n1", "step": "1m"}, "node_id"),
     ({"node_id": "x" * 129, "step": "1h"}, "node_id"),
+    ({"node_id": "edge\x00one", "step": "1h"}, "node_id"),  # NUL fails a PostgreSQL query
+    # Out-of-range local times at step=1m (N16): the boundaries are fine, the local offset is not.
+    ({"start": "0001-01-01T00:00:00Z", "end": "0001-01-01T01:00:00Z", "tz": "America/New_York"}, "start"),
+    ({"start": "9999-12-31T22:00:00Z", "end": "9999-12-31T23:00:00Z", "tz": "Asia/Tokyo"}, "start"),
     ({"group_by": "node_id", "step": "1h", "tz": "Asia/Kolkata"}, "tz"),
     # 20 years of local days in a non-UTC zone reads hourly rows: far past the row limit.
     ({"start": "2006-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z", "step": "1d", "tz": "Asia/Shanghai"}, "start"),

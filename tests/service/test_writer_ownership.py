@@ -27,6 +27,9 @@ class _SpyRepo:
         self.lookups.append(sorted(account_ids))
         return dict.fromkeys(account_ids, "active")
 
+    async def register_nodes(self, wanted: dict[str, set[str]], cap: int) -> dict[str, set[str]]:
+        return {}  # the node cap admits every node here (tested in test_node_cap.py)
+
 
 class _NoLog:
     name = "database"
