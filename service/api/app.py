@@ -21,17 +21,16 @@ from starlette.routing import BaseRoute, Route
 from governance import DependencyUnavailable
 from governance.problem import MEDIA_TYPE, problem_body, retry_after_seconds
 from service.api.batches import batch_lookup
+from service.api.billing_api import billing_body
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.export import JSON, export_response, negotiate
 from service.api.openapi import DOCS_ASSETS, DOCS_CSP, DOCS_HTML, docs_asset, openapi_document
 from service.api.problems import Problem, forbidden, invalid, not_found, problem_response, unauthorized
 from service.api.readiness import Readiness, ReadinessCheck
 from service.api.timeparams import (
-    boundaries,
     format_local,
     format_rfc3339,
     month_bounds,
-    parse_month,
     parse_zone,
     usage_window,
 )
@@ -39,7 +38,7 @@ from service.api.traffic_json import parse_traffic
 from service.api.usage_body import UsageQuery, point_rows, usage_body
 from service.api.usage_query import bucketed_usage
 from service.auth import Authenticator, Principal
-from service.billing import INTERVAL, bandwidth_bps
+from service.billing_plan import plan_json
 from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
 from service.ingest.writer import IngestService
 from service.storage import Repository
@@ -59,6 +58,7 @@ def account_json(row: dict) -> dict:
             "billing_timezone": row["billing_timezone"],
             "alert_thresholds": [t / PPM for t in thresholds_ppm(row["alert_thresholds"])],
             "webhook_url": row["webhook_url"],
+            **({} if row.get("billing_plan") is None else {"billing_plan": orjson.loads(row["billing_plan"])}),
             "created_at": format_rfc3339(row["created_at_ms"] / 1000),
             "updated_at": format_rfc3339(row["updated_at_ms"] / 1000)}
 
@@ -124,7 +124,8 @@ class Api:
         row = await self.ctx.repo.create_account(
             body.name, body.quota_bytes, body.status, billing_timezone=body.billing_timezone,
             alert_thresholds=None if body.alert_thresholds is None else orjson.dumps(body.alert_thresholds).decode(),
-            webhook_url=body.webhook_url)
+            webhook_url=body.webhook_url,
+            billing_plan=plan_json(body.billing_plan))
         out = account_json(row)
         if row["webhook_secret"]:
             out["webhook_secret"] = row["webhook_secret"]  # shown once; rotate to get a new one
@@ -140,6 +141,8 @@ class Api:
         account_id = request.path_params["account_id"]
         if "alert_thresholds" in changes and changes["alert_thresholds"] is not None:
             changes["alert_thresholds"] = orjson.dumps(changes["alert_thresholds"]).decode()
+        if "billing_plan" in changes:
+            changes["billing_plan"] = plan_json(body.billing_plan)
         row = (await self.ctx.repo.update_account(account_id, changes) if changes
                else await self.ctx.repo.get_account(account_id))
         if row is None:
@@ -213,27 +216,7 @@ class Api:
 
     async def billing(self, request: Request) -> Response:
         row = await self.readable_account(request)
-        params = request.query_params
-        zone = (parse_zone(params["tz"]) if "tz" in params
-                else parse_zone(row["billing_timezone"], "billing_timezone"))
-        now = int(time.time())
-        year, month = parse_month(params.get("month"), datetime.fromtimestamp(now, zone).date())
-        start, end = month_bounds(year, month, zone)
-        if start % INTERVAL or end % INTERVAL:
-            raise invalid([{"field": "tz", "detail": "the zone's offset is not a multiple of 5 minutes"}])
-        if start > now:
-            raise invalid([{"field": "month", "detail": "the month has not started"}])
-        last_complete = now - now % INTERVAL
-        cutoff = min(end, last_complete)
-        day_bounds = boundaries(start, cutoff, 86400, zone) if cutoff > start else [start]
-        (b_in, b_out, reqs), stats = await self.ctx.repo.billing_figures(row["id"], start, cutoff, end, day_bounds)
-        quota = row["quota_bytes"]
-        return json_response({
-            "account_id": row["id"], "month": f"{year:04d}-{month:02d}", "timezone": zone.key,
-            "period_start": format_local(start, zone), "period_end": format_local(end, zone),
-            "complete": end <= last_complete, "intervals": max(0, (cutoff - start) // INTERVAL),
-            "bytes_in": b_in, "bytes_out": b_out, "requests": reqs, "bandwidth_bps": bandwidth_bps(stats),
-            "quota_bytes": quota, "over_quota": quota is not None and b_in + b_out > quota})
+        return json_response(await billing_body(self.ctx.repo, row, request.query_params, int(time.time())))
 
     # -- ingestion ----------------------------------------------------------------------------
     async def post_traffic(self, request: Request) -> Response:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from service.api.problems import Problem, invalid
 from service.api.timeparams import is_zone
+from service.billing_plan import BillingPlan
 
 MAX_QUOTA = 1 << 62
 M = TypeVar("M", bound=BaseModel)
@@ -81,6 +82,7 @@ class AccountCreate(BaseModel):
     billing_timezone: Zone = "UTC"
     alert_thresholds: Thresholds | None = None
     webhook_url: WebhookUrl | None = None
+    billing_plan: BillingPlan | None = None
 
 
 class AccountPatch(BaseModel):
@@ -93,3 +95,4 @@ class AccountPatch(BaseModel):
     billing_timezone: Zone = None  # type: ignore[assignment]
     alert_thresholds: Thresholds | None = None  # null: back to the default [0.8, 1.0]
     webhook_url: WebhookUrl | None = None  # null: no webhook
+    billing_plan: BillingPlan | None = None  # replaces the stored plan; null: back to the default

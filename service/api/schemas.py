@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.billing_plan import BillingPlan, Days, Direction, Mode
+
 NonNegative = Field(ge=0)
 
 
@@ -24,6 +26,8 @@ class Account(_Strict):
     billing_timezone: str = Field(description="IANA zone of the balance and billing months")
     alert_thresholds: list[float] = Field(description="fractions of quota_bytes that raise an event")
     webhook_url: str | None
+    billing_plan: BillingPlan = Field(default=None, description="only when set; absent: "  # type: ignore[assignment]
+                                      "the default plan (month95, max, all days)")
     webhook_secret: str = Field(default=None, description="only in the response that first sets a "  # type: ignore[assignment]
                                 "webhook_url: shown once")
     created_at: datetime
@@ -91,6 +95,34 @@ class BandwidthSet(_Strict):
     daily_peak_avg: Bandwidth
 
 
+class DailyFigure(_Strict):
+    date: str = Field(description="local day, YYYY-MM-DD")
+    bps: int = Field(ge=0, description="the day's figure under the mode")
+    rank: int = Field(ge=1, description="the day's sample rank taken (1 is the highest)")
+    samples: int = NonNegative
+    valid: bool = Field(description="the day had more than 0 bytes in the plan's direction")
+    complete: bool
+    counted: bool = Field(description="part of the monthly figure (complete, and valid under days=valid)")
+
+
+class Bill(_Strict):
+    mode: Mode
+    direction: Direction
+    days: Days
+    bps: int = Field(ge=0, description="the mode's figure in bits/s (day_peak: the sum of the counted days')")
+    billable_bps: int = Field(ge=0, description="bps x proration, rounded once")
+    valid_days: int = NonNegative
+    days_in_period: int = NonNegative
+    proration: str = Field(pattern=r"^[01]\.[0-9]{8}$", description="valid_days / days_in_period "
+                           "under days=valid (8 decimals), else 1")
+    samples: int = Field(ge=0, description="5-minute samples the figure is taken over")
+    rank: int | None = Field(ge=0, description="the rank taken, 1 the highest: of the samples (month95, "
+                             "night_half95; 0 with no samples), of each day's samples (day modes), 4 of the "
+                             "daily peaks (month_4th_day_peak); null when it differs between days")
+    days_counted: int | None = Field(ge=0, description="daily figures the monthly one is built from")
+    daily: list[DailyFigure] | None = Field(description="day modes: every begun local day")
+
+
 class Billing(_Strict):
     account_id: str
     month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
@@ -105,6 +137,8 @@ class Billing(_Strict):
     bandwidth_bps: BandwidthSet
     quota_bytes: int | None
     over_quota: bool
+    plan: BillingPlan = Field(description="the account's plan, with the query's mode/direction/days over it")
+    bill: Bill
 
 
 class QuotaEvent(_Strict):

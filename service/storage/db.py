@@ -61,12 +61,17 @@ def _quota_alerts(conn: Connection) -> None:
     _add_missing_columns(conn, "accounts", ["alert_thresholds", "webhook_url", "webhook_secret"])
 
 
+def _billing_plans(conn: Connection) -> None:
+    _add_missing_columns(conn, "accounts", ["billing_plan"])
+
+
 # Append-only: (version, description, step). A step runs inside the migration transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
     (2, "batch claims (replacing seen batches), the database log, its dead letters", _batches_and_log),
     (3, "usage rollups (5 min, hour, day; per node hour, day), accounts.billing_timezone", _rollups),
     (4, "quota threshold events, webhook outbox, accounts' alert and webhook settings", _quota_alerts),
+    (5, "accounts.billing_plan", _billing_plans),
 ]
 
 

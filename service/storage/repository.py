@@ -12,7 +12,7 @@ from sqlalchemy import and_, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.storage import schema
-from service.storage.billing_sql import interval_stats
+from service.storage.billing_sql import interval_samples, interval_stats
 from service.storage.db import Database
 from service.storage.period_usage import bytes_used, usage_totals
 
@@ -43,11 +43,12 @@ class Repository:
     # -- accounts ---------------------------------------------------------------------------
     async def create_account(self, name: str, quota_bytes: int | None, status: str = "active", *,
                              billing_timezone: str = "UTC", alert_thresholds: str | None = None,
-                             webhook_url: str | None = None) -> dict:
+                             webhook_url: str | None = None, billing_plan: str | None = None) -> dict:
         ts = now_ms()
         row = {"id": new_id("acc_"), "name": name, "status": status, "quota_bytes": quota_bytes,
                "billing_timezone": billing_timezone, "alert_thresholds": alert_thresholds,
                "webhook_url": webhook_url, "webhook_secret": new_webhook_secret() if webhook_url else None,
+               "billing_plan": billing_plan,
                "created_at_ms": ts, "updated_at_ms": ts}
         async with self.db.engine.begin() as conn:
             await conn.execute(schema.accounts.insert().values(**row))
@@ -152,6 +153,14 @@ class Repository:
         async with self.db.engine.connect() as conn:
             totals = (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
             return totals, await interval_stats(conn, account_id, start_s, cutoff_s, day_bounds)
+
+    async def billing_inputs(self, account_id: str, start_s: int, cutoff_s: int, end_s: int, day_bounds: list[int],
+                             ) -> tuple[list[int], dict[str, dict[str, int]], dict[int, tuple[int, int]]]:
+        """billing_figures plus the 5-minute samples of [start_s, cutoff_s), read in one connection."""
+        async with self.db.engine.connect() as conn:
+            totals = (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
+            stats = await interval_stats(conn, account_id, start_s, cutoff_s, day_bounds)
+            return totals, stats, await interval_samples(conn, account_id, start_s, cutoff_s)
 
     # -- quota events and webhook deliveries ------------------------------------------------
     async def list_events(self, account_id: str, limit: int) -> list[dict]:

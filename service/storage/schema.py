@@ -33,6 +33,8 @@ accounts = Table(
     Column("alert_thresholds", String(200), nullable=True),
     Column("webhook_url", String(2048), nullable=True),
     Column("webhook_secret", String(100), nullable=True),
+    # The billing plan as JSON (service.billing_plan; NULL: the default plan) (migration 5).
+    Column("billing_plan", String(1000), nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("updated_at_ms", BigInteger, nullable=False),
 )
