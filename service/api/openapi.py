@@ -13,6 +13,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from service.api.bodies import AccountCreate, AccountPatch
 from service.api.schemas import RESPONSE_MODELS
+from service.billing_plan import DAY_RULES, DIRECTIONS, MODES
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 
@@ -36,6 +37,9 @@ _KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": 
 _BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _COUNT = {"type": "integer", "minimum": 0}
 _ZONE = {"type": "string", "maxLength": 64, "description": "IANA time zone, e.g. Asia/Shanghai"}
+_PLAN_OVERRIDES = [{"name": name, "in": "query", "schema": {"type": "string", "enum": list(values)},
+                    "description": f"put over the account's billing_plan.{name}"}
+                   for name, values in (("mode", MODES), ("direction", DIRECTIONS), ("days", DAY_RULES))]
 _TZ = {"name": "tz", "in": "query", "schema": _ZONE, "description": "IANA zone of the buckets; default UTC"}
 
 # The traffic body is parsed by service.api.traffic_json into the protobuf records the gRPC writer
@@ -115,12 +119,13 @@ def _paths() -> dict[str, Any]:
                 "application/x-ndjson": {"schema": {"type": "string"}}}},
                 **_errors(400, 401, 404, 406)}}},
         "/v1/accounts/{account_id}/billing": {"parameters": [_ACCOUNT_ID], "get": {
-            "summary": "95th-percentile bandwidth billing for a month (admin or its own key)",
+            "summary": "Bandwidth billing for a month under the account's billing plan (admin or its own key)",
             "operationId": "getBilling",
             "parameters": [{"name": "month", "in": "query",
                             "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
                             "description": "YYYY-MM; default the current month in the zone"},
-                           {**_TZ, "description": "default the account's billing_timezone"}],
+                           {**_TZ, "description": "default the account's billing_timezone"},
+                           *_PLAN_OVERRIDES],
             "responses": {"200": _json(_ref("Billing"), "billing"), **_errors(400, 401, 404)}}},
         "/v1/accounts/{account_id}/balance": {"parameters": [_ACCOUNT_ID], "get": {
             "summary": "Quota and bytes used this calendar month in the billing time zone (admin or its own key)",

@@ -150,3 +150,15 @@ def test_directions(direction: str) -> None:
     got = bill(samples, p, mode="day_peak", direction=direction)
     # in: 8 / 2 bit/s; out: 4 / 16; max: 8 / 16; avg: 6 / 9 -> the day's peak.
     assert got["daily"][0]["bps"] == {"in": 8, "out": 16, "max": 16, "avg": 9}[direction]
+
+
+def test_night_window_follows_the_local_clock_across_dst() -> None:
+    # New York springs forward at 02:00 on 2026-03-08: a 23-hour day of 276 samples (rank 14).
+    # With the window 03:00-01:00 only 01:00-01:55 is full price (12 samples): the 14th is halved.
+    ny = ZoneInfo("America/New_York")
+    p = period(2026, 3, ny)
+    day = p.day_bounds[7]
+    assert p.day_bounds[8] - day == 23 * 3600
+    dense = {t: (0, UNIT * 1000) for t in range(day, p.day_bounds[8], 300)}
+    got = bill(dense, p, mode="night_half95", days="valid", night_window="03:00-01:00")
+    assert (got["samples"], got["rank"], got["bps"]) == (276, 14, 1000)
