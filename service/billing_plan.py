@@ -49,8 +49,8 @@ class BillingPlan(BaseModel):
     mode: Mode = "month95"
     direction: Direction = "max"
     days: Days = "all"
-    # One bill over all regions; per-region bills come with the regions map (issue 27, later part).
-    region_scope: Literal["all"] = "all"
+    # all: one bill over every region; each: also one bill per billing region (the clouds' way).
+    region_scope: Literal["all", "each"] = "all"
     day_rank: Annotated[int, Field(ge=1, le=300, strict=True)] = Field(
         5, description="month_top5_day_peak: a day's peak is its day_rank-th highest sample")
     night_window: NightWindow = Field("00:00-08:00", description="night_half95: local half-price window")

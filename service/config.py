@@ -7,10 +7,10 @@ the YAML file are errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from governance import GovernanceSettings
@@ -128,6 +128,25 @@ class WebhookSettings(_Section):
     max_attempts: int = Field(15, gt=0)  # about a day of retries at the defaults, then given up
 
 
+REGION_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # billing region names
+
+
+class BillingSettings(_Section):
+    """Billing regions: nodes named here are written to the region map at every start (overwriting
+    an admin API change to the same node); nodes without a region bill in ``default_region``."""
+    default_region: str = Field("default", pattern=REGION_NAME)
+    node_regions: dict[Annotated[str, Field(min_length=1, max_length=128)],
+                       Annotated[str, Field(pattern=REGION_NAME)]] = Field(default_factory=dict, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _not_the_default(self) -> BillingSettings:
+        named = sorted(n for n, r in self.node_regions.items() if r == self.default_region)
+        if named:
+            raise ValueError(f"node_regions maps {named[:3]} to default_region {self.default_region!r}; "
+                             "nodes without a mapping already bill there, leave them out")
+        return self
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
@@ -149,6 +168,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    billing: BillingSettings = BillingSettings()
     log: LogSettings = LogSettings()
     # The governance and profiling libraries' own models; relay is validated by service.relay.
     governance: GovernanceSettings = GovernanceSettings()

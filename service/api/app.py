@@ -27,6 +27,7 @@ from service.api.export import JSON, export_response, negotiate
 from service.api.openapi import DOCS_ASSETS, DOCS_CSP, DOCS_HTML, docs_asset, openapi_document
 from service.api.problems import Problem, forbidden, invalid, not_found, problem_response, unauthorized
 from service.api.readiness import Readiness, ReadinessCheck
+from service.api.regions_api import region_routes, region_usage_body
 from service.api.timeparams import (
     format_local,
     format_rfc3339,
@@ -89,6 +90,7 @@ class ApiContext:
     body_timeout: float = 10.0
     readiness: list[ReadinessCheck] = field(default_factory=list)
     extra_routes: Sequence[BaseRoute] = ()
+    default_region: str = "default"  # config billing.default_region
 
 
 class Api:
@@ -192,6 +194,11 @@ class Api:
         media = negotiate(request.headers.get("accept"))
         query = UsageQuery.parse(request.query_params)
         bounds, step_name, step = usage_window(dict(request.query_params), int(time.time()), query.zone)
+        if query.regional:
+            if media != JSON:
+                raise Problem(406, "Not Acceptable", "usage by region is JSON only")
+            return json_response(await region_usage_body(self.ctx.repo, row["id"], bounds, step, query,
+                                                         self.ctx.default_region))
         sums = await bucketed_usage(self.ctx.repo, row["id"], bounds, step, by_node=query.by_node,
                                     node_ids=query.node_ids)
         if media != JSON:
@@ -216,7 +223,8 @@ class Api:
 
     async def billing(self, request: Request) -> Response:
         row = await self.readable_account(request)
-        return json_response(await billing_body(self.ctx.repo, row, request.query_params, int(time.time())))
+        return json_response(await billing_body(self.ctx.repo, row, request.query_params, int(time.time()),
+                                                self.ctx.default_region))
 
     # -- ingestion ----------------------------------------------------------------------------
     async def post_traffic(self, request: Request) -> Response:
@@ -293,6 +301,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/webhook-secret", api.rotate_webhook_secret, methods=["POST"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
         Route("/v1/batches/{batch_id}", batch_lookup(api.ctx.ledger, api.principal, json_response), methods=["GET"]),
+        *region_routes(api.ctx.repo, api.admin, api.ctx.default_region, json_response),
         *ops_routes(api.ctx.registry, api.ctx.readiness),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/docs", api.docs, methods=["GET"]),

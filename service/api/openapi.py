@@ -40,6 +40,14 @@ _ZONE = {"type": "string", "maxLength": 64, "description": "IANA time zone, e.g.
 _PLAN_OVERRIDES = [{"name": name, "in": "query", "schema": {"type": "string", "enum": list(values)},
                     "description": f"put over the account's billing_plan.{name}"}
                    for name, values in (("mode", MODES), ("direction", DIRECTIONS), ("days", DAY_RULES))]
+_REGION_FILTER = {"name": "region", "in": "query", "style": "form", "explode": True,
+                  "schema": {"type": "array", "maxItems": 100,
+                             "items": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}},
+                  "description": "billing regions (usage: repeatable; billing: one, whose bill is returned)"}
+_REGION = {"name": "region", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}}
+_NODE_ID = {"name": "node_id", "in": "path", "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
 _TZ = {"name": "tz", "in": "query", "schema": _ZONE, "description": "IANA zone of the buckets; default UTC"}
 
 # The traffic body is parsed by service.api.traffic_json into the protobuf records the gRPC writer
@@ -107,8 +115,9 @@ def _paths() -> dict[str, Any]:
                  "description": "RFC 3339; default now"},
                 {"name": "step", "in": "query", "schema": {"type": "string", "enum": ["1m", "1h", "1d"]}},
                 _TZ,
-                {"name": "group_by", "in": "query", "schema": {"type": "string", "enum": ["node_id"]},
-                 "description": "one series per node (steps 1h and 1d)"},
+                {"name": "group_by", "in": "query", "schema": {"type": "string", "enum": ["node_id", "region"]},
+                 "description": "one series per node or per billing region (steps 1h and 1d; region: JSON only)"},
+                _REGION_FILTER,
                 {"name": "node_id", "in": "query", "style": "form", "explode": True,
                  "schema": {"type": "array", "maxItems": 100,
                             "items": {"type": "string", "minLength": 1, "maxLength": 128}},
@@ -125,7 +134,9 @@ def _paths() -> dict[str, Any]:
                             "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
                             "description": "YYYY-MM; default the current month in the zone"},
                            {**_TZ, "description": "default the account's billing_timezone"},
-                           *_PLAN_OVERRIDES],
+                           *_PLAN_OVERRIDES, _REGION_FILTER,
+                           {"name": "group_by", "in": "query", "schema": {"type": "string", "enum": ["region"]},
+                            "description": "also one bill per billing region"}],
             "responses": {"200": _json(_ref("Billing"), "billing"), **_errors(400, 401, 404)}}},
         "/v1/accounts/{account_id}/balance": {"parameters": [_ACCOUNT_ID], "get": {
             "summary": "Quota and bytes used this calendar month in the billing time zone (admin or its own key)",
@@ -141,6 +152,17 @@ def _paths() -> dict[str, Any]:
             "operationId": "rotateWebhookSecret",
             "responses": {"200": _json(_ref("WebhookSecret"), "rotated"),
                           **_errors(401, 403, 404)}}},
+        "/v1/regions": {"get": {
+            "summary": "The node -> billing region map and the nodes without a region (admin)",
+            "operationId": "getRegions",
+            "responses": {"200": _json(_ref("Regions"), "regions"), **_errors(401, 403)}}},
+        "/v1/regions/{region}/nodes/{node_id}": {"parameters": [_REGION, _NODE_ID], "put": {
+            "summary": "Put a node in a billing region (admin); applies to usage counted from now on",
+            "operationId": "putNodeRegion",
+            "responses": {"200": _json(_ref("NodeRegion"), "mapped"), **_errors(400, 401, 403, 409)}},
+            "delete": {"summary": "Take a node out of a region (admin): it bills in the default region again",
+                       "operationId": "deleteNodeRegion",
+                       "responses": {"204": {"description": "removed"}, **_errors(400, 401, 403, 404)}}},
         "/v1/traffic": {"post": {
             "summary": "Write a batch of traffic records (account key: own records only; or admin)",
             "operationId": "postTraffic",

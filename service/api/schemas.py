@@ -58,6 +58,12 @@ class NodeSeries(_Strict):
     totals: Counts
 
 
+class RegionSeries(_Strict):
+    region: str
+    points: list[UsagePoint]
+    totals: Counts
+
+
 class Usage(_Strict):
     account_id: str
     step: Literal["1m", "1h", "1d"]
@@ -69,6 +75,9 @@ class Usage(_Strict):
                                      description="buckets with traffic only, oldest first (without group_by)")
     series: list[NodeSeries] = Field(default=None,  # type: ignore[assignment]
                                      description="one per node, by node id (with group_by=node_id)")
+    region: list[str] = Field(default=None, description="the region filters, when given")  # type: ignore[assignment]
+    regions: list[RegionSeries] = Field(default=None,  # type: ignore[assignment]
+                                        description="one per billing region (with group_by=region)")
     totals: Counts
 
 
@@ -123,6 +132,11 @@ class Bill(_Strict):
     daily: list[DailyFigure] | None = Field(description="day modes: every begun local day")
 
 
+class RegionBill(_Strict):
+    region: str
+    bill: Bill
+
+
 class Billing(_Strict):
     account_id: str
     month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
@@ -138,7 +152,32 @@ class Billing(_Strict):
     quota_bytes: int | None
     over_quota: bool
     plan: BillingPlan = Field(description="the account's plan, with the query's mode/direction/days over it")
-    bill: Bill
+    bill: Bill = Field(description="over all regions, or with region= that region's alone")
+    region: str = Field(default=None, description="with region=: the region billed")  # type: ignore[assignment]
+    regions: list[RegionBill] = Field(default=None,  # type: ignore[assignment]
+                                      description="group_by=region or region_scope each: one bill per region")
+
+
+class NodeRegion(_Strict):
+    node_id: str
+    region: str
+
+
+class RegionNodes(_Strict):
+    region: str
+    nodes: list[str]
+
+
+class UnmappedNodes(_Strict):
+    count: int = NonNegative
+    node_ids: list[str] = Field(description="the first 100, by id")
+    detail: str
+
+
+class Regions(_Strict):
+    default_region: str
+    regions: list[RegionNodes]
+    unmapped_nodes: UnmappedNodes
 
 
 class QuotaEvent(_Strict):
@@ -194,4 +233,5 @@ class ProblemDetails(BaseModel):
 
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    Account, ApiKey, Usage, Balance, Billing, Events, WebhookSecret, WriteResult, BatchStatus, ProblemDetails)
+    Account, ApiKey, Usage, Balance, Billing, Events, WebhookSecret, WriteResult, BatchStatus, ProblemDetails,
+    Regions, NodeRegion)

@@ -97,6 +97,9 @@ class MeterdProcess:
                              sqlite_synchronous=s.database.sqlite_synchronous)
         self._stops.append(("database", db.close))
         await db.migrate()
+        for node, region in s.billing.node_regions.items():  # config names win at each start
+            if not await Repository(db).set_node_region(node, region):
+                log.warning("region map full: node %s stays in the default region", node)
         # Losing a race to another consumer is not the database failing.
         db_breaker = outbound(gov, "database", s.governance, fail_max=5, reset_timeout=5.0,
                               exclude=(OffsetConflict, LogRowsTaken, AlreadyApplied))
@@ -160,7 +163,7 @@ class MeterdProcess:
             app = build_api(ApiContext(repo=repo, auth=auth, ingest=ingest, registry=self.registry, ledger=ledger,
                                        max_body_bytes=s.http.max_body_bytes,
                                        body_timeout=s.http.body_timeout_seconds, readiness=readiness,
-                                       extra_routes=extra_routes))
+                                       extra_routes=extra_routes, default_region=s.billing.default_region))
             http = HttpServer(gov.asgi(app, client_key=http_client_key), s.http.host, s.http.port, name="api",
                               header_timeout=s.http.header_timeout_seconds, max_header_bytes=s.http.max_header_bytes)
             await http.start()

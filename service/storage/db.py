@@ -65,6 +65,10 @@ def _billing_plans(conn: Connection) -> None:
     _add_missing_columns(conn, "accounts", ["billing_plan"])
 
 
+def _regions(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.node_regions, schema.usage_region_5m], checkfirst=True)
+
+
 # Append-only: (version, description, step). A step runs inside the migration transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
@@ -72,6 +76,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "usage rollups (5 min, hour, day; per node hour, day), accounts.billing_timezone", _rollups),
     (4, "quota threshold events, webhook outbox, accounts' alert and webhook settings", _quota_alerts),
     (5, "accounts.billing_plan", _billing_plans),
+    (6, "billing regions: node_regions, usage per region at 5 minutes", _regions),
 ]
 
 

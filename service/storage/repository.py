@@ -15,6 +15,15 @@ from service.storage import schema
 from service.storage.billing_sql import interval_samples, interval_stats
 from service.storage.db import Database
 from service.storage.period_usage import bytes_used, usage_totals
+from service.storage.regions import (
+    region_map,
+    region_samples,
+    region_usage_rows,
+    regions_of,
+    set_region,
+    unmapped_nodes,
+    unset_region,
+)
 
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -161,6 +170,34 @@ class Repository:
             totals = (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
             stats = await interval_stats(conn, account_id, start_s, cutoff_s, day_bounds)
             return totals, stats, await interval_samples(conn, account_id, start_s, cutoff_s)
+
+    # -- billing regions (service.storage.regions) -------------------------------------------
+    async def set_node_region(self, node_id: str, region: str) -> bool:
+        async with self.db.engine.begin() as conn:
+            return await set_region(conn, self._insert, node_id, region)
+
+    async def unset_node_region(self, node_id: str, region: str) -> bool:
+        async with self.db.engine.begin() as conn:
+            return await unset_region(conn, node_id, region)
+
+    async def node_regions(self, node_ids: list[str]) -> dict[str, str]:
+        async with self.db.engine.connect() as conn:
+            return await regions_of(conn, node_ids)
+
+    async def region_overview(self, since_s: int, limit: int) -> tuple[dict[str, list[str]], int, list[str]]:
+        """The map {region: nodes}, and the nodes seen since ``since_s`` without a region."""
+        async with self.db.engine.connect() as conn:
+            return (await region_map(conn), *await unmapped_nodes(conn, since_s, limit))
+
+    async def region_samples(self, account_id: str, start_s: int,
+                             cutoff_s: int) -> dict[str, dict[int, tuple[int, int]]]:
+        async with self.db.engine.connect() as conn:
+            return await region_samples(conn, account_id, start_s, cutoff_s)
+
+    async def region_usage_rows(self, account_id: str, start_s: int, end_s: int, regions: list[str] | None,
+                                limit: int) -> list[tuple[int, str, int, int, int]]:
+        async with self.db.engine.connect() as conn:
+            return await region_usage_rows(conn, account_id, start_s, end_s, regions, limit)
 
     # -- quota events and webhook deliveries ------------------------------------------------
     async def list_events(self, account_id: str, limit: int) -> list[dict]:

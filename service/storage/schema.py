@@ -94,6 +94,28 @@ ACCOUNT_ROLLUPS: tuple[tuple[int, Table], ...] = (
 NODE_ROLLUPS: tuple[tuple[int, Table], ...] = ((3600, usage_node_hour), (86400, usage_node_day))
 USAGE_TABLES = (usage_minute, usage_5m, usage_hour, usage_day, usage_node_hour, usage_node_day)
 
+# Billing regions (migration 6): each node's region, set by the admin API or config. The consumer
+# adds each flush's usage to its node's region at 5 minutes, as mapped when it counts the usage
+# (region "" is the default region: nodes without a mapping), so a bill never moves afterwards.
+node_regions = Table(
+    "node_regions",
+    metadata,
+    Column("node_id", String(128), primary_key=True),
+    Column("region", String(64), nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+Index("ix_node_regions_region", node_regions.c.region)
+usage_region_5m = Table(
+    "usage_region_5m",
+    metadata,
+    Column("account_id", String(40), primary_key=True),
+    Column("region", String(64), primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),
+    Column("bytes_in", BigInteger, nullable=False),
+    Column("bytes_out", BigInteger, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+)
+
 # One row per (account, period, threshold) crossed: the unique key is what makes "once per
 # threshold per period" hold across flushes, consumers and restarts.
 quota_events = Table(

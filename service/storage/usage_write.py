@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Table, case
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.storage.regions import add_region_usage
 from service.storage.rollup import BIGINT_MAX, UsageDelta, rollup_rows
 
 MAX_SUM = BIGINT_MAX
@@ -32,3 +33,4 @@ async def add_usage(conn: AsyncConnection, insert: Callable[..., Any], usage: Us
     # Minute rows and every rollup in one transaction: a query never sees one without the other.
     for table, rows in rollup_rows(usage):
         await conn.execute(saturating_upsert(insert, table), rows)
+    await add_region_usage(conn, insert, usage, saturating_upsert)
