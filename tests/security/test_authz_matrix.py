@@ -86,6 +86,10 @@ API_ROWS = [
     Row("GET", "/v1/accounts/{account_id}/billing", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/events", own_or_admin(200)),
     Row("POST", "/v1/accounts/{account_id}/webhook-secret", admin_only(200)),
+    Row("GET", "/v1/regions", admin_only(200)),
+    Row("PUT", "/v1/regions/{region}/nodes/{node_id}", admin_only(200)),
+    Row("DELETE", "/v1/regions/{region}/nodes/{node_id}", admin_only(404),
+        note="a node never mapped: the admin passes the guard and finds nothing"),
     Row("POST", "/v1/traffic", {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 403, "own": 202, "admin": 202},
         body=_traffic),
     # Batch ids are scoped by the principal that wrote them: only that principal finds the batch.
@@ -203,6 +207,8 @@ def _path(row: Row, ctx: Ctx) -> str:
         params["batch_id"] = ctx.who.own_batch
     if "{asset}" in row.path:
         params["asset"] = "swagger-ui.css"
+    if "{region}" in row.path:  # PUT maps matrix-put; DELETE asks for matrix-delete, never mapped
+        params.update(region="matrix", node_id=f"matrix-{row.method.lower()}")
     return row.path.format(**params)
 
 
