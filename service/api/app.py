@@ -35,12 +35,20 @@ from service.api.timeparams import (
     parse_zone,
     usage_window,
 )
+from service.api.tokens_api import token_routes
 from service.api.traffic_json import parse_traffic
 from service.api.usage_body import UsageQuery, point_rows, usage_body
 from service.api.usage_query import bucketed_usage
 from service.auth import Authenticator, Principal
 from service.billing_plan import plan_json
-from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
+from service.ingest.errors import (
+    BatchConflict,
+    DependencyDown,
+    ForeignRecords,
+    IngestError,
+    InvalidBatch,
+    ReadOnlyCredential,
+)
 from service.ingest.writer import IngestService
 from service.storage import Repository
 from service.storage.ledger import Ledger
@@ -70,6 +78,8 @@ def ingest_problem(exc: IngestError) -> Problem:
                        errors=[{"field": v.field, "detail": v.description} for v in exc.violations])
     if isinstance(exc, ForeignRecords):
         return Problem(403, "Forbidden", exc.detail, slug="foreign-records")
+    if isinstance(exc, ReadOnlyCredential):
+        return Problem(403, "Forbidden", exc.detail, slug="read-only-token")
     if isinstance(exc, BatchConflict):
         return Problem(409, "Batch Conflict", exc.detail, slug="batch-conflict")
     if isinstance(exc, DependencyDown):  # the same reply as governance's DependencyUnavailable
@@ -302,6 +312,8 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
         Route("/v1/batches/{batch_id}", batch_lookup(api.ctx.ledger, api.principal, json_response), methods=["GET"]),
         *region_routes(api.ctx.repo, api.admin, api.ctx.default_region, json_response),
+        *token_routes(api.ctx.repo, api.ctx.auth, api.principal, json_response, api.ctx.max_body_bytes,
+                      api.ctx.body_timeout),
         *ops_routes(api.ctx.registry, api.ctx.readiness),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/docs", api.docs, methods=["GET"]),

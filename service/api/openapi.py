@@ -13,6 +13,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from service.api.bodies import AccountCreate, AccountPatch
 from service.api.schemas import RESPONSE_MODELS
+from service.api.tokens_api import ReadTokenCreate
 from service.billing_plan import DAY_RULES, DIRECTIONS, MODES
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
@@ -78,7 +79,8 @@ def _clean(node: Any) -> Any:
 def _schemas() -> dict[str, Any]:
     """Components generated from the pydantic models: request bodies as they validate, responses
     as they are served."""
-    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(AccountCreate, "validation"), (AccountPatch, "validation")]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(AccountCreate, "validation"), (AccountPatch, "validation"),
+                                                             (ReadTokenCreate, "validation")]
     models += [(m, "serialization") for m in RESPONSE_MODELS]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     return {**_clean(top["$defs"]), **_TRAFFIC_SCHEMAS}
@@ -152,6 +154,21 @@ def _paths() -> dict[str, Any]:
             "operationId": "rotateWebhookSecret",
             "responses": {"200": _json(_ref("WebhookSecret"), "rotated"),
                           **_errors(401, 403, 404)}}},
+        "/v1/accounts/{account_id}/read-tokens": {"parameters": [_ACCOUNT_ID], "post": {
+            "summary": "Issue a read-only token for the account (admin or its own key; not a read-only token)",
+            "operationId": "createReadToken",
+            "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("ReadTokenCreate")}}},
+            "responses": {"201": _json(_ref("ReadToken"), "created; the token is shown once"),
+                          **_errors(400, 401, 403, 404, 409, 413)}},
+            "get": {"summary": "Live read-only tokens of the account, without secrets (admin or its own key)",
+                    "operationId": "listReadTokens",
+                    "responses": {"200": _json(_ref("ReadTokens"), "tokens"), **_errors(401, 403, 404)}}},
+        "/v1/accounts/{account_id}/read-tokens/{token_id}": {
+            "parameters": [_ACCOUNT_ID, {"name": "token_id", "in": "path", "required": True,
+                                         "schema": {"type": "string"}}],
+            "delete": {"summary": "Revoke a read-only token (admin or the account's own key)",
+                       "operationId": "revokeReadToken",
+                       "responses": {"204": {"description": "revoked"}, **_errors(401, 403, 404)}}},
         "/v1/regions": {"get": {
             "summary": "The node -> billing region map and the nodes without a region (admin)",
             "operationId": "getRegions",

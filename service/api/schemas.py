@@ -42,6 +42,21 @@ class ApiKey(_Strict):
     created_at: datetime
 
 
+class ReadToken(_Strict):
+    id: str
+    prefix: str
+    account_id: str
+    read_only: Literal[True]
+    created_at: datetime
+    expires_at: datetime
+    token: str = Field(default=None, description="only when created: shown once, stored hashed")  # type: ignore[assignment]
+
+
+class ReadTokens(_Strict):
+    account_id: str
+    tokens: list[ReadToken] = Field(description="live tokens (unexpired, unrevoked), oldest first, no secrets")
+
+
 class Counts(_Strict):
     bytes_in: int = NonNegative
     bytes_out: int = NonNegative
@@ -234,4 +249,4 @@ class ProblemDetails(BaseModel):
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Account, ApiKey, Usage, Balance, Billing, Events, WebhookSecret, WriteResult, BatchStatus, ProblemDetails,
-    Regions, NodeRegion)
+    Regions, NodeRegion, ReadToken, ReadTokens)

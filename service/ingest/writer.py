@@ -14,7 +14,7 @@ from governance.tracing import producer_span
 from service.auth import Principal
 from service.config import Settings
 from service.ingest.accounts import AccountStatusCache
-from service.ingest.errors import BatchConflict, DependencyDown, IngestError
+from service.ingest.errors import BatchConflict, DependencyDown, IngestError, ReadOnlyCredential
 from service.ingest.validate import validate_batch, validate_shape
 from service.metrics import PipelineMetrics
 from service.pb.meterd.v1 import pipeline_pb2, traffic_pb2
@@ -69,6 +69,8 @@ class IngestService:
 
     async def _write(self, principal: Principal, batch_id: str,
                      records: Sequence[traffic_pb2.TrafficRecord]) -> WriteResult:
+        if principal.read_only:
+            raise ReadOnlyCredential("a read-only token cannot write traffic; use the account's API key")
         validate_shape(batch_id, len(records), self._settings)
         statuses = await self._accounts.statuses({r.account_id for r in records})
         validate_batch(batch_id, records, statuses, self._settings, own_account=principal.account_id)

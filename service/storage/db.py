@@ -69,6 +69,10 @@ def _regions(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.node_regions, schema.usage_region_5m], checkfirst=True)
 
 
+def _read_tokens(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.read_tokens], checkfirst=True)
+
+
 # Append-only: (version, description, step). A step runs inside the migration transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
@@ -77,6 +81,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (4, "quota threshold events, webhook outbox, accounts' alert and webhook settings", _quota_alerts),
     (5, "accounts.billing_plan", _billing_plans),
     (6, "billing regions: node_regions, usage per region at 5 minutes", _regions),
+    (7, "read-only customer tokens", _read_tokens),
 ]
 
 

@@ -15,6 +15,7 @@ from service.storage import schema
 from service.storage.billing_sql import interval_samples, interval_stats
 from service.storage.db import Database
 from service.storage.period_usage import bytes_used, usage_totals
+from service.storage.read_tokens import ReadTokens
 from service.storage.regions import (
     region_map,
     region_samples,
@@ -48,6 +49,7 @@ class Repository:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        self._read_tokens = ReadTokens(db.engine)
 
     # -- accounts ---------------------------------------------------------------------------
     async def create_account(self, name: str, quota_bytes: int | None, status: str = "active", *,
@@ -124,6 +126,19 @@ class Repository:
         if row is None or not hmac.compare_digest(row[1], digest):
             return None
         return row[0]
+
+    # -- read-only customer tokens (service.storage.read_tokens) -----------------------------
+    async def create_read_token(self, account_id: str, ttl_ms: int) -> dict | None:
+        return await self._read_tokens.create(new_id("rt_"), account_id, ttl_ms)
+
+    async def list_read_tokens(self, account_id: str) -> list[dict]:
+        return await self._read_tokens.list_live(account_id)
+
+    async def revoke_read_token(self, account_id: str, token_id: str) -> bool:
+        return await self._read_tokens.revoke(account_id, token_id)
+
+    async def account_for_read_token(self, token: str) -> str | None:
+        return await self._read_tokens.account_for(token)
 
     # -- usage ------------------------------------------------------------------------------
     async def usage_rows(self, account_id: str, width: int, start_s: int, end_s: int, *,

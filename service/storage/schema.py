@@ -53,6 +53,21 @@ api_keys = Table(
 )
 Index("ix_api_keys_account", api_keys.c.account_id)
 
+# Read-only customer tokens (migration 7): scoped to one account, expiring, revocable; stored as
+# SHA-256 like api_keys (the plaintext is shown once).
+read_tokens = Table(
+    "read_tokens",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Column("revoked_at_ms", BigInteger, nullable=True),
+)
+Index("ix_read_tokens_account", read_tokens.c.account_id, read_tokens.c.expires_at_ms)
+
 usage_minute = Table(
     "usage_minute",
     metadata,
