@@ -4,6 +4,7 @@ the way the clouds bill (see the README's billing section for each mode's rule).
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Annotated, Literal
 
 import orjson
@@ -41,6 +42,7 @@ def _window(value: str) -> str:
 
 
 NightWindow = Annotated[str, Field(max_length=11), AfterValidator(_window)]
+UnitPrice = Annotated[Decimal, Field(ge=0, le=10**9, decimal_places=6, allow_inf_nan=False)]
 
 
 class BillingPlan(BaseModel):
@@ -54,6 +56,9 @@ class BillingPlan(BaseModel):
     day_rank: Annotated[int, Field(ge=1, le=300, strict=True)] = Field(
         5, description="month_top5_day_peak: a day's peak is its day_rank-th highest sample")
     night_window: NightWindow = Field("00:00-08:00", description="night_half95: local half-price window")
+    unit_prices: dict[Mode, UnitPrice] = Field(
+        default_factory=dict, description="per mode: price per Mbit/s for the month (day_peak: per Mbit/s-day); "
+        "the forecast names the cheapest priced mode")
 
 
 DEFAULT_PLAN = BillingPlan()
@@ -66,4 +71,4 @@ def stored_plan(raw: str | None) -> BillingPlan:
 
 def plan_json(plan: BillingPlan | None) -> str | None:
     """The column value for a plan: every field spelled out, so later default changes never move it."""
-    return None if plan is None else orjson.dumps(plan.model_dump()).decode()
+    return None if plan is None else orjson.dumps(plan.model_dump(mode="json")).decode()

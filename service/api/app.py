@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 from governance import DependencyUnavailable
 from governance.problem import MEDIA_TYPE, problem_body, retry_after_seconds
 from service.api.batches import batch_lookup
-from service.api.billing_api import billing_body
+from service.api.billing_api import billing_routes
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.export import JSON, export_response, negotiate
 from service.api.openapi import DOCS_ASSETS, DOCS_CSP, DOCS_HTML, docs_asset, openapi_document
@@ -231,11 +231,6 @@ class Api:
             "remaining_bytes": None if quota is None else max(0, quota - used),
             "over_quota": quota is not None and used > quota})
 
-    async def billing(self, request: Request) -> Response:
-        row = await self.readable_account(request)
-        return json_response(await billing_body(self.ctx.repo, row, request.query_params, int(time.time()),
-                                                self.ctx.default_region))
-
     # -- ingestion ----------------------------------------------------------------------------
     async def post_traffic(self, request: Request) -> Response:
         principal = await self.principal(request)
@@ -306,7 +301,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/keys/{key_id}", api.delete_key, methods=["DELETE"]),
         Route("/v1/accounts/{account_id}/usage", api.usage, methods=["GET"]),
         Route("/v1/accounts/{account_id}/balance", api.balance, methods=["GET"]),
-        Route("/v1/accounts/{account_id}/billing", api.billing, methods=["GET"]),
+        *billing_routes(api.ctx.repo, api.readable_account, json_response, api.ctx.default_region),
         Route("/v1/accounts/{account_id}/events", api.events, methods=["GET"]),
         Route("/v1/accounts/{account_id}/webhook-secret", api.rotate_webhook_secret, methods=["POST"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),

@@ -3,16 +3,23 @@ bill under the account's billing plan (or a mode asked for in the query, for com
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from service.api.problems import invalid
 from service.api.regions_api import check_region, shown_region, stored_region
 from service.api.timeparams import boundaries, format_local, month_bounds, parse_month, parse_zone
 from service.billing import INTERVAL, bandwidth_bps
+from service.billing_forecast import forecast
 from service.billing_modes import Period, compute_bill
 from service.billing_plan import OVERRIDES, BillingPlan, stored_plan
 from service.storage import Repository
@@ -25,36 +32,70 @@ def effective_plan(raw: str | None, params: Mapping[str, str]) -> BillingPlan:
     if not overrides:
         return plan
     try:
-        return BillingPlan.model_validate({**plan.model_dump(), **overrides})
+        return BillingPlan.model_validate({**plan.model_dump(mode="json"), **overrides})
     except ValidationError as exc:
         raise invalid([{"field": str(e["loc"][0]), "detail": e["msg"]} for e in exc.errors()]) from None
 
 
-async def billing_body(repo: Repository, row: dict, params: Mapping[str, str], now: int,
-                       default_region: str = "default") -> dict[str, Any]:
+@dataclass(frozen=True)
+class Month:
+    """The billing month a request names, in the zone it is billed in."""
+    zone: ZoneInfo
+    year: int
+    month: int
+    end: int
+    period: Period  # start, the cutoff (end or the last complete interval), local day bounds
+
+    @property
+    def complete(self) -> bool:
+        return self.period.cutoff == self.end
+
+    def header(self, account_id: str) -> dict[str, Any]:
+        return {"account_id": account_id, "month": f"{self.year:04d}-{self.month:02d}", "timezone": self.zone.key,
+                "period_start": format_local(self.period.start, self.zone),
+                "period_end": format_local(self.end, self.zone)}
+
+
+def billing_month(row: dict, params: Mapping[str, str], now: int) -> Month:
     zone = (parse_zone(params["tz"]) if "tz" in params
             else parse_zone(row["billing_timezone"], "billing_timezone"))
-    plan = effective_plan(row.get("billing_plan"), params)
     year, month = parse_month(params.get("month"), datetime.fromtimestamp(now, zone).date())
     start, end = month_bounds(year, month, zone)
     if start % INTERVAL or end % INTERVAL:
         raise invalid([{"field": "tz", "detail": "the zone's offset is not a multiple of 5 minutes"}])
     if start > now:
         raise invalid([{"field": "month", "detail": "the month has not started"}])
-    last_complete = now - now % INTERVAL
-    cutoff = min(end, last_complete)
-    day_bounds = boundaries(start, end, 86400, zone)
-    (b_in, b_out, reqs), stats, samples = await repo.billing_inputs(row["id"], start, cutoff, end, day_bounds)
+    cutoff = min(end, now - now % INTERVAL)
+    return Month(zone, year, month, end, Period(start, cutoff, boundaries(start, end, 86400, zone), zone))
+
+
+async def billing_body(repo: Repository, row: dict, params: Mapping[str, str], now: int,
+                       default_region: str = "default") -> dict[str, Any]:
+    plan = effective_plan(row.get("billing_plan"), params)
+    m = billing_month(row, params, now)
+    period = m.period
+    (b_in, b_out, reqs), stats, samples = await repo.billing_inputs(row["id"], period.start, period.cutoff, m.end,
+                                                                    period.day_bounds)
     quota = row["quota_bytes"]
-    period = Period(start, cutoff, day_bounds, zone)
     body = {
-        "account_id": row["id"], "month": f"{year:04d}-{month:02d}", "timezone": zone.key,
-        "period_start": format_local(start, zone), "period_end": format_local(end, zone),
-        "complete": end <= last_complete, "intervals": max(0, (cutoff - start) // INTERVAL),
+        **m.header(row["id"]), "complete": m.complete, "intervals": (period.cutoff - period.start) // INTERVAL,
         "bytes_in": b_in, "bytes_out": b_out, "requests": reqs, "bandwidth_bps": bandwidth_bps(stats),
         "quota_bytes": quota, "over_quota": quota is not None and b_in + b_out > quota,
-        "plan": plan.model_dump(), "bill": compute_bill(samples, period, plan)}
+        "plan": plan.model_dump(mode="json"), "bill": compute_bill(samples, period, plan)}
     return await add_region_bills(body, repo, row["id"], params, plan, period, default_region)
+
+
+async def forecast_body(repo: Repository, row: dict, params: Mapping[str, str], now: int) -> dict[str, Any]:
+    """GET .../billing/forecast: every mode projected to the month's end (service.billing_forecast)."""
+    if "mode" in params:
+        raise invalid([{"field": "mode", "detail": "the forecast covers every mode; leave mode out"}])
+    plan = effective_plan(row.get("billing_plan"), params)
+    m = billing_month(row, params, now)
+    period = m.period
+    *_, samples = await repo.billing_inputs(row["id"], period.start, period.cutoff, m.end, period.day_bounds)
+    return {**m.header(row["id"]), "complete": m.complete, "as_of": format_local(period.cutoff, m.zone),
+            "method": "weekly-repeat", "plan": plan.model_dump(mode="json"),
+            **forecast(samples, period, m.end, plan)}
 
 
 async def add_region_bills(body: dict[str, Any], repo: Repository, account_id: str, params: Mapping[str, str],
@@ -77,3 +118,19 @@ async def add_region_bills(body: dict[str, Any], repo: Repository, account_id: s
         shown = sorted((shown_region(k, default_region), v) for k, v in by_region.items())
         body["regions"] = [{"region": r, "bill": compute_bill(v, period, plan)} for r, v in shown]
     return body
+
+
+def billing_routes(repo: Repository, readable_account: Callable[[Request], Awaitable[dict]],
+                   json_response: Callable[..., Response], default_region: str) -> list[BaseRoute]:
+    """GET .../billing and .../billing/forecast (admin, the account's key or its read-only token)."""
+
+    async def billing(request: Request) -> Response:
+        row = await readable_account(request)
+        return json_response(await billing_body(repo, row, request.query_params, int(time.time()), default_region))
+
+    async def billing_forecast(request: Request) -> Response:
+        row = await readable_account(request)
+        return json_response(await forecast_body(repo, row, request.query_params, int(time.time())))
+
+    return [Route("/v1/accounts/{account_id}/billing", billing, methods=["GET"]),
+            Route("/v1/accounts/{account_id}/billing/forecast", billing_forecast, methods=["GET"])]

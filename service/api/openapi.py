@@ -154,6 +154,16 @@ def _paths() -> dict[str, Any]:
             "operationId": "rotateWebhookSecret",
             "responses": {"200": _json(_ref("WebhookSecret"), "rotated"),
                           **_errors(401, 403, 404)}}},
+        "/v1/accounts/{account_id}/billing/forecast": {"parameters": [_ACCOUNT_ID], "get": {
+            "summary": "Every billing mode projected to the month's end, and the cheapest at the plan's prices "
+                       "(admin, its own key or read-only token)",
+            "operationId": "getBillingForecast",
+            "parameters": [{"name": "month", "in": "query",
+                            "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                            "description": "YYYY-MM; default the current month in the zone"},
+                           {**_TZ, "description": "default the account's billing_timezone"},
+                           *_PLAN_OVERRIDES[1:]],
+            "responses": {"200": _json(_ref("Forecast"), "forecast"), **_errors(400, 401, 404)}}},
         "/v1/accounts/{account_id}/read-tokens": {"parameters": [_ACCOUNT_ID], "post": {
             "summary": "Issue a read-only token for the account (admin or its own key; not a read-only token)",
             "operationId": "createReadToken",

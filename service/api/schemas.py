@@ -195,6 +195,30 @@ class Regions(_Strict):
     unmapped_nodes: UnmappedNodes
 
 
+class ModeForecast(_Strict):
+    mode: Mode
+    bps: int = NonNegative
+    billable_bps: int = NonNegative
+    valid_days: int = NonNegative
+    proration: str = Field(pattern=r"^[01]\.[0-9]{8}$")
+    unit_price: str | None = Field(description="the plan's unit_prices entry for the mode")
+    cost: str | None = Field(description="billable_bps / 10^6 x unit_price, to the cent (half up)")
+
+
+class Forecast(_Strict):
+    account_id: str
+    month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
+    timezone: str
+    period_start: datetime
+    period_end: datetime
+    complete: bool = Field(description="the month has ended: each forecast is the bill")
+    as_of: datetime = Field(description="observed up to here; later intervals are projected")
+    method: Literal["weekly-repeat"]
+    plan: BillingPlan
+    forecasts: list[ModeForecast]
+    cheapest: Mode | None = Field(description="the priced mode with the lowest cost (null: no prices)")
+
+
 class QuotaEvent(_Strict):
     id: str
     type: Literal["quota.threshold_crossed"]
@@ -249,4 +273,4 @@ class ProblemDetails(BaseModel):
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Account, ApiKey, Usage, Balance, Billing, Events, WebhookSecret, WriteResult, BatchStatus, ProblemDetails,
-    Regions, NodeRegion, ReadToken, ReadTokens)
+    Regions, NodeRegion, ReadToken, ReadTokens, Forecast)

@@ -91,6 +91,7 @@ API_ROWS = [
     Row("GET", "/v1/accounts/{account_id}/usage", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/balance", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/billing", own_or_admin(200)),
+    Row("GET", "/v1/accounts/{account_id}/billing/forecast", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/events", own_or_admin(200)),
     Row("POST", "/v1/accounts/{account_id}/webhook-secret", admin_only(200)),
     Row("GET", "/v1/regions", admin_only(200)),

@@ -21,7 +21,7 @@ __all__ = ["stack"]
 README = Path(__file__).resolve().parents[2] / "README.md"
 MBIT = 37_500_000  # bytes in a 5-minute interval at 1 Mbit/s
 DEFAULT_PLAN = {"mode": "month95", "direction": "max", "days": "all", "region_scope": "all", "day_rank": 5,
-                "night_window": "00:00-08:00"}
+                "night_window": "00:00-08:00", "unit_prices": {}}
 
 
 def readme_examples() -> dict[str, int]:
