@@ -61,9 +61,16 @@ def kth_highest(values: list[int], k: int) -> int:
     return heapq.nlargest(k, values)[-1]
 
 
-def _raw(direction: str, b_in: int, b_out: int) -> int:
-    # avg is kept doubled (in + out) so it stays an integer; the divisor undoes it.
-    return {"in": b_in, "out": b_out, "max": max(b_in, b_out), "avg": b_in + b_out}[direction]
+def _raw(samples: Mapping[int, tuple[int, int]], direction: str, a: int, b: int) -> list[int]:
+    """The day's samples in a direction; avg is kept doubled (in + out) so it stays an integer."""
+    get, zero, ts = samples.get, (0, 0), range(a, b, INTERVAL)
+    if direction == "in":
+        return [get(t, zero)[0] for t in ts]
+    if direction == "out":
+        return [get(t, zero)[1] for t in ts]
+    if direction == "max":
+        return [max(get(t, zero)) for t in ts]
+    return [sum(get(t, zero)) for t in ts]
 
 
 def _night_minutes(plan: BillingPlan) -> tuple[int, int]:
@@ -101,7 +108,7 @@ def build_days(samples: Mapping[int, tuple[int, int]], period: Period, plan: Bil
         if a >= period.cutoff:
             break
         end = min(b, period.cutoff)
-        raw = [_raw(plan.direction, *samples.get(t, (0, 0))) for t in range(a, end, INTERVAL)]
+        raw = _raw(samples, plan.direction, a, end)
         values = raw
         if night is not None:
             values = [v if _in_window(m, night) else 2 * v

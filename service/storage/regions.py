@@ -50,7 +50,7 @@ async def region_samples(conn: AsyncConnection, account_id: str, start: int,
     res = await conn.execute(select(t.c.region, t.c.bucket, t.c.bytes_in, t.c.bytes_out).where(
         and_(t.c.account_id == account_id, t.c.bucket >= start, t.c.bucket < cutoff)))
     out: dict[str, dict[int, tuple[int, int]]] = {}
-    for region, bucket, b_in, b_out in res:
+    for region, bucket, b_in, b_out in res.all():
         out.setdefault(region, {})[bucket] = (b_in, b_out)
     return out
 

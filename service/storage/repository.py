@@ -11,8 +11,9 @@ from typing import Any
 from sqlalchemy import and_, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from service.billing import interval_stats
 from service.storage import schema
-from service.storage.billing_sql import interval_samples, interval_stats
+from service.storage.billing_sql import interval_samples
 from service.storage.db import Database
 from service.storage.period_usage import bytes_used, usage_totals
 from service.storage.read_tokens import ReadTokens
@@ -173,18 +174,17 @@ class Repository:
     async def billing_figures(self, account_id: str, start_s: int, cutoff_s: int, end_s: int,
                               day_bounds: list[int]) -> tuple[list[int], dict[str, dict[str, int]]]:
         """The period's [bytes_in, bytes_out, requests] over [start_s, end_s) and the interval
-        statistics over [start_s, cutoff_s) (see billing_sql.interval_stats)."""
-        async with self.db.engine.connect() as conn:
-            totals = (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
-            return totals, await interval_stats(conn, account_id, start_s, cutoff_s, day_bounds)
+        statistics over [start_s, cutoff_s) (see service.billing.interval_stats)."""
+        totals, stats, _ = await self.billing_inputs(account_id, start_s, cutoff_s, end_s, day_bounds)
+        return totals, stats
 
     async def billing_inputs(self, account_id: str, start_s: int, cutoff_s: int, end_s: int, day_bounds: list[int],
                              ) -> tuple[list[int], dict[str, dict[str, int]], dict[int, tuple[int, int]]]:
         """billing_figures plus the 5-minute samples of [start_s, cutoff_s), read in one connection."""
         async with self.db.engine.connect() as conn:
             totals = (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
-            stats = await interval_stats(conn, account_id, start_s, cutoff_s, day_bounds)
-            return totals, stats, await interval_samples(conn, account_id, start_s, cutoff_s)
+            samples = await interval_samples(conn, account_id, start_s, cutoff_s)
+        return totals, interval_stats(samples, start_s, cutoff_s, day_bounds), samples
 
     # -- billing regions (service.storage.regions) -------------------------------------------
     async def set_node_region(self, node_id: str, region: str) -> bool:
