@@ -301,7 +301,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/keys/{key_id}", api.delete_key, methods=["DELETE"]),
         Route("/v1/accounts/{account_id}/usage", api.usage, methods=["GET"]),
         Route("/v1/accounts/{account_id}/balance", api.balance, methods=["GET"]),
-        *billing_routes(api.ctx.repo, api.readable_account, json_response, api.ctx.default_region),
+        *billing_routes(api.ctx.repo, api.readable_account, api.admin, json_response, api.ctx.default_region),
         Route("/v1/accounts/{account_id}/events", api.events, methods=["GET"]),
         Route("/v1/accounts/{account_id}/webhook-secret", api.rotate_webhook_secret, methods=["POST"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),

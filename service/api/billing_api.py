@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from service.api.periods_api import frozen_bill, late_adjustments, period_routes
 from service.api.problems import invalid
 from service.api.regions_api import check_region, shown_region, stored_region
 from service.api.timeparams import boundaries, format_local, month_bounds, parse_month, parse_zone
@@ -121,16 +122,32 @@ async def add_region_bills(body: dict[str, Any], repo: Repository, account_id: s
 
 
 def billing_routes(repo: Repository, readable_account: Callable[[Request], Awaitable[dict]],
-                   json_response: Callable[..., Response], default_region: str) -> list[BaseRoute]:
-    """GET .../billing and .../billing/forecast (admin, the account's key or its read-only token)."""
+                   admin: Callable[[Request], Awaitable[Any]], json_response: Callable[..., Response],
+                   default_region: str) -> list[BaseRoute]:
+    """GET .../billing and .../billing/forecast (admin, the account's key or its read-only token),
+    and the admin's POST .../periods/{month}/close."""
+
+    async def bill(row: dict, params: Mapping[str, str], now: int) -> dict[str, Any]:
+        body = await billing_body(repo, row, params, now, default_region)
+        if "tz" not in params:  # late records of the closed months just before this one
+            late = await late_adjustments(repo, row["id"], body["month"])
+            if late:
+                body["late_adjustments"] = late
+        return body
 
     async def billing(request: Request) -> Response:
         row = await readable_account(request)
-        return json_response(await billing_body(repo, row, request.query_params, int(time.time()), default_region))
+        now = int(time.time())
+        today = datetime.fromtimestamp(now, parse_zone(row["billing_timezone"], "billing_timezone")).date()
+        frozen = await frozen_bill(repo, row, request.query_params, today)
+        if frozen is not None:
+            return Response(frozen, media_type="application/json")  # byte for byte as closed
+        return json_response(await bill(row, request.query_params, now))
 
     async def billing_forecast(request: Request) -> Response:
         row = await readable_account(request)
         return json_response(await forecast_body(repo, row, request.query_params, int(time.time())))
 
     return [Route("/v1/accounts/{account_id}/billing", billing, methods=["GET"]),
-            Route("/v1/accounts/{account_id}/billing/forecast", billing_forecast, methods=["GET"])]
+            Route("/v1/accounts/{account_id}/billing/forecast", billing_forecast, methods=["GET"]),
+            *period_routes(repo, admin, bill)]

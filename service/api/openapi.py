@@ -164,6 +164,13 @@ def _paths() -> dict[str, Any]:
                            {**_TZ, "description": "default the account's billing_timezone"},
                            *_PLAN_OVERRIDES[1:]],
             "responses": {"200": _json(_ref("Forecast"), "forecast"), **_errors(400, 401, 404)}}},
+        "/v1/accounts/{account_id}/periods/{month}/close": {
+            "parameters": [_ACCOUNT_ID, {"name": "month", "in": "path", "required": True,
+                                         "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"}}],
+            "post": {"summary": "Close an ended billing month (admin): its bill is stored and served byte for "
+                                "byte from then on", "operationId": "closePeriod",
+                     "responses": {"200": _json(_ref("Billing"), "the frozen bill"),
+                                   **_errors(400, 401, 403, 404, 409)}}},
         "/v1/accounts/{account_id}/read-tokens": {"parameters": [_ACCOUNT_ID], "post": {
             "summary": "Issue a read-only token for the account (admin or its own key; not a read-only token)",
             "operationId": "createReadToken",

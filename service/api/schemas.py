@@ -147,6 +147,13 @@ class Bill(_Strict):
     daily: list[DailyFigure] | None = Field(description="day modes: every begun local day")
 
 
+class LateAdjustment(_Strict):
+    month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$", description="the closed month the records belong to")
+    bytes_in: int
+    bytes_out: int
+    requests: int
+
+
 class RegionBill(_Strict):
     region: str
     bill: Bill
@@ -171,6 +178,9 @@ class Billing(_Strict):
     region: str = Field(default=None, description="with region=: the region billed")  # type: ignore[assignment]
     regions: list[RegionBill] = Field(default=None,  # type: ignore[assignment]
                                       description="group_by=region or region_scope each: one bill per region")
+    late_adjustments: list[LateAdjustment] = Field(
+        default=None, description="records counted after the closed months just before this one were "  # type: ignore[assignment]
+        "closed: live totals minus the frozen ones (only when there are any)")
 
 
 class NodeRegion(_Strict):

@@ -73,6 +73,10 @@ def _read_tokens(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.read_tokens], checkfirst=True)
 
 
+def _closed_periods(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.closed_periods], checkfirst=True)
+
+
 # Append-only: (version, description, step). A step runs inside the migration transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
@@ -82,6 +86,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (5, "accounts.billing_plan", _billing_plans),
     (6, "billing regions: node_regions, usage per region at 5 minutes", _regions),
     (7, "read-only customer tokens", _read_tokens),
+    (8, "closed billing months", _closed_periods),
 ]
 
 

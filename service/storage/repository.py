@@ -16,6 +16,7 @@ from service.storage import schema
 from service.storage.billing_sql import interval_samples
 from service.storage.db import Database
 from service.storage.period_usage import bytes_used, usage_totals
+from service.storage.periods import Periods
 from service.storage.read_tokens import ReadTokens
 from service.storage.regions import (
     region_map,
@@ -51,6 +52,7 @@ class Repository:
         self.db = db
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
         self._read_tokens = ReadTokens(db.engine)
+        self._periods = Periods(db.engine, self._insert)
 
     # -- accounts ---------------------------------------------------------------------------
     async def create_account(self, name: str, quota_bytes: int | None, status: str = "active", *,
@@ -127,6 +129,21 @@ class Repository:
         if row is None or not hmac.compare_digest(row[1], digest):
             return None
         return row[0]
+
+    # -- closed months (service.storage.periods) -------------------------------------------
+    async def close_period(self, account_id: str, month: str, timezone: str, bill_json: bytes,
+                           totals: list[int]) -> dict:
+        return await self._periods.close(account_id, month, timezone, bill_json, totals)
+
+    async def closed_period(self, account_id: str, month: str) -> dict | None:
+        return await self._periods.get(account_id, month)
+
+    async def closed_before(self, account_id: str, month: str) -> list[dict]:
+        return await self._periods.before(account_id, month)
+
+    async def month_totals(self, account_id: str, start_s: int, end_s: int) -> list[int]:
+        async with self.db.engine.connect() as conn:
+            return (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
 
     # -- read-only customer tokens (service.storage.read_tokens) -----------------------------
     async def create_read_token(self, account_id: str, ttl_ms: int) -> dict | None:

@@ -68,6 +68,22 @@ read_tokens = Table(
 )
 Index("ix_read_tokens_account", read_tokens.c.account_id, read_tokens.c.expires_at_ms)
 
+# Closed billing months (migration 8): the bill as served when the admin closed the month, kept
+# byte for byte, and its totals, so records that arrive later show up as an adjustment instead.
+closed_periods = Table(
+    "closed_periods",
+    metadata,
+    Column("account_id", String(40), ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("month", String(7), primary_key=True),  # YYYY-MM in the account's billing_timezone
+    Column("timezone", String(64), nullable=False),
+    Column("bill_json", LargeBinary, nullable=False),
+    # Decimal strings: a month's totals are exact past 2^63 (sums are made by meterd, not SQL).
+    Column("bytes_in", String(40), nullable=False),
+    Column("bytes_out", String(40), nullable=False),
+    Column("requests", String(40), nullable=False),
+    Column("closed_at_ms", BigInteger, nullable=False),
+)
+
 usage_minute = Table(
     "usage_minute",
     metadata,

@@ -16,6 +16,7 @@ admin token, the API keys and their hashes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,8 @@ API_ROWS = [
     Row("GET", "/v1/accounts/{account_id}/balance", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/billing", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/billing/forecast", own_or_admin(200)),
+    Row("POST", "/v1/accounts/{account_id}/periods/{month}/close", admin_only(409),
+        note="the current month has not ended: the admin passes the guard and is told so"),
     Row("GET", "/v1/accounts/{account_id}/events", own_or_admin(200)),
     Row("POST", "/v1/accounts/{account_id}/webhook-secret", admin_only(200)),
     Row("GET", "/v1/regions", admin_only(200)),
@@ -222,6 +225,8 @@ def _path(row: Row, ctx: Ctx) -> str:
         params["batch_id"] = ctx.who.own_batch
     if "{asset}" in row.path:
         params["asset"] = "swagger-ui.css"
+    if "{month}" in row.path:
+        params["month"] = time.strftime("%Y-%m", time.gmtime())
     if "{token_id}" in row.path:
         params["token_id"] = "rt_never_issued"
     if "{region}" in row.path:  # PUT maps matrix-put; DELETE asks for matrix-delete, never mapped
