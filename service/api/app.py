@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from governance import DependencyUnavailable
 from governance.problem import MEDIA_TYPE, problem_body, retry_after_seconds
+from service.api.adjustments_api import adjustment_routes
 from service.api.batches import batch_lookup
 from service.api.billing_api import billing_routes
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
@@ -53,6 +54,7 @@ from service.ingest.writer import IngestService
 from service.storage import Repository
 from service.storage.ledger import Ledger
 from service.storage.quota_alerts import PPM, thresholds_ppm
+from service.storage.repository import new_id
 from service.webhooks import event_body
 
 log = logging.getLogger("meterd.api")
@@ -302,6 +304,8 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/usage", api.usage, methods=["GET"]),
         Route("/v1/accounts/{account_id}/balance", api.balance, methods=["GET"]),
         *billing_routes(api.ctx.repo, api.readable_account, api.admin, json_response, api.ctx.default_region),
+        *adjustment_routes(api.ctx.repo, api.admin, api.readable_account, json_response, api.ctx.max_body_bytes,
+                           api.ctx.body_timeout, new_id),
         Route("/v1/accounts/{account_id}/events", api.events, methods=["GET"]),
         Route("/v1/accounts/{account_id}/webhook-secret", api.rotate_webhook_secret, methods=["POST"]),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from service.api.adjustments_api import AdjustmentCreate
 from service.api.bodies import AccountCreate, AccountPatch
 from service.api.schemas import RESPONSE_MODELS
 from service.api.tokens_api import ReadTokenCreate
@@ -80,7 +81,8 @@ def _schemas() -> dict[str, Any]:
     """Components generated from the pydantic models: request bodies as they validate, responses
     as they are served."""
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(AccountCreate, "validation"), (AccountPatch, "validation"),
-                                                             (ReadTokenCreate, "validation")]
+                                                             (ReadTokenCreate, "validation"),
+                                                             (AdjustmentCreate, "validation")]
     models += [(m, "serialization") for m in RESPONSE_MODELS]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     return {**_clean(top["$defs"]), **_TRAFFIC_SCHEMAS}
@@ -171,6 +173,17 @@ def _paths() -> dict[str, Any]:
                                 "byte from then on", "operationId": "closePeriod",
                      "responses": {"200": _json(_ref("Billing"), "the frozen bill"),
                                    **_errors(400, 401, 403, 404, 409)}}},
+        "/v1/accounts/{account_id}/adjustments": {"parameters": [_ACCOUNT_ID], "post": {
+            "summary": "Adjust usage at a (node, 5-minute interval) by a signed delta (admin); an idempotency "
+                       "key makes a retry count once", "operationId": "createAdjustment",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AdjustmentCreate")}}},
+            "responses": {"201": _json(_ref("Adjustment"), "applied"), "200": _json(_ref("Adjustment"), "a replay"),
+                          **_errors(400, 401, 403, 404, 409, 413)}},
+            "get": {"summary": "A month's adjustments (admin, its own key or read-only token)",
+                    "operationId": "listAdjustments",
+                    "parameters": [{"name": "month", "in": "query",
+                                    "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"}}],
+                    "responses": {"200": _json(_ref("Adjustments"), "adjustments"), **_errors(400, 401, 404)}}},
         "/v1/accounts/{account_id}/read-tokens": {"parameters": [_ACCOUNT_ID], "post": {
             "summary": "Issue a read-only token for the account (admin or its own key; not a read-only token)",
             "operationId": "createReadToken",

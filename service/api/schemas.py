@@ -229,6 +229,26 @@ class Forecast(_Strict):
     cheapest: Mode | None = Field(description="the priced mode with the lowest cost (null: no prices)")
 
 
+class Adjustment(_Strict):
+    id: str
+    account_id: str
+    idempotency_key: str
+    node_id: str
+    interval: datetime = Field(description="start of the 5-minute interval adjusted")
+    bytes_in: int
+    bytes_out: int
+    requests: int
+    reason: str
+    source: Literal["admin-adjustment"]
+    created_at: datetime
+
+
+class Adjustments(_Strict):
+    account_id: str
+    month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
+    adjustments: list[Adjustment] = Field(description="the month's adjustments, newest first (at most 1,000)")
+
+
 class QuotaEvent(_Strict):
     id: str
     type: Literal["quota.threshold_crossed"]
@@ -283,4 +303,4 @@ class ProblemDetails(BaseModel):
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Account, ApiKey, Usage, Balance, Billing, Events, WebhookSecret, WriteResult, BatchStatus, ProblemDetails,
-    Regions, NodeRegion, ReadToken, ReadTokens, Forecast)
+    Regions, NodeRegion, ReadToken, ReadTokens, Forecast, Adjustment, Adjustments)

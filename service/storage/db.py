@@ -77,6 +77,10 @@ def _closed_periods(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.closed_periods], checkfirst=True)
 
 
+def _adjustments(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.adjustments], checkfirst=True)
+
+
 # Append-only: (version, description, step). A step runs inside the migration transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
@@ -87,6 +91,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (6, "billing regions: node_regions, usage per region at 5 minutes", _regions),
     (7, "read-only customer tokens", _read_tokens),
     (8, "closed billing months", _closed_periods),
+    (9, "admin usage adjustments", _adjustments),
 ]
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from service.billing import interval_stats
 from service.storage import schema
+from service.storage.adjustments import Adjustments
 from service.storage.billing_sql import interval_samples
 from service.storage.db import Database
 from service.storage.period_usage import bytes_used, usage_totals
@@ -53,6 +54,7 @@ class Repository:
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
         self._read_tokens = ReadTokens(db.engine)
         self._periods = Periods(db.engine, self._insert)
+        self._adjustments = Adjustments(db.engine, self._insert)
 
     # -- accounts ---------------------------------------------------------------------------
     async def create_account(self, name: str, quota_bytes: int | None, status: str = "active", *,
@@ -144,6 +146,13 @@ class Repository:
     async def month_totals(self, account_id: str, start_s: int, end_s: int) -> list[int]:
         async with self.db.engine.connect() as conn:
             return (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
+
+    async def apply_adjustment(self, row: dict[str, Any]) -> tuple[dict, bool]:
+        """(stored adjustment, applied now); see service.storage.adjustments."""
+        return await self._adjustments.apply(row)
+
+    async def adjustments_in(self, account_id: str, start_s: int, end_s: int) -> list[dict]:
+        return await self._adjustments.in_window(account_id, start_s, end_s)
 
     # -- read-only customer tokens (service.storage.read_tokens) -----------------------------
     async def create_read_token(self, account_id: str, ttl_ms: int) -> dict | None:

@@ -84,6 +84,26 @@ closed_periods = Table(
     Column("closed_at_ms", BigInteger, nullable=False),
 )
 
+# Admin usage adjustments (migration 9): signed deltas at a (node, 5-minute interval), never a
+# deletion. The unique idempotency key is inserted in the transaction that applies the delta, so a
+# retried adjustment counts once, whatever crashed in between.
+adjustments = Table(
+    "adjustments",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("idempotency_key", String(128), nullable=False),
+    Column("node_id", String(128), nullable=False),
+    Column("bucket", BigInteger, nullable=False),  # the 5-minute interval's start, Unix seconds
+    Column("bytes_in", BigInteger, nullable=False),
+    Column("bytes_out", BigInteger, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    UniqueConstraint("account_id", "idempotency_key", name="uq_adjustments_once"),
+)
+Index("ix_adjustments_account_bucket", adjustments.c.account_id, adjustments.c.bucket)
+
 usage_minute = Table(
     "usage_minute",
     metadata,

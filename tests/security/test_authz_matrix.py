@@ -93,6 +93,10 @@ API_ROWS = [
     Row("GET", "/v1/accounts/{account_id}/balance", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/billing", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/billing/forecast", own_or_admin(200)),
+    Row("POST", "/v1/accounts/{account_id}/adjustments", admin_only(201), body=lambda ctx: {
+        "idempotency_key": unique("matrix"), "node_id": "matrix-node", "interval": "2026-01-01T00:00:00Z",
+        "bytes_in": 1, "reason": "authz matrix"}),
+    Row("GET", "/v1/accounts/{account_id}/adjustments", own_or_admin(200)),
     Row("POST", "/v1/accounts/{account_id}/periods/{month}/close", admin_only(409),
         note="the current month has not ended: the admin passes the guard and is told so"),
     Row("GET", "/v1/accounts/{account_id}/events", own_or_admin(200)),

@@ -86,9 +86,9 @@ def test_expiry_and_revocation(meterd: Meterd) -> None:
         assert c.get(f"/v1/accounts/{acc}").status_code == 200
 
 
-@pytest.mark.parametrize(("body", "field"), [({"ttl_seconds": 30 * 86400 + 1}, "ttl_seconds"),
-                                             ({"ttl_seconds": 59}, "ttl_seconds"), ({"ttl_seconds": "60"}, "ttl_seconds"),
-                                             ({"scope": "write"}, "scope")])
+@pytest.mark.parametrize(("body", "field"), [
+    ({"ttl_seconds": 30 * 86400 + 1}, "ttl_seconds"), ({"ttl_seconds": 59}, "ttl_seconds"),
+    ({"ttl_seconds": "60"}, "ttl_seconds"), ({"scope": "write"}, "scope")])
 def test_bad_token_requests(meterd: Meterd, body: dict, field: str) -> None:
     acc, _ = meterd.new_account("bad-token")
     resp = meterd.admin.post(f"/v1/accounts/{acc}/read-tokens", json=body)
