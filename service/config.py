@@ -137,6 +137,10 @@ class BillingSettings(_Section):
     default_region: str = Field("default", pattern=REGION_NAME)
     node_regions: dict[Annotated[str, Field(min_length=1, max_length=128)],
                        Annotated[str, Field(pattern=REGION_NAME)]] = Field(default_factory=dict, max_length=10_000)
+    # Ended months are closed this long after their end (None: ingest.max_past_seconds, the late
+    # window); 0 turns automatic closing off. Checked every close_poll_seconds by the consumer role.
+    auto_close_after_seconds: int | None = Field(None, ge=0)
+    close_poll_seconds: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
     def _not_the_default(self) -> BillingSettings:

@@ -31,6 +31,7 @@ from profiling import Profiler, ProfilingSettings
 from service.api.admin_guard import AdminOnly
 from service.api.app import ApiContext, ReadinessCheck, build_admin_app, build_api
 from service.auth import Authenticator, bearer_token
+from service.billing_close import PeriodCloser
 from service.config import Settings
 from service.governance_setup import (
     GuardedRepository,
@@ -135,6 +136,12 @@ class MeterdProcess:
             webhooks = WebhookDispatcher(repo, s.webhooks, self.metrics)
             await webhooks.start()
             self._stops.append(("webhooks", webhooks.stop))
+            grace = s.billing.auto_close_after_seconds
+            if grace != 0:  # closes ended months once no late record can arrive for them
+                closer = PeriodCloser(repo, s.ingest.max_past_seconds if grace is None else grace,
+                                      s.billing.default_region, s.billing.close_poll_seconds)
+                await closer.start()
+                self._stops.append(("period closer", closer.stop))
 
         admin_only = self._admin_check()
         # The guard answers 401/403 like every other endpoint; the profiler re-checks admin itself.

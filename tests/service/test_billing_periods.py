@@ -4,12 +4,15 @@ idempotent, and a month that has not ended cannot be closed."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 from service.api.schemas import Billing
+from service.storage import Repository, create_database
 from tests.service.conftest import assert_problem, problem_fields
-from tests.service.metering_support import rec, send, stack
-from tests.support.meterd import wait_until
+from tests.service.metering_support import PAST_SECONDS, rec, send, stack
+from tests.support.meterd import meterd_env, running_meterd, wait_until
 from tests.support.meterd_client import Meterd
 
 __all__ = ["stack"]
@@ -76,3 +79,32 @@ def test_closing_needs_an_ended_month(stack: Meterd) -> None:
     assert_problem(stack.admin.post("/v1/accounts/acc_nope/periods/2026-01/close"), 404)
     with stack.client(key) as c:
         assert_problem(c.post(f"/v1/accounts/{acc}/periods/2026-01/close"), 403)
+
+
+def test_the_consumer_closes_ended_months_after_the_grace(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    prev = f"{now.year - (now.month == 1):04d}-{(now.month - 2) % 12 + 1:02d}"
+    env = meterd_env(tmp_path, METERD_INGEST__MAX_PAST_SECONDS=str(PAST_SECONDS),
+                     METERD_BILLING__AUTO_CLOSE_AFTER_SECONDS="1", METERD_BILLING__CLOSE_POLL_SECONDS="0.2",
+                     METERD_CONSUMER__FLUSH_INTERVAL_SECONDS="0.3")
+    with running_meterd(tmp_path, "up", env=env) as proc, proc.client() as c:
+        acc = c.post("/v1/accounts", json={"name": "auto"}).json()["id"]
+        async def stored() -> dict | None:  # read straight from meterd's database file
+            db = create_database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'meterd.db'}")
+            try:
+                return await Repository(db).closed_period(acc, prev)
+            finally:
+                await db.close()
+
+        def closed() -> bool:
+            return asyncio.run(stored()) is not None
+        wait_until(closed, timeout=30, message="the previous month closed")
+        when = int(datetime(int(prev[:4]), int(prev[5:]), 15, tzinfo=UTC).timestamp() * 1000)
+        resp = c.post("/v1/traffic", json={"batch_id": "late-1", "records": [rec(acc, when, b_in=42, b_out=0)]})
+        assert resp.status_code == 202, resp.text
+
+        def adjusted() -> list | None:
+            return c.get(f"/v1/accounts/{acc}/billing").json().get("late_adjustments")
+        late = wait_until(adjusted, timeout=30, message="the late record as an adjustment")
+        assert late == [{"month": prev, "bytes_in": 42, "bytes_out": 0, "requests": 1}]
+        assert c.get(f"/v1/accounts/{acc}/billing", params={"month": prev}).json()["bytes_in"] == 0
