@@ -24,6 +24,7 @@ from service.billing_forecast import forecast
 from service.billing_modes import Period, compute_bill
 from service.billing_plan import OVERRIDES, BillingPlan, stored_plan
 from service.storage import Repository
+from service.storage.adjustments import FIELDS
 
 
 def effective_plan(raw: str | None, params: Mapping[str, str]) -> BillingPlan:
@@ -83,6 +84,10 @@ async def billing_body(repo: Repository, row: dict, params: Mapping[str, str], n
         "bytes_in": b_in, "bytes_out": b_out, "requests": reqs, "bandwidth_bps": bandwidth_bps(stats),
         "quota_bytes": quota, "over_quota": quota is not None and b_in + b_out > quota,
         "plan": plan.model_dump(mode="json"), "bill": compute_bill(samples, period, plan)}
+    # The admin's adjustments inside the month (already in every figure): their provenance in short.
+    adjusted = await repo.adjustments_in(row["id"], period.start, m.end)
+    if adjusted:
+        body["adjustments"] = {"count": len(adjusted), **{f: sum(a[f] for a in adjusted) for f in FIELDS}}
     return await add_region_bills(body, repo, row["id"], params, plan, period, default_region)
 
 

@@ -147,6 +147,13 @@ class Bill(_Strict):
     daily: list[DailyFigure] | None = Field(description="day modes: every begun local day")
 
 
+class AdjustmentSummary(_Strict):
+    count: int = Field(ge=1, description="GET .../adjustments?month= lists them")
+    bytes_in: int
+    bytes_out: int
+    requests: int
+
+
 class LateAdjustment(_Strict):
     month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$", description="the closed month the records belong to")
     bytes_in: int
@@ -178,6 +185,8 @@ class Billing(_Strict):
     region: str = Field(default=None, description="with region=: the region billed")  # type: ignore[assignment]
     regions: list[RegionBill] = Field(default=None,  # type: ignore[assignment]
                                       description="group_by=region or region_scope each: one bill per region")
+    adjustments: AdjustmentSummary = Field(default=None, description="the admin's adjustments inside "  # type: ignore[assignment]
+                                           "the month, already in every figure (only when there are any)")
     late_adjustments: list[LateAdjustment] = Field(
         default=None, description="records counted after the closed months just before this one were "  # type: ignore[assignment]
         "closed: live totals minus the frozen ones (only when there are any)")

@@ -48,6 +48,8 @@ def test_an_adjustment_counts_once_and_shows_everywhere(stack: Meterd) -> None:
     bill = stack.admin.get(f"/v1/accounts/{acc}/billing", params={"month": "2026-04", "mode": "day_peak"}).json()
     assert (bill["bytes_in"], bill["bytes_out"]) == (1500, 500)
     assert bill["bandwidth_bps"]["peak"]["in"] == 40  # 1,500 bytes in the interval
+    assert bill["adjustments"] == {"count": 1, "bytes_in": 500, "bytes_out": -1500, "requests": -4}
+    assert "adjustments" not in stack.admin.get(f"/v1/accounts/{acc}/billing", params={"month": "2026-05"}).json()
     with stack.client(key) as c:  # provenance, readable by the account
         listed = c.get(f"/v1/accounts/{acc}/adjustments", params={"month": "2026-04"}).json()
     Adjustments.model_validate(listed)
