@@ -1,7 +1,7 @@
 """Usage and billing queries over a year of minute data: the rollup-backed API against the
 minute-table queries meterd ran before the rollups (issue 20), side by side in one run.
 
-One account gets a year of per-minute usage (525,600 minutes, four edge nodes) through
+One account gets a year of per-minute usage (525,600 minutes, 50 edge nodes in 3 billing regions) through
 Ledger.apply, the consumers' own flush transaction, so the rollups are the ones production
 writes. Then, interleaved round by round on the same database:
 
@@ -9,7 +9,8 @@ writes. Then, interleaved round by round on the same database:
   GROUP BY over the minute table;
 - the same in Asia/Shanghai (local days from hourly rows);
 - billing for one month through the API and, as before rollups existed, its 5-minute intervals
-  summed from the minute table (then the same p95 arithmetic).
+  summed from the minute table (then the same p95 arithmetic);
+- billing for one month in each billing mode (issue 27), with one bill per region, and the forecast.
 
 SQLite (a temporary file) always; PostgreSQL too unless --no-postgres (a throwaway cluster started
 with tests/support/servers.py). Writes benchmarks/results/query.md.
@@ -52,11 +53,16 @@ TOKEN = "bench-admin-token"
 YEAR_START = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp())
 YEAR_END = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
 MONTH = "2025-07"
-NODES = ("edge-1", "edge-2", "edge-3", "edge-4")
+NODES = tuple(f"edge-{i:02d}" for i in range(1, 51))  # 50 nodes in 3 billing regions (issue 27)
+REGIONS = {n: ("cn", "eu", "us")[i % 3] for i, n in enumerate(NODES)}
+MODES = ("month95", "day_peak", "month_avg_day_peak", "month_4th_day_peak", "month_avg_day95",
+         "month_top5_day_peak", "night_half95")
 
 
 async def load_year(repo: Repository) -> str:
     acc = (await repo.create_account("bench", 10**15))["id"]
+    for node, region in REGIONS.items():
+        await repo.set_node_region(node, region)
     rng = random.Random(1)
     ledger = Ledger(repo.db)
     for day in range(YEAR_START, YEAR_END, 86400):
@@ -130,6 +136,11 @@ async def measure(url: str, rounds: int) -> list[tuple[str, float, float, int]]:
                 await api(f"/v1/accounts/{acc}/usage", {**year, "tz": "Asia/Shanghai"}),
             "billing 1 month, API (5-minute rollup)": await api(f"/v1/accounts/{acc}/billing", {"month": MONTH}),
             "billing 1 month, minute table (before)": lambda: minute_table_billing(repo, acc),
+            **{f"billing 1 month, mode={mode}": await api(f"/v1/accounts/{acc}/billing", {"month": MONTH, "mode": mode})
+               for mode in MODES},
+            "billing 1 month, group_by=region (3 regions)":
+                await api(f"/v1/accounts/{acc}/billing", {"month": MONTH, "group_by": "region"}),
+            "billing forecast, every mode": await api(f"/v1/accounts/{acc}/billing/forecast", {"month": MONTH}),
         }
         # Same answers first: the daily rollup and the minute-table GROUP BY agree.
         body = await arms["usage 1 year step=1d UTC, API (daily rollup)"]()
@@ -176,7 +187,7 @@ def main() -> None:
             print(table(results), flush=True)
             sections.append(f"### {name}\n\n{table(results)}\n")
     text = (f"# Usage and billing queries (`benchmarks/query.py`)\n\nMachine: {machine()}; date: {when}.\n"
-            f"Data: one account, a year (2025) of per-minute usage from 4 nodes, written through "
+            f"Data: one account, a year (2025) of per-minute usage from 50 nodes in 3 regions, written through "
             f"`Ledger.apply`; {args.rounds} interleaved rounds per arm, in process (ASGI, no "
             f"network). \"before\" arms are the minute-table queries meterd ran before rollups.\n\n"
             + "\n".join(sections))

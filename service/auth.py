@@ -16,6 +16,7 @@ from service.storage import Repository
 @dataclass(frozen=True, slots=True)
 class Principal:
     account_id: str | None  # None: the admin
+    read_only: bool = False  # a customer token (mr_...): reads its account, writes nothing
 
     @property
     def is_admin(self) -> bool:
@@ -79,7 +80,7 @@ class Authenticator:
             return None, "", "", 0.0
         if hmac.compare_digest(token.encode(), self._admin):
             return ADMIN, "", "", 0.0
-        if not token.startswith("mk_") or len(token) > 200:
+        if not token.startswith(("mk_", "mr_")) or len(token) > 200:
             return None, "", "", 0.0
         digest, now = credential_digest(token), time.monotonic()
         hit = self._cache.get(digest)
@@ -100,8 +101,10 @@ class Authenticator:
         principal, token, digest, now = self._local(authorization)
         if not digest:
             return principal
-        account_id = await self._repo.account_for_key(token)
-        principal = Principal(account_id) if account_id else None
+        read_only = token.startswith("mr_")
+        lookup = self._repo.account_for_read_token if read_only else self._repo.account_for_key
+        account_id = await lookup(token)
+        principal = Principal(account_id, read_only) if account_id else None
         if self._ttl > 0:
             cache = self._cache
             cache.pop(digest, None)

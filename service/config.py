@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from governance import GovernanceSettings
@@ -170,6 +170,29 @@ class WebhookSettings(_Section):
         return mode == "development"
 
 
+REGION_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # billing region names
+
+
+class BillingSettings(_Section):
+    """Billing regions: nodes named here are written to the region map at every start (overwriting
+    an admin API change to the same node); nodes without a region bill in ``default_region``."""
+    default_region: str = Field("default", pattern=REGION_NAME)
+    node_regions: dict[Annotated[str, Field(min_length=1, max_length=128)],
+                       Annotated[str, Field(pattern=REGION_NAME)]] = Field(default_factory=dict, max_length=10_000)
+    # Ended months are closed this long after their end (None: ingest.max_past_seconds, the late
+    # window); 0 turns automatic closing off. Checked every close_poll_seconds by the consumer role.
+    auto_close_after_seconds: int | None = Field(None, ge=0)
+    close_poll_seconds: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _not_the_default(self) -> BillingSettings:
+        named = sorted(n for n, r in self.node_regions.items() if r == self.default_region)
+        if named:
+            raise ValueError(f"node_regions maps {named[:3]} to default_region {self.default_region!r}; "
+                             "nodes without a mapping already bill there, leave them out")
+        return self
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
@@ -191,6 +214,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    billing: BillingSettings = BillingSettings()
     log: LogSettings = LogSettings()
     # The governance and profiling libraries' own models; relay is validated by service.relay.
     governance: GovernanceSettings = GovernanceSettings()

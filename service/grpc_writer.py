@@ -19,7 +19,14 @@ from grpc_status import rpc_status
 from governance import Call, DependencyUnavailable, Rejection
 from governance.grpc_aio import GovernanceInterceptor, peer_host, retry_metadata
 from service.auth import Authenticator, Principal
-from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
+from service.ingest.errors import (
+    BatchConflict,
+    DependencyDown,
+    ForeignRecords,
+    IngestError,
+    InvalidBatch,
+    ReadOnlyCredential,
+)
 from service.ingest.writer import IngestService
 from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc
 
@@ -49,7 +56,7 @@ def status_for(exc: IngestError) -> grpc.Status:
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
             for v in exc.violations])
         return _status(grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT, exc.detail, [bad])
-    if isinstance(exc, ForeignRecords):
+    if isinstance(exc, (ForeignRecords, ReadOnlyCredential)):
         return _status(grpc.StatusCode.PERMISSION_DENIED, code_pb2.PERMISSION_DENIED, exc.detail)
     if isinstance(exc, BatchConflict):
         return _status(grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS, exc.detail)

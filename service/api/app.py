@@ -21,33 +21,43 @@ from starlette.routing import BaseRoute, Route
 
 from governance import DependencyUnavailable
 from governance.problem import MEDIA_TYPE, problem_body, retry_after_seconds
+from service.api.adjustments_api import adjustment_routes
 from service.api.admin_routes import admin_routes, allowed_methods, refuse_if_deleted
 from service.api.batches import batch_lookup
+from service.api.billing_api import billing_routes
 from service.api.bodies import AccountCreate, AccountPatch, parse_model, read_json
 from service.api.export import JSON, export_response, negotiate
 from service.api.openapi import DOCS_ASSETS, DOCS_CSP, DOCS_HTML, docs_asset, openapi_document
 from service.api.problems import Problem, forbidden, invalid, not_found, problem_response, unauthorized
 from service.api.readiness import Readiness, ReadinessCheck
+from service.api.regions_api import region_routes, region_usage_body
 from service.api.strict_query import StrictQuery
 from service.api.timeparams import (
-    boundaries,
     format_local,
     format_rfc3339,
     month_bounds,
-    parse_month,
     parse_zone,
     usage_window,
 )
+from service.api.tokens_api import token_routes
 from service.api.traffic_json import parse_traffic
 from service.api.usage_body import UsageQuery, point_rows, usage_body
 from service.api.usage_query import bucketed_usage
 from service.auth import Authenticator, Principal
-from service.billing import INTERVAL, bandwidth_bps
-from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, InvalidBatch
+from service.billing_plan import plan_json
+from service.ingest.errors import (
+    BatchConflict,
+    DependencyDown,
+    ForeignRecords,
+    IngestError,
+    InvalidBatch,
+    ReadOnlyCredential,
+)
 from service.ingest.writer import IngestService
 from service.storage import Repository
 from service.storage.ledger import Ledger
 from service.storage.quota_alerts import PPM, thresholds_ppm
+from service.storage.repository import new_id
 from service.webhooks import delivery_json, event_body
 
 log = logging.getLogger("meterd.api")
@@ -62,6 +72,7 @@ def account_json(row: dict) -> dict:
             "billing_timezone": row["billing_timezone"],
             "alert_thresholds": [t / PPM for t in thresholds_ppm(row["alert_thresholds"])],
             "webhook_url": row["webhook_url"],
+            **({} if row.get("billing_plan") is None else {"billing_plan": orjson.loads(row["billing_plan"])}),
             "created_at": format_rfc3339(row["created_at_ms"] / 1000),
             "updated_at": format_rfc3339(row["updated_at_ms"] / 1000)}
 
@@ -72,6 +83,8 @@ def ingest_problem(exc: IngestError) -> Problem:
                        errors=[{"field": v.field, "detail": v.description} for v in exc.violations])
     if isinstance(exc, ForeignRecords):
         return Problem(403, "Forbidden", exc.detail, slug="foreign-records")
+    if isinstance(exc, ReadOnlyCredential):
+        return Problem(403, "Forbidden", exc.detail, slug="read-only-token")
     if isinstance(exc, BatchConflict):
         return Problem(409, "Batch Conflict", exc.detail, slug="batch-conflict")
     if isinstance(exc, DependencyDown):  # the same reply as governance's DependencyUnavailable
@@ -92,6 +105,7 @@ class ApiContext:
     body_timeout: float = 10.0
     readiness: list[ReadinessCheck] = field(default_factory=list)
     extra_routes: Sequence[BaseRoute] = ()
+    default_region: str = "default"  # config billing.default_region
 
 
 class Api:
@@ -127,7 +141,8 @@ class Api:
         row = await self.ctx.repo.create_account(
             body.name, body.quota_bytes, body.status, billing_timezone=body.billing_timezone,
             alert_thresholds=None if body.alert_thresholds is None else orjson.dumps(body.alert_thresholds).decode(),
-            webhook_url=body.webhook_url)
+            webhook_url=body.webhook_url,
+            billing_plan=plan_json(body.billing_plan))
         out = account_json(row)
         if row["webhook_secret"]:
             out["webhook_secret"] = row["webhook_secret"]  # shown once; rotate to get a new one
@@ -145,6 +160,8 @@ class Api:
         before = await self.ctx.repo.get_account(account_id) if changes.get("webhook_url") else None
         if "alert_thresholds" in changes and changes["alert_thresholds"] is not None:
             changes["alert_thresholds"] = orjson.dumps(changes["alert_thresholds"]).decode()
+        if "billing_plan" in changes:
+            changes["billing_plan"] = plan_json(body.billing_plan)
         row = (await self.ctx.repo.update_account(account_id, changes) if changes
                else await self.ctx.repo.get_account(account_id))
         if row is None:
@@ -207,6 +224,11 @@ class Api:
         media = negotiate(request.headers.get("accept"))
         query = UsageQuery.parse(request.query_params)
         bounds, step_name, step = usage_window(dict(request.query_params), int(time.time()), query.zone)
+        if query.regional:
+            if media != JSON:
+                raise Problem(406, "Not Acceptable", "usage by region is JSON only")
+            return json_response(await region_usage_body(self.ctx.repo, row["id"], bounds, step, query,
+                                                         self.ctx.default_region))
         sums = await bucketed_usage(self.ctx.repo, row["id"], bounds, step, by_node=query.by_node,
                                     node_ids=query.node_ids)
         if media != JSON:
@@ -228,30 +250,6 @@ class Api:
             "period_end": format_local(end, zone), "quota_bytes": quota, "used_bytes": used,
             "remaining_bytes": None if quota is None else max(0, quota - used),
             "over_quota": quota is not None and used > quota})
-
-    async def billing(self, request: Request) -> Response:
-        row = await self.readable_account(request)
-        params = request.query_params
-        zone = (parse_zone(params["tz"]) if "tz" in params
-                else parse_zone(row["billing_timezone"], "billing_timezone"))
-        now = int(time.time())
-        year, month = parse_month(params.get("month"), datetime.fromtimestamp(now, zone).date())
-        start, end = month_bounds(year, month, zone)
-        if start % INTERVAL or end % INTERVAL:
-            raise invalid([{"field": "tz", "detail": "the zone's offset is not a multiple of 5 minutes"}])
-        if start > now:
-            raise invalid([{"field": "month", "detail": "the month has not started"}])
-        last_complete = now - now % INTERVAL
-        cutoff = min(end, last_complete)
-        day_bounds = boundaries(start, cutoff, 86400, zone) if cutoff > start else [start]
-        (b_in, b_out, reqs), stats = await self.ctx.repo.billing_figures(row["id"], start, cutoff, end, day_bounds)
-        quota = row["quota_bytes"]
-        return json_response({
-            "account_id": row["id"], "month": f"{year:04d}-{month:02d}", "timezone": zone.key,
-            "period_start": format_local(start, zone), "period_end": format_local(end, zone),
-            "complete": end <= last_complete, "intervals": max(0, (cutoff - start) // INTERVAL),
-            "bytes_in": b_in, "bytes_out": b_out, "requests": reqs, "bandwidth_bps": bandwidth_bps(stats),
-            "quota_bytes": quota, "over_quota": quota is not None and b_in + b_out > quota})
 
     # -- ingestion ----------------------------------------------------------------------------
     async def post_traffic(self, request: Request) -> Response:
@@ -325,13 +323,18 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v1/accounts/{account_id}/keys/{key_id}", api.delete_key, methods=["DELETE"]),
         Route("/v1/accounts/{account_id}/usage", api.usage, methods=["GET"]),
         Route("/v1/accounts/{account_id}/balance", api.balance, methods=["GET"]),
-        Route("/v1/accounts/{account_id}/billing", api.billing, methods=["GET"]),
+        *billing_routes(api.ctx.repo, api.readable_account, api.admin, json_response, api.ctx.default_region),
+        *adjustment_routes(api.ctx.repo, api.admin, api.readable_account, json_response, api.ctx.max_body_bytes,
+                           api.ctx.body_timeout, new_id),
         Route("/v1/accounts/{account_id}/events", api.events, methods=["GET"]),
         Route("/v1/accounts/{account_id}/webhook-secret", api.rotate_webhook_secret, methods=["POST"]),
         Route("/v1/accounts/{account_id}/events/{event_id}/redeliver", api.redeliver, methods=["POST"]),
         *admin_routes(api, account_json, json_response),
         Route("/v1/traffic", api.post_traffic, methods=["POST"]),
         Route("/v1/batches/{batch_id}", batch_lookup(api.ctx.ledger, api.principal, json_response), methods=["GET"]),
+        *region_routes(api.ctx.repo, api.admin, api.ctx.default_region, json_response),
+        *token_routes(api.ctx.repo, api.ctx.auth, api.principal, json_response, api.ctx.max_body_bytes,
+                      api.ctx.body_timeout),
         *ops_routes(api.ctx.registry, api.ctx.readiness),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/docs", api.docs, methods=["GET"]),

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from service.api.messages import phrase
 from service.api.problems import Problem, invalid
 from service.api.timeparams import is_zone
+from service.billing_plan import BillingPlan
 
 MAX_QUOTA = 1 << 62
 M = TypeVar("M", bound=BaseModel)
@@ -95,6 +96,7 @@ class AccountCreate(BaseModel):
     billing_timezone: Zone = "UTC"
     alert_thresholds: Thresholds | None = None
     webhook_url: WebhookUrl | None = None
+    billing_plan: BillingPlan | None = None
 
 
 class AccountPatch(BaseModel):
@@ -107,3 +109,4 @@ class AccountPatch(BaseModel):
     billing_timezone: Zone = None  # type: ignore[assignment]
     alert_thresholds: Thresholds | None = None  # null: back to the default [0.8, 1.0]
     webhook_url: WebhookUrl | None = None  # null: no webhook
+    billing_plan: BillingPlan | None = None  # replaces the stored plan; null: back to the default

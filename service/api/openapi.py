@@ -11,9 +11,12 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from service.api.adjustments_api import AdjustmentCreate
 from service.api.bodies import AccountCreate, AccountPatch
 from service.api.openapi_examples import PROBLEM_EXAMPLES, TAGS, annotate
 from service.api.schemas import RESPONSE_MODELS
+from service.api.tokens_api import ReadTokenCreate
+from service.billing_plan import DAY_RULES, DIRECTIONS, MODES
 from service.ingest.validate import NODE_ID_PATTERN
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
@@ -39,6 +42,17 @@ _EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": {"typ
 _BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _COUNT = {"type": "integer", "minimum": 0}
 _ZONE = {"type": "string", "maxLength": 64, "description": "IANA time zone, e.g. Asia/Shanghai"}
+_PLAN_OVERRIDES = [{"name": name, "in": "query", "schema": {"type": "string", "enum": list(values)},
+                    "description": f"put over the account's billing_plan.{name}"}
+                   for name, values in (("mode", MODES), ("direction", DIRECTIONS), ("days", DAY_RULES))]
+_REGION_FILTER = {"name": "region", "in": "query", "style": "form", "explode": True,
+                  "schema": {"type": "array", "maxItems": 100,
+                             "items": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}},
+                  "description": "billing regions (usage: repeatable; billing: one, whose bill is returned)"}
+_REGION = {"name": "region", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}}
+_NODE_ID = {"name": "node_id", "in": "path", "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
 _TZ = {"name": "tz", "in": "query", "schema": _ZONE, "description": "IANA zone of the buckets; default UTC"}
 
 # The traffic body is parsed by service.api.traffic_json into the protobuf records the gRPC writer
@@ -69,7 +83,9 @@ def _clean(node: Any) -> Any:
 def _schemas() -> dict[str, Any]:
     """Components generated from the pydantic models: request bodies as they validate, responses
     as they are served."""
-    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(AccountCreate, "validation"), (AccountPatch, "validation")]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(AccountCreate, "validation"), (AccountPatch, "validation"),
+                                                             (ReadTokenCreate, "validation"),
+                                                             (AdjustmentCreate, "validation")]
     models += [(m, "serialization") for m in RESPONSE_MODELS]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     return {**_clean(top["$defs"]), **_TRAFFIC_SCHEMAS}
@@ -126,8 +142,9 @@ def _paths() -> dict[str, Any]:
                  "description": "RFC 3339; default now"},
                 {"name": "step", "in": "query", "schema": {"type": "string", "enum": ["1m", "1h", "1d"]}},
                 _TZ,
-                {"name": "group_by", "in": "query", "schema": {"type": "string", "enum": ["node_id"]},
-                 "description": "one series per node (steps 1h and 1d)"},
+                {"name": "group_by", "in": "query", "schema": {"type": "string", "enum": ["node_id", "region"]},
+                 "description": "one series per node or per billing region (steps 1h and 1d; region: JSON only)"},
+                _REGION_FILTER,
                 {"name": "node_id", "in": "query", "style": "form", "explode": True,
                  "schema": {"type": "array", "maxItems": 100,
                             "items": {"type": "string", "minLength": 1, "maxLength": 128}},
@@ -138,12 +155,15 @@ def _paths() -> dict[str, Any]:
                 "application/x-ndjson": {"schema": {"type": "string"}}}},
                 **_errors(400, 401, 404, 406)}}},
         "/v1/accounts/{account_id}/billing": {"parameters": [_ACCOUNT_ID], "get": {
-            "summary": "95th-percentile bandwidth billing for a month (admin or its own key)",
+            "summary": "Bandwidth billing for a month under the account's billing plan (admin or its own key)",
             "operationId": "getBilling",
             "parameters": [{"name": "month", "in": "query",
                             "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
                             "description": "YYYY-MM; default the current month in the zone"},
-                           {**_TZ, "description": "default the account's billing_timezone"}],
+                           {**_TZ, "description": "default the account's billing_timezone"},
+                           *_PLAN_OVERRIDES, _REGION_FILTER,
+                           {"name": "group_by", "in": "query", "schema": {"type": "string", "enum": ["region"]},
+                            "description": "also one bill per billing region"}],
             "responses": {"200": _json(_ref("Billing"), "billing"), **_errors(400, 401, 404)}}},
         "/v1/accounts/{account_id}/balance": {"parameters": [_ACCOUNT_ID], "get": {
             "summary": "Quota and bytes used this calendar month in the billing time zone (admin or its own key)",
@@ -165,6 +185,60 @@ def _paths() -> dict[str, Any]:
             "operationId": "rotateWebhookSecret",
             "responses": {"200": _json(_ref("WebhookSecret"), "rotated"),
                           **_errors(401, 403, 404)}}},
+        "/v1/accounts/{account_id}/billing/forecast": {"parameters": [_ACCOUNT_ID], "get": {
+            "summary": "Every billing mode projected to the month's end, and the cheapest at the plan's prices "
+                       "(admin, its own key or read-only token)",
+            "operationId": "getBillingForecast",
+            "parameters": [{"name": "month", "in": "query",
+                            "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                            "description": "YYYY-MM; default the current month in the zone"},
+                           {**_TZ, "description": "default the account's billing_timezone"},
+                           *_PLAN_OVERRIDES[1:]],
+            "responses": {"200": _json(_ref("Forecast"), "forecast"), **_errors(400, 401, 404)}}},
+        "/v1/accounts/{account_id}/periods/{month}/close": {
+            "parameters": [_ACCOUNT_ID, {"name": "month", "in": "path", "required": True,
+                                         "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"}}],
+            "post": {"summary": "Close an ended billing month (admin): its bill is stored and served byte for "
+                                "byte from then on", "operationId": "closePeriod",
+                     "responses": {"200": _json(_ref("Billing"), "the frozen bill"),
+                                   **_errors(400, 401, 403, 404, 409)}}},
+        "/v1/accounts/{account_id}/adjustments": {"parameters": [_ACCOUNT_ID], "post": {
+            "summary": "Adjust usage at a (node, 5-minute interval) by a signed delta (admin); an idempotency "
+                       "key makes a retry count once", "operationId": "createAdjustment",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AdjustmentCreate")}}},
+            "responses": {"201": _json(_ref("Adjustment"), "applied"), "200": _json(_ref("Adjustment"), "a replay"),
+                          **_errors(400, 401, 403, 404, 409, 413)}},
+            "get": {"summary": "A month's adjustments (admin, its own key or read-only token)",
+                    "operationId": "listAdjustments",
+                    "parameters": [{"name": "month", "in": "query",
+                                    "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"}}],
+                    "responses": {"200": _json(_ref("Adjustments"), "adjustments"), **_errors(400, 401, 404)}}},
+        "/v1/accounts/{account_id}/read-tokens": {"parameters": [_ACCOUNT_ID], "post": {
+            "summary": "Issue a read-only token for the account (admin or its own key; not a read-only token)",
+            "operationId": "createReadToken",
+            "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("ReadTokenCreate")}}},
+            "responses": {"201": _json(_ref("ReadToken"), "created; the token is shown once"),
+                          **_errors(400, 401, 403, 404, 409, 413)}},
+            "get": {"summary": "Live read-only tokens of the account, without secrets (admin or its own key)",
+                    "operationId": "listReadTokens",
+                    "responses": {"200": _json(_ref("ReadTokens"), "tokens"), **_errors(401, 403, 404)}}},
+        "/v1/accounts/{account_id}/read-tokens/{token_id}": {
+            "parameters": [_ACCOUNT_ID, {"name": "token_id", "in": "path", "required": True,
+                                         "schema": {"type": "string"}}],
+            "delete": {"summary": "Revoke a read-only token (admin or the account's own key)",
+                       "operationId": "revokeReadToken",
+                       "responses": {"204": {"description": "revoked"}, **_errors(401, 403, 404)}}},
+        "/v1/regions": {"get": {
+            "summary": "The node -> billing region map and the nodes without a region (admin)",
+            "operationId": "getRegions",
+            "responses": {"200": _json(_ref("Regions"), "regions"), **_errors(401, 403)}}},
+        "/v1/regions/{region}/nodes/{node_id}": {"parameters": [_REGION, _NODE_ID], "put": {
+            "summary": "Put a node in a billing region (admin); applies to usage counted from now on",
+            "operationId": "putNodeRegion",
+            "responses": {"200": _json(_ref("NodeRegion"), "mapped"), **_errors(400, 401, 403, 409)}},
+            "delete": {"summary": "Take a node out of a region (admin): it bills in the default region again",
+                       "operationId": "deleteNodeRegion",
+                       "responses": {"204": {"description": "removed"}, **_errors(400, 401, 403, 404)}}},
         "/v1/traffic": {"post": {
             "summary": "Write a batch of traffic records (account key: own records only; or admin)",
             "operationId": "postTraffic",

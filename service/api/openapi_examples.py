@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from governance.problem import TYPE_BASE
+from service.api.openapi_billing_examples import BILLING_EXAMPLES
 
 ACC = "acc_0h3k2m9x7q1w5e8r4t6y"
 TS = "2026-12-01T08:00:00Z"
@@ -13,7 +14,6 @@ _ACCOUNT = {"id": ACC, "name": "acme", "status": "active", "quota_bytes": 10_000
             "billing_timezone": "UTC", "alert_thresholds": [0.8, 1.0], "webhook_url": None,
             "created_at": TS, "updated_at": TS}
 _COUNTS = {"bytes_in": 1200, "bytes_out": 64000, "requests": 3}
-_BW = {"in": 1600, "out": 85333, "max": 85333}
 
 _EVENT = {"id": "evt_7a1c9e3b5d2f4h6j8k0m", "type": "quota.threshold_crossed", "account_id": ACC, "threshold": 0.8,
           "quota_bytes": 10_000_000_000, "used_bytes": 8_000_000_512, "timezone": "UTC",
@@ -38,10 +38,6 @@ EXAMPLES: dict[str, Any] = {
     "Balance": {"account_id": ACC, "timezone": "UTC", "period_start": "2026-12-01T00:00:00Z",
                 "period_end": "2027-01-01T00:00:00Z", "quota_bytes": 10_000_000_000, "used_bytes": 65200,
                 "remaining_bytes": 9_999_934_800, "over_quota": False},
-    "Billing": {"account_id": ACC, "month": "2026-11", "timezone": "UTC", "period_start": "2026-11-01T00:00:00Z",
-                "period_end": "2026-12-01T00:00:00Z", "complete": True, "intervals": 8640, "bytes_in": 1200,
-                "bytes_out": 64000, "requests": 3, "bandwidth_bps": {"p95": _BW, "peak": _BW, "daily_peak_avg": _BW},
-                "quota_bytes": 10_000_000_000, "over_quota": False},
     "Events": {"account_id": ACC, "events": [_EVENT]},
     "QuotaEvent": {**_EVENT, "delivery": {"status": "pending", "attempts": 0, "http_status": None,
                                           "delivered_at": None, "next_attempt_at": TS, "given_up_at": None}},
@@ -50,6 +46,7 @@ EXAMPLES: dict[str, Any] = {
     "BatchStatus": {"batch_id": "edge-1-0001", "status": "applied", "records": 1, "accepted_at": TS,
                     "applied_at": "2026-12-01T08:00:01Z"},
 }
+EXAMPLES.update(BILLING_EXAMPLES)
 BY_MEDIA = {
     "text/csv": "ts,bytes_in,bytes_out,requests\n2026-12-01T08:00:00Z,1200,64000,3\n",
     "application/x-ndjson": '{"ts":"2026-12-01T08:00:00Z","bytes_in":1200,"bytes_out":64000,"requests":3}\n',
@@ -75,16 +72,20 @@ OPS_EXAMPLES = {"/healthz": {"status": "ok"}, "/readyz": {"status": "ready", "ch
 TAGS = [
     {"name": "accounts", "description": "Accounts: create, list, change, suspend, delete (admin)"},
     {"name": "keys", "description": "An account's API keys (admin); secrets are shown once"},
-    {"name": "usage", "description": "Usage, balance, 95th-percentile billing and quota events"},
+    {"name": "usage", "description": "Usage, balance and quota events"},
+    {"name": "billing", "description": "Bills under each cloud's mode, regions, forecasts, month close and "
+                                       "adjustments"},
     {"name": "ingestion", "description": "Writing traffic records over HTTP and checking a batch"},
     {"name": "operations", "description": "Health, readiness and metrics: no credentials needed"},
 ]
 
 
 def tag_of(path: str) -> str:
-    if path.startswith("/v1/accounts/{account_id}/keys"):
+    if path.startswith(("/v1/accounts/{account_id}/keys", "/v1/accounts/{account_id}/read-tokens")):
         return "keys"
-    if path.split("/")[-1] in ("usage", "balance", "billing", "events"):
+    if path.startswith("/v1/regions") or any(part in path for part in ("/billing", "/adjustments", "/periods/")):
+        return "billing"
+    if path.split("/")[-1] in ("usage", "balance", "events"):
         return "usage"
     if path.startswith("/v1/accounts"):
         return "accounts"

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.billing_plan import BillingPlan, Days, Direction, Mode
+
 NonNegative = Field(ge=0)
 
 
@@ -24,6 +26,8 @@ class Account(_Strict):
     billing_timezone: str = Field(description="IANA zone of the balance and billing months")
     alert_thresholds: list[float] = Field(description="fractions of quota_bytes that raise an event")
     webhook_url: str | None
+    billing_plan: BillingPlan = Field(default=None, description="only when set; absent: "  # type: ignore[assignment]
+                                      "the default plan (month95, max, all days)")
     webhook_secret: str = Field(default=None, description="only in the response that sets a new "  # type: ignore[assignment]
                                 "webhook_url: shown once")
     created_at: datetime
@@ -56,6 +60,21 @@ class KeyList(_Strict):
     keys: list[KeyInfo]
 
 
+class ReadToken(_Strict):
+    id: str
+    prefix: str
+    account_id: str
+    read_only: Literal[True]
+    created_at: datetime
+    expires_at: datetime
+    token: str = Field(default=None, description="only when created: shown once, stored hashed")  # type: ignore[assignment]
+
+
+class ReadTokens(_Strict):
+    account_id: str
+    tokens: list[ReadToken] = Field(description="live tokens (unexpired, unrevoked), oldest first, no secrets")
+
+
 class Counts(_Strict):
     bytes_in: int = NonNegative
     bytes_out: int = NonNegative
@@ -72,6 +91,12 @@ class NodeSeries(_Strict):
     totals: Counts
 
 
+class RegionSeries(_Strict):
+    region: str
+    points: list[UsagePoint]
+    totals: Counts
+
+
 class Usage(_Strict):
     account_id: str
     step: Literal["1m", "1h", "1d"]
@@ -83,6 +108,9 @@ class Usage(_Strict):
                                      description="buckets with traffic only, oldest first (without group_by)")
     series: list[NodeSeries] = Field(default=None,  # type: ignore[assignment]
                                      description="one per node, by node id (with group_by=node_id)")
+    region: list[str] = Field(default=None, description="the region filters, when given")  # type: ignore[assignment]
+    regions: list[RegionSeries] = Field(default=None,  # type: ignore[assignment]
+                                        description="one per billing region (with group_by=region)")
     totals: Counts
 
 
@@ -109,6 +137,53 @@ class BandwidthSet(_Strict):
     daily_peak_avg: Bandwidth
 
 
+class DailyFigure(_Strict):
+    date: str = Field(description="local day, YYYY-MM-DD")
+    bps: int = Field(ge=0, description="the day's figure under the mode")
+    rank: int = Field(ge=1, description="the day's sample rank taken (1 is the highest)")
+    samples: int = NonNegative
+    valid: bool = Field(description="the day had more than 0 bytes in the plan's direction")
+    complete: bool
+    counted: bool = Field(description="part of the monthly figure (complete, and valid under days=valid)")
+
+
+class Bill(_Strict):
+    mode: Mode
+    direction: Direction
+    days: Days
+    bps: int = Field(ge=0, description="the mode's figure in bits/s (day_peak: the sum of the counted days')")
+    billable_bps: int = Field(ge=0, description="bps x proration, rounded once")
+    valid_days: int = NonNegative
+    days_in_period: int = NonNegative
+    proration: str = Field(pattern=r"^[01]\.[0-9]{8}$", description="valid_days / days_in_period "
+                           "under days=valid (8 decimals), else 1")
+    samples: int = Field(ge=0, description="5-minute samples the figure is taken over")
+    rank: int | None = Field(ge=0, description="the rank taken, 1 the highest: of the samples (month95, "
+                             "night_half95; 0 with no samples), of each day's samples (day modes), 4 of the "
+                             "daily peaks (month_4th_day_peak); null when it differs between days")
+    days_counted: int | None = Field(ge=0, description="daily figures the monthly one is built from")
+    daily: list[DailyFigure] | None = Field(description="day modes: every begun local day")
+
+
+class AdjustmentSummary(_Strict):
+    count: int = Field(ge=1, description="GET .../adjustments?month= lists them")
+    bytes_in: int
+    bytes_out: int
+    requests: int
+
+
+class LateAdjustment(_Strict):
+    month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$", description="the closed month the records belong to")
+    bytes_in: int
+    bytes_out: int
+    requests: int
+
+
+class RegionBill(_Strict):
+    region: str
+    bill: Bill
+
+
 class Billing(_Strict):
     account_id: str
     month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
@@ -123,6 +198,82 @@ class Billing(_Strict):
     bandwidth_bps: BandwidthSet
     quota_bytes: int | None
     over_quota: bool
+    plan: BillingPlan = Field(description="the account's plan, with the query's mode/direction/days over it")
+    bill: Bill = Field(description="over all regions, or with region= that region's alone")
+    region: str = Field(default=None, description="with region=: the region billed")  # type: ignore[assignment]
+    regions: list[RegionBill] = Field(default=None,  # type: ignore[assignment]
+                                      description="group_by=region or region_scope each: one bill per region")
+    adjustments: AdjustmentSummary = Field(default=None, description="the admin's adjustments inside "  # type: ignore[assignment]
+                                           "the month, already in every figure (only when there are any)")
+    late_adjustments: list[LateAdjustment] = Field(
+        default=None, description="records counted after the closed months just before this one were "  # type: ignore[assignment]
+        "closed: live totals minus the frozen ones (only when there are any)")
+
+
+class NodeRegion(_Strict):
+    node_id: str
+    region: str
+
+
+class RegionNodes(_Strict):
+    region: str
+    nodes: list[str]
+
+
+class UnmappedNodes(_Strict):
+    count: int = NonNegative
+    node_ids: list[str] = Field(description="the first 100, by id")
+    detail: str
+
+
+class Regions(_Strict):
+    default_region: str
+    regions: list[RegionNodes]
+    unmapped_nodes: UnmappedNodes
+
+
+class ModeForecast(_Strict):
+    mode: Mode
+    bps: int = NonNegative
+    billable_bps: int = NonNegative
+    valid_days: int = NonNegative
+    proration: str = Field(pattern=r"^[01]\.[0-9]{8}$")
+    unit_price: str | None = Field(description="the plan's unit_prices entry for the mode")
+    cost: str | None = Field(description="billable_bps / 10^6 x unit_price, to the cent (half up)")
+
+
+class Forecast(_Strict):
+    account_id: str
+    month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
+    timezone: str
+    period_start: datetime
+    period_end: datetime
+    complete: bool = Field(description="the month has ended: each forecast is the bill")
+    as_of: datetime = Field(description="observed up to here; later intervals are projected")
+    method: Literal["weekly-repeat"]
+    plan: BillingPlan
+    forecasts: list[ModeForecast]
+    cheapest: Mode | None = Field(description="the priced mode with the lowest cost (null: no prices)")
+
+
+class Adjustment(_Strict):
+    id: str
+    account_id: str
+    idempotency_key: str
+    node_id: str
+    interval: datetime = Field(description="start of the 5-minute interval adjusted")
+    bytes_in: int
+    bytes_out: int
+    requests: int
+    reason: str
+    source: Literal["admin-adjustment"]
+    created_at: datetime
+
+
+class Adjustments(_Strict):
+    account_id: str
+    month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
+    adjustments: list[Adjustment] = Field(description="the month's adjustments, newest first (at most 1,000)")
 
 
 class Delivery(_Strict):
@@ -191,5 +342,5 @@ class ProblemDetails(BaseModel):
 
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    Account, AccountPage, ApiKey, KeyList, Usage, Balance, Billing, Events, WebhookSecret, WriteResult, BatchStatus,
-    ProblemDetails)
+    Account, AccountPage, ApiKey, KeyList, Usage, Balance, Billing, Events, QuotaEvent, WebhookSecret, WriteResult,
+    BatchStatus, ProblemDetails, Regions, NodeRegion, ReadToken, ReadTokens, Forecast, Adjustment, Adjustments)

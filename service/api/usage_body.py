@@ -20,27 +20,37 @@ class UsageQuery:
     zone: ZoneInfo
     by_node: bool
     node_ids: list[str]
+    by_region: bool = False  # group_by=region (service.api.regions_api)
+    region_names: tuple[str, ...] = ()  # region= filters
+
+    @property
+    def regional(self) -> bool:
+        return self.by_region or bool(self.region_names)
 
     @classmethod
     def parse(cls, params: QueryParams) -> UsageQuery:
         group_by = params.get("group_by")
-        if group_by not in (None, "node_id"):
-            raise invalid([{"field": "group_by", "detail": "must be node_id"}])
+        if group_by not in (None, "node_id", "region"):
+            raise invalid([{"field": "group_by", "detail": "must be node_id or region"}])
         node_ids = params.getlist("node_id")
         for n in node_ids:
             # Control characters cannot be in a stored node id (and NUL fails a PostgreSQL query).
             if not n or len(n) > MAX_NODE_ID or not n.isprintable():
                 raise invalid([{"field": "node_id",
                                 "detail": f"must be 1 to {MAX_NODE_ID} printable characters"}])
-        return cls(parse_zone(params.get("tz")), group_by == "node_id", sorted(set(node_ids)))
+        regions = tuple(params.getlist("region"))
+        if (group_by == "region" or regions) and (group_by == "node_id" or node_ids):
+            raise invalid([{"field": "region", "detail": "regions and nodes cannot be combined in one query"}])
+        return cls(parse_zone(params.get("tz")), group_by == "node_id", sorted(set(node_ids)),
+                   group_by == "region", regions)
 
 
-def _counts(v: list[int]) -> dict[str, int]:
+def counts_json(v: list[int]) -> dict[str, int]:
     return {"bytes_in": v[0], "bytes_out": v[1], "requests": v[2]}
 
 
-def _total(values: list[list[int]]) -> dict[str, int]:
-    return _counts([sum(v[i] for v in values) for i in range(3)])
+def total_json(values: list[list[int]]) -> dict[str, int]:
+    return counts_json([sum(v[i] for v in values) for i in range(3)])
 
 
 def point_rows(bounds: list[int], sums: Bucketed, zone: ZoneInfo) -> list[tuple[str, str, list[int]]]:
@@ -57,9 +67,9 @@ def usage_body(account_id: str, step_name: str, bounds: list[int], sums: Buckete
         series: dict[str, list[tuple[str, list[int]]]] = {}
         for node, ts, v in point_rows(bounds, sums, q.zone):
             series.setdefault(node, []).append((ts, v))
-        body["series"] = [{"node_id": node, "points": [{"ts": ts, **_counts(v)} for ts, v in pts],
-                           "totals": _total([v for _, v in pts])} for node, pts in sorted(series.items())]
+        body["series"] = [{"node_id": node, "points": [{"ts": ts, **counts_json(v)} for ts, v in pts],
+                           "totals": total_json([v for _, v in pts])} for node, pts in sorted(series.items())]
     else:
-        body["points"] = [{"ts": ts, **_counts(v)} for _, ts, v in point_rows(bounds, sums, q.zone)]
-    body["totals"] = _total(list(sums.values()))
+        body["points"] = [{"ts": ts, **counts_json(v)} for _, ts, v in point_rows(bounds, sums, q.zone)]
+    body["totals"] = total_json(list(sums.values()))
     return body

@@ -37,6 +37,12 @@ class ForeignRecords(IngestError):
     title = "records of another account"
 
 
+class ReadOnlyCredential(IngestError):
+    """A read-only customer token tried to write traffic."""
+
+    title = "read-only token"
+
+
 class BatchConflict(IngestError):
     """The batch_id was already used for different records."""
 

@@ -14,7 +14,7 @@ from governance.tracing import producer_span
 from service.auth import Principal
 from service.config import Settings
 from service.ingest.accounts import AccountStatusCache
-from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError
+from service.ingest.errors import BatchConflict, DependencyDown, ForeignRecords, IngestError, ReadOnlyCredential
 from service.ingest.nodes import NodeCap
 from service.ingest.validate import validate_batch, validate_shape
 from service.metrics import PipelineMetrics
@@ -81,6 +81,8 @@ class IngestService:
 
     async def _write(self, principal: Principal, batch_id: str,
                      records: Sequence[traffic_pb2.TrafficRecord]) -> WriteResult:
+        if principal.read_only:
+            raise ReadOnlyCredential("a read-only token cannot write traffic; use the account's API key")
         validate_shape(batch_id, len(records), self._settings)
         refuse_foreign_records(principal, records)  # before the lookup: a foreign batch costs no query
         statuses = await self._accounts.statuses({r.account_id for r in records})

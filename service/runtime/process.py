@@ -31,6 +31,7 @@ from profiling import Profiler, ProfilingSettings
 from service.api.admin_guard import AdminOnly, as_bearer
 from service.api.app import ApiContext, ReadinessCheck, build_admin_app, build_api
 from service.auth import Authenticator, bearer_token
+from service.billing_close import PeriodCloser
 from service.config import Settings
 from service.governance_setup import (
     GuardedRepository,
@@ -99,6 +100,9 @@ class MeterdProcess:
         self.profiler = profiler
 
         await db.migrate()
+        for node, region in s.billing.node_regions.items():  # config names win at each start
+            if not await Repository(db).set_node_region(node, region):
+                log.warning("region map full: node %s stays in the default region", node)
         # Losing a race to another consumer is not the database failing.
         db_breaker = outbound(gov, "database", s.governance, fail_max=5, reset_timeout=5.0,
                               exclude=(OffsetConflict, LogRowsTaken, AlreadyApplied))
@@ -135,6 +139,12 @@ class MeterdProcess:
             webhooks = WebhookDispatcher(repo, s.webhooks, self.metrics, mode=s.mode or "production")
             await webhooks.start()
             self._stops.append(("webhooks", webhooks.stop))
+            grace = s.billing.auto_close_after_seconds
+            if grace != 0:  # closes ended months once no late record can arrive for them
+                closer = PeriodCloser(repo, s.ingest.max_past_seconds if grace is None else grace,
+                                      s.billing.default_region, s.billing.close_poll_seconds)
+                await closer.start()
+                self._stops.append(("period closer", closer.stop))
 
         admin_only = self._admin_check()
         # The guard answers 401/403 like every other endpoint; the profiler re-checks admin itself.
@@ -167,7 +177,7 @@ class MeterdProcess:
             app = build_api(ApiContext(repo=repo, auth=auth, ingest=ingest, registry=self.registry, ledger=ledger,
                                        max_body_bytes=s.http.max_body_bytes,
                                        body_timeout=s.http.body_timeout_seconds, readiness=readiness,
-                                       extra_routes=extra_routes))
+                                       extra_routes=extra_routes, default_region=s.billing.default_region))
             http = HttpServer(gov.asgi(app, client_key=http_client_key), s.http.host, s.http.port, name="api",
                               header_timeout=s.http.header_timeout_seconds, max_header_bytes=s.http.max_header_bytes)
             with binding("http", s.http.host, s.http.port):

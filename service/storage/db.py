@@ -81,6 +81,26 @@ def _dedupe_by_record_time(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _billing_plans(conn: Connection) -> None:
+    _add_missing_columns(conn, "accounts", ["billing_plan"])
+
+
+def _regions(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.node_regions, schema.usage_region_5m], checkfirst=True)
+
+
+def _read_tokens(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.read_tokens], checkfirst=True)
+
+
+def _closed_periods(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.closed_periods], checkfirst=True)
+
+
+def _adjustments(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.adjustments], checkfirst=True)
+
+
 # Append-only: (version, description, step). A step runs inside the migration transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, api keys, per-minute usage, seen batches, consumer offsets", _initial),
@@ -90,6 +110,11 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (5, "webhook delivery status, webhook secret rotation overlap", _webhook_status_and_rotation),
     (6, "api_keys.last_used_at_ms", _key_last_used),
     (7, "batches.latest_record_s, consumer_offsets.last_mark, account_nodes (node cap)", _dedupe_by_record_time),
+    (8, "accounts.billing_plan", _billing_plans),
+    (9, "billing regions: node_regions, usage per region at 5 minutes", _regions),
+    (10, "read-only customer tokens", _read_tokens),
+    (11, "closed billing months", _closed_periods),
+    (12, "admin usage adjustments", _adjustments),
 ]
 
 

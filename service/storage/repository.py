@@ -11,11 +11,24 @@ from typing import Any
 from sqlalchemy import and_, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from service.billing import interval_stats
 from service.storage import schema
-from service.storage.billing_sql import interval_stats
+from service.storage.adjustments import Adjustments
+from service.storage.billing_sql import interval_samples
 from service.storage.db import Database
 from service.storage.nodes import register_nodes
 from service.storage.period_usage import bytes_used, usage_totals
+from service.storage.periods import Periods
+from service.storage.read_tokens import ReadTokens
+from service.storage.regions import (
+    region_map,
+    region_samples,
+    region_usage_rows,
+    regions_of,
+    set_region,
+    unmapped_nodes,
+    unset_region,
+)
 from service.storage.webhook_outbox import WebhookOutbox, new_webhook_secret
 
 LAST_USED_RESOLUTION_MS = 60_000
@@ -38,16 +51,20 @@ class Repository(WebhookOutbox):
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        self._read_tokens = ReadTokens(db.engine)
+        self._periods = Periods(db.engine, self._insert)
+        self._adjustments = Adjustments(db.engine, self._insert)
 
     # -- accounts ---------------------------------------------------------------------------
     async def create_account(self, name: str, quota_bytes: int | None, status: str = "active", *,
                              billing_timezone: str = "UTC", alert_thresholds: str | None = None,
-                             webhook_url: str | None = None) -> dict:
+                             webhook_url: str | None = None, billing_plan: str | None = None) -> dict:
         ts = now_ms()
         row = {"id": new_id("acc_"), "name": name, "status": status, "quota_bytes": quota_bytes,
                "billing_timezone": billing_timezone, "alert_thresholds": alert_thresholds,
                "webhook_url": webhook_url, "webhook_secret": new_webhook_secret() if webhook_url else None,
                "webhook_previous_secret": None, "webhook_secret_rotated_at_ms": None,
+               "billing_plan": billing_plan,
                "created_at_ms": ts, "updated_at_ms": ts}
         async with self.db.engine.begin() as conn:
             await conn.execute(schema.accounts.insert().values(**row))
@@ -158,6 +175,41 @@ class Repository(WebhookOutbox):
             await conn.execute(update(schema.api_keys).where(schema.api_keys.c.key_hash == digest)
                                .values(last_used_at_ms=now_ms()))
 
+    # -- closed months (service.storage.periods) -------------------------------------------
+    async def close_period(self, account_id: str, month: str, timezone: str, bill_json: bytes,
+                           totals: list[int]) -> dict:
+        return await self._periods.close(account_id, month, timezone, bill_json, totals)
+
+    async def closed_period(self, account_id: str, month: str) -> dict | None:
+        return await self._periods.get(account_id, month)
+
+    async def closed_before(self, account_id: str, month: str) -> list[dict]:
+        return await self._periods.before(account_id, month)
+
+    async def month_totals(self, account_id: str, start_s: int, end_s: int) -> list[int]:
+        async with self.db.engine.connect() as conn:
+            return (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
+
+    async def apply_adjustment(self, row: dict[str, Any]) -> tuple[dict, bool]:
+        """(stored adjustment, applied now); see service.storage.adjustments."""
+        return await self._adjustments.apply(row)
+
+    async def adjustments_in(self, account_id: str, start_s: int, end_s: int) -> list[dict]:
+        return await self._adjustments.in_window(account_id, start_s, end_s)
+
+    # -- read-only customer tokens (service.storage.read_tokens) -----------------------------
+    async def create_read_token(self, account_id: str, ttl_ms: int) -> dict | None:
+        return await self._read_tokens.create(new_id("rt_"), account_id, ttl_ms)
+
+    async def list_read_tokens(self, account_id: str) -> list[dict]:
+        return await self._read_tokens.list_live(account_id)
+
+    async def revoke_read_token(self, account_id: str, token_id: str) -> bool:
+        return await self._read_tokens.revoke(account_id, token_id)
+
+    async def account_for_read_token(self, token: str) -> str | None:
+        return await self._read_tokens.account_for(token)
+
     # -- usage ------------------------------------------------------------------------------
     async def usage_rows(self, account_id: str, width: int, start_s: int, end_s: int, *,
                          by_node: bool = False, node_ids: list[str] | None = None,
@@ -191,10 +243,45 @@ class Repository(WebhookOutbox):
     async def billing_figures(self, account_id: str, start_s: int, cutoff_s: int, end_s: int,
                               day_bounds: list[int]) -> tuple[list[int], dict[str, dict[str, int]]]:
         """The period's [bytes_in, bytes_out, requests] over [start_s, end_s) and the interval
-        statistics over [start_s, cutoff_s) (see billing_sql.interval_stats)."""
+        statistics over [start_s, cutoff_s) (see service.billing.interval_stats)."""
+        totals, stats, _ = await self.billing_inputs(account_id, start_s, cutoff_s, end_s, day_bounds)
+        return totals, stats
+
+    async def billing_inputs(self, account_id: str, start_s: int, cutoff_s: int, end_s: int, day_bounds: list[int],
+                             ) -> tuple[list[int], dict[str, dict[str, int]], dict[int, tuple[int, int]]]:
+        """billing_figures plus the 5-minute samples of [start_s, cutoff_s), read in one connection."""
         async with self.db.engine.connect() as conn:
             totals = (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
-            return totals, await interval_stats(conn, account_id, start_s, cutoff_s, day_bounds)
+            samples = await interval_samples(conn, account_id, start_s, cutoff_s)
+        return totals, interval_stats(samples, start_s, cutoff_s, day_bounds), samples
+
+    # -- billing regions (service.storage.regions) -------------------------------------------
+    async def set_node_region(self, node_id: str, region: str) -> bool:
+        async with self.db.engine.begin() as conn:
+            return await set_region(conn, self._insert, node_id, region)
+
+    async def unset_node_region(self, node_id: str, region: str) -> bool:
+        async with self.db.engine.begin() as conn:
+            return await unset_region(conn, node_id, region)
+
+    async def node_regions(self, node_ids: list[str]) -> dict[str, str]:
+        async with self.db.engine.connect() as conn:
+            return await regions_of(conn, node_ids)
+
+    async def region_overview(self, since_s: int, limit: int) -> tuple[dict[str, list[str]], int, list[str]]:
+        """The map {region: nodes}, and the nodes seen since ``since_s`` without a region."""
+        async with self.db.engine.connect() as conn:
+            return (await region_map(conn), *await unmapped_nodes(conn, since_s, limit))
+
+    async def region_samples(self, account_id: str, start_s: int,
+                             cutoff_s: int) -> dict[str, dict[int, tuple[int, int]]]:
+        async with self.db.engine.connect() as conn:
+            return await region_samples(conn, account_id, start_s, cutoff_s)
+
+    async def region_usage_rows(self, account_id: str, start_s: int, end_s: int, regions: list[str] | None,
+                                limit: int) -> list[tuple[int, str, int, int, int]]:
+        async with self.db.engine.connect() as conn:
+            return await region_usage_rows(conn, account_id, start_s, end_s, regions, limit)
 
     async def register_nodes(self, wanted: dict[str, set[str]], cap: int) -> dict[str, set[str]]:
         """Node ids per account for the node cap; returns those refused (see storage/nodes.py)."""

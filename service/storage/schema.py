@@ -36,6 +36,8 @@ accounts = Table(
     # Rotation overlap (migration 5): the replaced secret still signs until rotated_at + overlap.
     Column("webhook_previous_secret", String(100), nullable=True),
     Column("webhook_secret_rotated_at_ms", BigInteger, nullable=True),
+    # The billing plan as JSON (service.billing_plan; NULL: the default plan) (migration 8).
+    Column("billing_plan", String(1000), nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("updated_at_ms", BigInteger, nullable=False),
 )
@@ -51,10 +53,61 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("revoked_at_ms", BigInteger, nullable=True),
-    # When the key last authenticated, to the minute (migration 5): written at most once a minute.
+    # When the key last authenticated, to the minute (migration 6): written at most once a minute.
     Column("last_used_at_ms", BigInteger, nullable=True),
 )
 Index("ix_api_keys_account", api_keys.c.account_id)
+
+# Read-only customer tokens (migration 10): scoped to one account, expiring, revocable; stored as
+# SHA-256 like api_keys (the plaintext is shown once).
+read_tokens = Table(
+    "read_tokens",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Column("revoked_at_ms", BigInteger, nullable=True),
+)
+Index("ix_read_tokens_account", read_tokens.c.account_id, read_tokens.c.expires_at_ms)
+
+# Closed billing months (migration 11): the bill as served when the admin closed the month, kept
+# byte for byte, and its totals, so records that arrive later show up as an adjustment instead.
+closed_periods = Table(
+    "closed_periods",
+    metadata,
+    Column("account_id", String(40), ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("month", String(7), primary_key=True),  # YYYY-MM in the account's billing_timezone
+    Column("timezone", String(64), nullable=False),
+    Column("bill_json", LargeBinary, nullable=False),
+    # Decimal strings: a month's totals are exact past 2^63 (sums are made by meterd, not SQL).
+    Column("bytes_in", String(40), nullable=False),
+    Column("bytes_out", String(40), nullable=False),
+    Column("requests", String(40), nullable=False),
+    Column("closed_at_ms", BigInteger, nullable=False),
+)
+
+# Admin usage adjustments (migration 12): signed deltas at a (node, 5-minute interval), never a
+# deletion. The unique idempotency key is inserted in the transaction that applies the delta, so a
+# retried adjustment counts once, whatever crashed in between.
+adjustments = Table(
+    "adjustments",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("idempotency_key", String(128), nullable=False),
+    Column("node_id", String(128), nullable=False),
+    Column("bucket", BigInteger, nullable=False),  # the 5-minute interval's start, Unix seconds
+    Column("bytes_in", BigInteger, nullable=False),
+    Column("bytes_out", BigInteger, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    UniqueConstraint("account_id", "idempotency_key", name="uq_adjustments_once"),
+)
+Index("ix_adjustments_account_bucket", adjustments.c.account_id, adjustments.c.bucket)
 
 usage_minute = Table(
     "usage_minute",
@@ -97,7 +150,7 @@ ACCOUNT_ROLLUPS: tuple[tuple[int, Table], ...] = (
 NODE_ROLLUPS: tuple[tuple[int, Table], ...] = ((3600, usage_node_hour), (86400, usage_node_day))
 USAGE_TABLES = (usage_minute, usage_5m, usage_hour, usage_day, usage_node_hour, usage_node_day)
 
-# Every node id an account has written (migration 5): the per-account node cap counts these rows,
+# Every node id an account has written (migration 7): the per-account node cap counts these rows,
 # so the per-node rollups (which are kept) cannot grow without bound.
 account_nodes = Table(
     "account_nodes",
@@ -105,6 +158,28 @@ account_nodes = Table(
     Column("account_id", String(40), primary_key=True),
     Column("node_id", String(128), primary_key=True),
     Column("first_seen_ms", BigInteger, nullable=False),
+)
+
+# Billing regions (migration 9): each node's region, set by the admin API or config. The consumer
+# adds each flush's usage to its node's region at 5 minutes, as mapped when it counts the usage
+# (region "" is the default region: nodes without a mapping), so a bill never moves afterwards.
+node_regions = Table(
+    "node_regions",
+    metadata,
+    Column("node_id", String(128), primary_key=True),
+    Column("region", String(64), nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+Index("ix_node_regions_region", node_regions.c.region)
+usage_region_5m = Table(
+    "usage_region_5m",
+    metadata,
+    Column("account_id", String(40), primary_key=True),
+    Column("region", String(64), primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),
+    Column("bytes_in", BigInteger, nullable=False),
+    Column("bytes_out", BigInteger, nullable=False),
+    Column("requests", BigInteger, nullable=False),
 )
 
 # One row per (account, period, threshold) crossed: the unique key is what makes "once per
@@ -152,7 +227,7 @@ batches = Table(
     Column("records", Integer, nullable=False),
     Column("claimed_at", BigInteger, nullable=False),  # Unix seconds, for retention
     Column("applied_at_ms", BigInteger, nullable=True),  # NULL: acknowledged, not counted yet
-    # Unix seconds of the batch's latest record (migration 5): its id is kept until no record of
+    # Unix seconds of the batch's latest record (migration 7): its id is kept until no record of
     # it can be accepted again. NULL (older claims, ids the consumer inserts): claimed_at stands in.
     Column("latest_record_s", BigInteger, nullable=True),
 )
@@ -192,7 +267,7 @@ consumer_offsets = Table(
     Column("topic", String(200), primary_key=True),
     Column("partition", Integer, primary_key=True),
     Column("next_offset", BigInteger, nullable=False),
-    # A fingerprint of the message at next_offset - 1 (migration 5): a log reset under the stored
+    # A fingerprint of the message at next_offset - 1 (migration 7): a log reset under the stored
     # offset is detected by that message being different or missing, whatever the new log's length.
     Column("last_mark", String(64), nullable=True),
 )

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Table, case
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.storage.regions import add_region_usage
 from service.storage.rollup import BIGINT_MAX, UsageDelta, rollup_rows
 
 MAX_SUM = BIGINT_MAX
@@ -45,4 +46,5 @@ async def add_usage(conn: AsyncConnection, insert: Callable[..., Any], usage: Us
             sent = delta[tuple(row[:len(keys)])]
             saturated += sum(1 for c, stored in zip(_COUNTERS, row[len(keys):], strict=True)
                              if stored == BIGINT_MAX and 0 < sent[c] < BIGINT_MAX)
+    await add_region_usage(conn, insert, usage, saturating_upsert)
     return saturated

@@ -32,7 +32,7 @@ HEADER_TIMEOUT_S = 3.0
 
 # The credential columns of the authorization matrix, in the order cells run (admin last, so the
 # cells that change state — revoking a key, starting a profile — run after the refusals).
-CREDENTIALS = ("none", "malformed", "wrong", "revoked", "other", "own", "admin")
+CREDENTIALS = ("none", "malformed", "wrong", "revoked", "other", "own", "readonly", "admin")
 
 
 @dataclass
@@ -81,6 +81,7 @@ class Principals:
     admin_token: str
     wrong_token: str  # shaped like a key, never issued
     own_batch: str  # a batch_id written with own_key
+    readonly_token: str = ""  # a read-only customer token of `account`
 
     def authorization(self, credential: str) -> str | None:
         """The Authorization header value for a credential column; None sends no header."""
@@ -91,6 +92,7 @@ class Principals:
             "revoked": f"Bearer {self.revoked_key}",
             "other": f"Bearer {self.other_key}",
             "own": f"Bearer {self.own_key}",
+            "readonly": f"Bearer {self.readonly_token}",
             "admin": f"Bearer {self.admin_token}",
         }[credential]
 
@@ -136,9 +138,13 @@ def principals(sec: SecurityMeterd) -> Principals:
     own_batch = unique("matrix-own")
     resp = sec.m.proc.client(own_key).post("/v1/traffic", json={"batch_id": own_batch, "records": [record(account)]})
     assert resp.status_code == 202, resp.text
+    resp = sec.m.admin.post(f"/v1/accounts/{account}/read-tokens")
+    assert resp.status_code == 201, resp.text
+    sec.issued_keys.append(resp.json()["token"])  # searched for in the logs like the keys
     return Principals(account=account, own_key=own_key, other_account=other_account, other_key=other_key,
                       revoked_key=revoked["key"], admin_token=sec.m.admin_token,
-                      wrong_token="mk_" + secrets.token_urlsafe(32), own_batch=own_batch)
+                      wrong_token="mk_" + secrets.token_urlsafe(32), own_batch=own_batch,
+                      readonly_token=resp.json()["token"])
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 
 Columns (conftest.CREDENTIALS): no Authorization header; a malformed header (the admin token
 without the Bearer scheme); a wrong token shaped like a key; a revoked key of the target account;
-a key of another account; a key of the target account; the admin token.
+a key of another account; a key of the target account; a read-only token of the target account;
+the admin token.
 
 Rows are tables below. The live processes report what they serve (tests/support/served_routes.py),
 and `test_every_served_*_has_a_row` fails for any route or gRPC method without a row, so a new
@@ -15,6 +16,7 @@ admin token, the API keys and their hashes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,12 +42,18 @@ UNAUTHENTICATED = ("none", "malformed", "wrong", "revoked")
 
 
 def admin_only(ok: int) -> dict[str, int]:
-    return {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 403, "own": 403, "admin": ok}
+    return {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 403, "own": 403, "readonly": 403, "admin": ok}
 
 
 def own_or_admin(ok: int) -> dict[str, int]:
     # Another account's id answers 404, not 403: a key must not learn which account ids exist.
-    return {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 404, "own": ok, "admin": ok}
+    # These rows are reads: the account's read-only token may make them too.
+    return {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 404, "own": ok, "readonly": ok, "admin": ok}
+
+
+def token_managers(ok: int) -> dict[str, int]:
+    # The admin or the account's own key; a read-only token may not breed or list tokens.
+    return {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 404, "own": ok, "readonly": 403, "admin": ok}
 
 
 def public(ok: int = 200) -> dict[str, int]:
@@ -89,15 +97,33 @@ API_ROWS = [
     Row("GET", "/v1/accounts/{account_id}/usage", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/balance", own_or_admin(200)),
     Row("GET", "/v1/accounts/{account_id}/billing", own_or_admin(200)),
+    Row("GET", "/v1/accounts/{account_id}/billing/forecast", own_or_admin(200)),
+    Row("POST", "/v1/accounts/{account_id}/adjustments", admin_only(201), body=lambda ctx: {
+        "idempotency_key": unique("matrix"), "node_id": "matrix-node", "interval": "2026-01-01T00:00:00Z",
+        "bytes_in": 1, "reason": "authz matrix"}),
+    Row("GET", "/v1/accounts/{account_id}/adjustments", own_or_admin(200)),
+    Row("POST", "/v1/accounts/{account_id}/periods/{month}/close", admin_only(409),
+        note="the current month has not ended: the admin passes the guard and is told so"),
     Row("GET", "/v1/accounts/{account_id}/events", own_or_admin(200)),
     Row("POST", "/v1/accounts/{account_id}/webhook-secret", admin_only(200)),
     Row("POST", "/v1/accounts/{account_id}/events/{event_id}/redeliver", admin_only(404),
         note="no such event: the admin passes authorization and gets 404"),
-    Row("POST", "/v1/traffic", {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 403, "own": 202, "admin": 202},
+    Row("GET", "/v1/regions", admin_only(200)),
+    Row("PUT", "/v1/regions/{region}/nodes/{node_id}", admin_only(200)),
+    Row("DELETE", "/v1/regions/{region}/nodes/{node_id}", admin_only(404),
+        note="a node never mapped: the admin passes the guard and finds nothing"),
+    Row("POST", "/v1/accounts/{account_id}/read-tokens", token_managers(201)),
+    Row("GET", "/v1/accounts/{account_id}/read-tokens", token_managers(200)),
+    Row("DELETE", "/v1/accounts/{account_id}/read-tokens/{token_id}", token_managers(404),
+        note="a token id never issued: callers who pass the guard find nothing"),
+    Row("POST", "/v1/traffic", {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 403, "own": 202, "readonly": 403,
+                                "admin": 202},
         body=_traffic),
-    # Batch ids are scoped by the principal that wrote them: only that principal finds the batch.
+    # Batch ids are scoped by the principal that wrote them: only that principal finds the batch
+    # (the account's read-only token reads as the account, so it finds the account's batches).
     Row("GET", "/v1/batches/{batch_id}", {**dict.fromkeys(UNAUTHENTICATED, 401), "other": 404, "own": 200,
-                                           "admin": 404}, note="a batch the target account's own key wrote"),
+                                           "readonly": 200, "admin": 404},
+        note="a batch the target account's own key wrote"),
     Row("GET", "/healthz", public()),
     Row("GET", "/readyz", public()),
     Row("GET", "/metrics", public()),
@@ -212,6 +238,12 @@ def _path(row: Row, ctx: Ctx) -> str:
         params["event_id"] = "evt_nosuchevent"
     if "{asset}" in row.path:
         params["asset"] = "swagger-ui.css"
+    if "{month}" in row.path:
+        params["month"] = time.strftime("%Y-%m", time.gmtime())
+    if "{token_id}" in row.path:
+        params["token_id"] = "rt_never_issued"
+    if "{region}" in row.path:  # PUT maps matrix-put; DELETE asks for matrix-delete, never mapped
+        params.update(region="matrix", node_id=f"matrix-{row.method.lower()}")
     return row.path.format(**params)
 
 
@@ -327,7 +359,7 @@ def _reflection(channel: grpc.Channel, who: Principals, md: list[tuple[str, str]
     assert "meterd.v1.TrafficWriter" in names
 
 
-WRITE_EXPECT = {**dict.fromkeys(UNAUTHENTICATED, UNAUTH), "other": DENIED, "own": OK, "admin": OK}
+WRITE_EXPECT = {**dict.fromkeys(UNAUTHENTICATED, UNAUTH), "other": DENIED, "own": OK, "readonly": DENIED, "admin": OK}
 # Health and reflection are public by design (load balancers and grpcurl need no credentials);
 # these rows state it, so making them authenticated — or not — is a visible decision.
 PUBLIC_GRPC = dict.fromkeys(CREDENTIALS, OK)

@@ -94,8 +94,11 @@ def test_billing_matches_independent_computation(stack: Meterd, zone: str, month
     send(stack, records)
     want = expected_bill(records, zone, year, mon)
     got = wait_bill(stack, acc, want["bytes_in"], month=month)  # the account's billing_timezone
-    assert got == {"account_id": acc, "month": month, "timezone": zone, "complete": True,
-                   "quota_bytes": 10**12, "over_quota": want["bytes_in"] + want["bytes_out"] > 10**12, **want}
+    # The fields billing had before plans, unchanged; plans added `plan` and `bill` (issue 27).
+    legacy = {k: v for k, v in got.items() if k not in ("plan", "bill")}
+    assert legacy == {"account_id": acc, "month": month, "timezone": zone, "complete": True,
+                      "quota_bytes": 10**12, "over_quota": want["bytes_in"] + want["bytes_out"] > 10**12, **want}
+    assert set(got) - set(legacy) == {"plan", "bill"}
     Billing.model_validate(got)  # the documented schema, no undocumented field
     # DST months: 30 days + 1 hour in November, 31 days - 1 hour in March.
     assert got["intervals"] == {"2025-11": 8652, "2026-03": 8916, "2026-02": 8064}[month]

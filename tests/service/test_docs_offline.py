@@ -39,7 +39,7 @@ def test_docs_render_offline_in_chromium(meterd: Meterd, tmp_path: Path) -> None
     assert "swagger-ui" in dom and "Loading the interactive API docs" not in dom
     shown = set(re.findall(r'data-path="([^"]+)"', dom))
     assert {p for _, p in operations} <= shown, sorted({p for _, p in operations} - shown)
-    assert len(re.findall(r'class="opblock opblock-(?:get|post|patch|delete)', dom)) == len(operations)
+    assert len(re.findall(r'class="opblock opblock-(?:get|post|put|patch|delete)', dom)) == len(operations)
     shot = tmp_path / "docs.png"
     chromium(browser, tmp_path / "profile-shot", *OFFLINE, f"--screenshot={shot}", "--window-size=1280,2600", url)
     assert shot.stat().st_size > 20_000  # the rendered operations list, not a blank page

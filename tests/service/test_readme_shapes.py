@@ -5,6 +5,7 @@ is not served, or a served field that is not documented, fails (`...` in a shape
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,14 @@ def served(meterd: Meterd) -> dict[str, Any]:
         "POST /v1/traffic": lambda: written,
         "GET /v1/batches/{batch_id}": lambda: lookup,
         "GET /healthz, /readyz, /metrics, /openapi.json, /docs": lambda: admin.get("/readyz"),
+        "POST /v1/accounts/{id}/adjustments": lambda: admin.post(f"/v1/accounts/{account}/adjustments", json={
+            "idempotency_key": unique("shapes"), "node_id": "shapes-node", "bytes_in": 1, "reason": "shapes",
+            "interval": time.strftime("%Y-%m-01T00:00:00Z", time.gmtime())}),
+        "GET /v1/accounts/{id}/adjustments": lambda: admin.get(f"/v1/accounts/{account}/adjustments"),
+        "POST /v1/accounts/{id}/read-tokens": lambda: admin.post(f"/v1/accounts/{account}/read-tokens"),
+        "GET /v1/accounts/{id}/read-tokens": lambda: admin.get(f"/v1/accounts/{account}/read-tokens"),
+        "GET /v1/regions": lambda: admin.get("/v1/regions"),
+        "PUT / DELETE /v1/regions/{region}/nodes/{node_id}": lambda: admin.put("/v1/regions/shapes/nodes/shapes-node"),
     }
     out = {}
     for name, call in calls.items():
