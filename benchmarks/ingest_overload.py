@@ -1,11 +1,11 @@
 """Open-loop overload on meterd's real ingest route (issue 24): gRPC `Write`, 1000-record batches.
 
-    .venv/bin/python benchmarks/ingest_overload.py [--levels 0.5,0.8,1.5,2,5] [--channels 8]
+    .venv/bin/python benchmarks/ingest_overload.py [--levels 0.5,0.8,1.5,2,5] [--channels 8] [--arms "as shipped,dry run"]
 
 The capacity is measured first on a fresh `meterd up` (closed loop of 128 writers on 8 connections, limiter in dry run:
 acknowledged records/s) and the unloaded p99 on the same server (open loop at 0.2x). Then, per level,
 a fresh `meterd up` gets 4 s at 0.5x (the limiter's warm-up), `--level-seconds` at the level, and 4 s
-back at 0.5x (the step down). The generator runs in its own process and is open loop: batches are
+back at 0.5x (the step down), as shipped and with the limiter in dry run back to back. The generator runs in its own process and is open loop: batches are
 scheduled at a fixed rate whatever the answers, spread round-robin over `--channels` connections
 (one HTTP/2 connection caps in-flight calls at meterd's `grpc.max_concurrent_streams`, 100, which
 would turn the open loop into a closed loop of 100), latency is measured from the scheduled time,
@@ -208,7 +208,7 @@ def main() -> None:
     ap.add_argument("--level-seconds", type=float, default=6.0)
     ap.add_argument("--channels", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=10.0)
-    ap.add_argument("--dry-run", action="store_true", help="limiter in dry run (diagnostic)")
+    ap.add_argument("--arms", default="as shipped,dry run", help="per level, back to back: as shipped, dry run")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--trace", action="store_true", help="print the limiter's gauges every 0.25 s")
     args = ap.parse_args()
@@ -220,7 +220,8 @@ def main() -> None:
     from ingest import _dry_run_plugins
 
     dry = {"METERD_GOVERNANCE": json.dumps({"plugins": _dry_run_plugins()})}
-    env = dry if args.dry_run else {}
+    arms = {"as shipped": {}, "dry run": dry}
+    chosen = [a.strip() for a in args.arms.split(",")]
     rows, loads = [], [_load()]
     with tempfile.TemporaryDirectory(prefix="meterd-overload-") as tmp_s:
         tmp = Path(tmp_s)
@@ -234,17 +235,17 @@ def main() -> None:
         finally:
             proc.stop()
         print(f"capacity {capacity:,.0f} records/s, unloaded p99 {unloaded * 1000:.1f} ms", flush=True)
-        for level in (float(x) for x in args.levels.split(",")):
+        for n, (level, arm) in enumerate((float(x), a) for x in args.levels.split(",") for a in chosen):
             loads.append(_load())
-            proc, accounts = start_meterd(tmp / f"l{level}", env)
+            proc, accounts = start_meterd(tmp / f"l{n}", arms[arm])
             try:
                 phases = [[0.5 * capacity, WARM_S], [level * capacity, args.level_seconds], [0.5 * capacity, DOWN_S]]
-                res = run_generator(proc, accounts, tmp, {"mode": "open", "tag": f"l{level}", "channels": args.channels,
+                res = run_generator(proc, accounts, tmp, {"mode": "open", "tag": f"l{n}", "channels": args.channels,
                                                           "timeout": args.timeout, "phases": phases})
                 server = _server_metrics(proc.http)
             finally:
                 proc.stop()
-            row = {"level": level, **summarise(res["batches"], WARM_S, WARM_S + args.level_seconds, capacity),
+            row = {"level": level, "arm": arm, **summarise(res["batches"], WARM_S, WARM_S + args.level_seconds, capacity),
                    "lag_p99": res["lag_p99"], "limiter_sheds": server.get("limiter sheds")}
             print(row, flush=True)
             if args.trace:
@@ -264,27 +265,27 @@ def render(args: argparse.Namespace, capacity: float, unloaded: float, rows: lis
     def s(v: float | None) -> str:
         return "never" if v is None else f"{v:.2f} s"
 
-    out = [f"## Open loop on gRPC `Write` ({'limiter in DRY RUN' if args.dry_run else 'as shipped'}), "
-           f"{args.channels} connections", "",
+    out = [f"## Open loop on gRPC `Write`, {args.channels} connection(s): {args.arms.replace(',', ' vs ')}", "",
            f"Machine: {machine()}; date: {when}. **The VM was shared** with other jobs running tests (load average "
            f"before the probe and each level: {', '.join(loads)}): absolute figures are noisy, read the ratios.", "",
            f"Capacity (closed loop, 128 writers on 8 connections, limiter in dry run, acknowledged): **{capacity:,.0f} records/s**; "
            f"unloaded p99 (open loop at 0.2x): **{unloaded * 1000:.0f} ms**. Each level: fresh `meterd up`, "
-           f"{WARM_S:g} s at 0.5x, {args.level_seconds:g} s at the level (measured), {DOWN_S:g} s at 0.5x; "
+           f"{WARM_S:g} s at 0.5x, {args.level_seconds:g} s at the level (measured), {DOWN_S:g} s at 0.5x, the arms "
+           "of a level back to back (dry run: the same build with the adaptive limiter deciding but never shedding); "
            f"batches of {PER_BATCH}, never retried, lost after {args.timeout:g} s. Goodput: records acknowledged "
            "while the level ran, per second, over the capacity; admitted p99: acknowledged batches scheduled in "
            "the level, from their scheduled time; settled: after the step down, every 250 ms window's p99 <= 2x "
            "the same run's 0.5x p99 before the step, nothing lost. Targets: goodput >= 90 % of capacity at "
            "overload, admitted p99 <= 2x unloaded, first shed <= 1 s after the step, p99 back <= 2 s after the "
            "step down, no shed at <= 0.8x.", "",
-           "| level | goodput / capacity | admitted p99 | p99 / unloaded | p99 at 0.5x before the step | "
+           "| level | arm | goodput / capacity | admitted p99 | p99 / unloaded | p99 at 0.5x before the step | "
            "sheds in level (all phases) | why (answer detail) | lost / other errors | first shed | settled after "
            "step down | generator lag p99 |",
-           "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+           "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         other = ", ".join(f"{n} {k}" for k, n in r["other"].items()) or "0"
         why = "; ".join(f"{n} x {k[6:]}" for k, n in r["why"].items()) or "-"
-        out.append(f"| {r['level']:g}x | {r['goodput']:.0%} | {r['p99'] * 1000:,.0f} ms | "
+        out.append(f"| {r['level']:g}x | {r['arm']} | {r['goodput']:.0%} | {r['p99'] * 1000:,.0f} ms | "
                    f"{r['p99'] / unloaded:.1f}x | {r['before'] * 1000:,.0f} ms | {r['sheds']} ({r['sheds_total']}) | "
                    f"{why} | {other} | {s(r['first_shed'])} | {s(r['settled'])} | {r['lag_p99'] * 1000:.0f} ms |")
     return "\n".join(out) + "\n"

@@ -36,7 +36,7 @@ from ingest import _dry_run_plugins, _load, _server_metrics, pct  # noqa: E402
 from ingest_overload import PER_BATCH, run_generator, start_meterd  # noqa: E402
 from machine_info import machine  # noqa: E402
 
-from tests.support.meterd import ADMIN_TOKEN  # noqa: E402
+from tests.support.meterd import ADMIN_TOKEN, MeterdProc, free_port, meterd_env  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "read-flood.md"
 FLOOD_START = 3.0
@@ -132,6 +132,36 @@ def start_flood(proc: Any, accounts: list[str], tmp: Path, spec: dict[str, Any])
 
 
 # == driver =======================================================================================
+class Split:
+    """`meterd api`, `meterd writer` and `meterd consumer` as three processes on one data dir (the
+    production shape), standing in for one `meterd up`: `http` is the API's, `grpc` the writer's."""
+
+    def __init__(self, tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        env = meterd_env(tmp)
+        self.procs = [MeterdProc([role], {**env, "METERD_ADMIN__PORT": str(free_port())}, tmp).start()
+                      for role in ("api", "writer", "consumer")]
+        self.http, self.grpc = self.procs[0].http, self.procs[1].grpc
+        self.metrics = [self.http, self.procs[1].admin]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+def start(tmp: Path, split: bool) -> tuple[Any, list[str]]:
+    if not split:
+        proc, accounts = start_meterd(tmp)
+        proc.metrics = [proc.http]
+        return proc, accounts
+    import httpx
+
+    both = Split(tmp)
+    with httpx.Client(base_url=both.http, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30) as c:
+        accounts = [c.post("/v1/accounts", json={"name": f"bench-{i}"}).json()["id"] for i in range(10)]
+    return both, accounts
+
+
 def writes_in(batches: list[list[Any]], t0: float, t1: float) -> tuple[float, float, int]:
     """(acknowledged share of the batches scheduled in [t0, t1), their p99, how many were shed)."""
     sent = [b for b in batches if t0 <= b[0] < t1]
@@ -147,6 +177,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--split", action="store_true", help="meterd api, writer and consumer as three processes")
     args = ap.parse_args()
     if args.flood_process:
         flood_main(args.flood_process)
@@ -170,7 +201,7 @@ def main() -> None:
         arms: dict[str, Any] = {}
         for arm in ("writers alone", "writers + flood"):
             loads.append(_load())
-            proc, accounts = start_meterd(tmp / arm.replace(" ", "").replace("+", "-"))
+            proc, accounts = start(tmp / arm.replace(" ", "").replace("+", "-"), args.split)
             try:
                 child = None
                 if arm != "writers alone":
@@ -184,7 +215,7 @@ def main() -> None:
                     flood_res = json.loads(out.read_text())
                 server = _server_metrics(proc.http)
                 sheds = {line.split("{", 1)[1].split("}", 1)[0]: float(line.rsplit(" ", 1)[1])
-                         for line in _metrics_text(proc.http).splitlines()
+                         for url in proc.metrics for line in _metrics_text(url).splitlines()
                          if line.startswith("governance_adaptive_sheds_total{")}
             finally:
                 proc.stop()
@@ -206,7 +237,8 @@ def _metrics_text(http: str) -> str:
 def render(args: argparse.Namespace, w_cap: float, r_cap: float, arms: dict[str, Any], loads: list[str]) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     alone, both = arms["writers alone"], arms["writers + flood"]
-    out = [f"## Flood of reads and CSV exports at {args.flood:g}x beside writers at {args.writers:g}x", "",
+    shape = "`meterd api` + `meterd writer` + `meterd consumer` (three processes)" if args.split else "`meterd up`"
+    out = [f"## Flood of reads and CSV exports at {args.flood:g}x beside writers at {args.writers:g}x: {shape}", "",
            f"Machine: {machine()}; date: {when}. **The VM was shared** with other jobs running tests (load average "
            f"before the probe and each arm: {', '.join(loads)}): read the ratios of the two arms.", "",
            f"Write capacity (closed loop, 128 writers, dry run): {w_cap:,.0f} records/s; read capacity (closed loop, "
