@@ -40,8 +40,7 @@ except ImportError:  # imported as benchmarks.<module>
 from tests.support.meterd import ADMIN_TOKEN, MeterdProc, meterd_env  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "ingest-overload.md"
-PER_BATCH = 1000
-WARM_S, DOWN_S = 4.0, 4.0
+PER_BATCH, WARM_S, DOWN_S = 1000, 4.0, 4.0  # records per batch; seconds at 0.5x before and after the level
 WINDOW = 0.25  # s, for the recovery measure
 
 
@@ -210,6 +209,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("--arms", default="as shipped,dry run", help="per level, back to back: as shipped, dry run")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--write-objective", type=float, help="add an arm with this objective for Write, s")
     ap.add_argument("--trace", action="store_true", help="print the limiter's gauges every 0.25 s")
     args = ap.parse_args()
     if args.generator:
@@ -220,7 +220,12 @@ def main() -> None:
     from ingest import _dry_run_plugins
 
     dry = {"METERD_GOVERNANCE": json.dumps({"plugins": _dry_run_plugins()})}
-    arms = {"as shipped": {}, "dry run": dry}
+    arms: dict[str, dict[str, str]] = {"as shipped": {}, "dry run": dry}
+    if args.write_objective:  # an operator's knob: a tighter objective for unary Write
+        route = {"unary /meterd.v1.TrafficWriter/Write": {"priority": "write", "objective": args.write_objective}}
+        arms[f"objective {args.write_objective:g} s"] = {
+            "METERD_GOVERNANCE": json.dumps({"overrides": {"adaptive": {"routes": route}}})}
+        args.arms += f",objective {args.write_objective:g} s"
     chosen = [a.strip() for a in args.arms.split(",")]
     rows, loads = [], [_load()]
     with tempfile.TemporaryDirectory(prefix="meterd-overload-") as tmp_s:
