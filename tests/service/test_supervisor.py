@@ -39,22 +39,27 @@ def _children(m: MeterdProc, role: str) -> list[psutil.Process]:
     return [p for p in kids if "child" in p.cmdline() and role in p.cmdline()]
 
 
+def _clients_of(proc: psutil.Process, port: int) -> int:
+    return sum(1 for c in proc.net_connections("tcp") if c.laddr and c.laddr.port == port and c.raddr)
+
+
 def _restarts(m: MeterdProc, role: str) -> float:
     text = httpx.get(f"{m.admin}/metrics", timeout=10).text
     found = re.search(rf'^meterd_supervisor_restarts_total{{role="{role}"}} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
 
 
-async def _send(grpc_addr: str, accounts: list[str], batches: int, expected: Totals) -> None:
+async def _send(grpc_addr: str, accounts: list[str], batches: int, expected: Totals, clients: int = CLIENTS) -> None:
     """Like a real client: UNAVAILABLE is retried with the same batch id. Every batch id is new, so a
     `duplicate` answer means an earlier attempt was made durable and only its ack was lost (the
     killed writer's): the batch counts once either way."""
     now_ms = int(time.time() * 1000)
 
     async def client(n: int) -> None:
-        async with grpc.aio.insecure_channel(grpc_addr) as channel:
+        # A connection each, as separate edge nodes have (gRPC would share one between channels).
+        async with grpc.aio.insecure_channel(grpc_addr, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
             stub = traffic_pb2_grpc.TrafficWriterStub(channel)
-            for i in range(n, batches, CLIENTS):
+            for i in range(n, batches, clients):
                 records = [traffic_pb2.TrafficRecord(account_id=accounts[(i + j) % len(accounts)], node_id="edge-1",
                                                      timestamp_ms=now_ms - j, bytes_in=i + j, bytes_out=2 * j + 1,
                                                      requests=1) for j in range(1000)]
@@ -62,7 +67,7 @@ async def _send(grpc_addr: str, accounts: list[str], batches: int, expected: Tot
                 assert resp.accepted == 1000
                 add_records(expected, records)
 
-    await asyncio.gather(*(client(n) for n in range(CLIENTS)))
+    await asyncio.gather(*(client(n) for n in range(clients)))
 
 
 def test_every_process_is_listed_for_scraping_on_loopback(tmp_path: Path) -> None:
@@ -87,11 +92,13 @@ async def test_writer_sigkilled_under_load_counts_exactly(tmp_path: Path) -> Non
     try:
         accounts = _create_accounts(m)
         expected: Totals = {}
-        victim = _children(m, "writer")[0]
         load = asyncio.create_task(_send(m.grpc or "", accounts, 300, expected))
         while not expected and not load.done():  # the kill lands mid-load, after the first acks
             await asyncio.sleep(0.05)
         assert not load.done(), f"the load ended before the kill: make it longer ({load})"
+        port = int((m.grpc or "").rsplit(":", 1)[1])
+        victim = max(_children(m, "writer"), key=lambda p: _clients_of(p, port))
+        assert _clients_of(victim, port) > 0
         victim.send_signal(signal.SIGKILL)
         await load
         _assert_counted(m, expected, 60)
