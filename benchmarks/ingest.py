@@ -727,7 +727,9 @@ def _scaling(args: argparse.Namespace, spec: dict) -> None:
         from benchmarks.ingest_scaling import run as run_scaling
     workers = [int(n) for n in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="meterd-bench-") as tmp_s:
-        report = render_scaling(args, run_scaling(Path(tmp_s), spec, workers, args.rounds))
+        env = {"METERD_GOVERNANCE": json.dumps({"plugins": _dry_run_plugins()})} if args.limiter_dry_run else {}
+        report = render_scaling(args, run_scaling(Path(tmp_s), spec, workers, args.rounds, env,
+                                                       args.kafka))
     print(report)
     out = ROOT / "benchmarks" / "results" / "ingest-scaling.md"
     out.write_text(out.read_text() + "\n---\n\n" + report if args.append and out.exists() else report)
@@ -754,6 +756,9 @@ def main() -> None:
     ap.add_argument("--workers", help="only the scaling arms: `meterd up --workers N` for each N of this "
                     "comma-separated list (e.g. 1,2), side by side; written to results/ingest-scaling.md")
     ap.add_argument("--rounds", type=int, default=2, help="scaling arms: how many times each N runs, in turn")
+    ap.add_argument("--limiter-dry-run", action="store_true", help="scaling arms: the adaptive limiter decides "
+                    "but never sheds (what the processes carry, not what the limiter lets through)")
+    ap.add_argument("--kafka", action="store_true", help="scaling arms: the log is Kafka (a Tansu broker per arm)")
     args = ap.parse_args()
     loads: dict[str, str] = {}
     spec = {"mode": "closed", "records": args.records, "per_batch": args.batch, "concurrency": args.concurrency}

@@ -9,6 +9,7 @@ that of every one of its processes (supervisor and children), in total and per p
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from tests.support.broker import running_tansu
 
 try:  # run as a script: benchmarks/ is on sys.path
     from ingest import ArmResult, _load, _ms, pct, run_meterd_arm
@@ -25,7 +28,8 @@ except ImportError:  # imported as benchmarks.<module>
     from benchmarks.machine_info import machine
 
 
-def run(tmp: Path, spec: dict[str, Any], workers: list[int], rounds: int) -> list[tuple[int, ArmResult, str]]:
+def run(tmp: Path, spec: dict[str, Any], workers: list[int], rounds: int,
+        env: dict[str, str] | None = None, kafka: bool = False) -> list[tuple[int, ArmResult, str]]:
     runs = []
     for r in range(rounds):
         for n in workers:
@@ -33,8 +37,13 @@ def run(tmp: Path, spec: dict[str, Any], workers: list[int], rounds: int) -> lis
             where.mkdir()
             load = _load()
             print(f"scaling: --workers {n}, round {r + 1}", file=sys.stderr)
-            arm = run_meterd_arm(f"--workers {n}", where, {**spec, "tag": f"w{n}r{r}"},
-                                 {"METERD_WORKERS": str(n)}, settle_s=1.0)
+            with contextlib.ExitStack() as stack:
+                extra = {"METERD_WORKERS": str(n), **(env or {})}
+                if kafka:  # a fresh broker per arm (4 partitions, meterd's default)
+                    broker = stack.enter_context(running_tansu())
+                    extra["METERD_KAFKA__BOOTSTRAP_SERVERS"] = broker.bootstrap
+                arm = run_meterd_arm(f"--workers {n}", where, {**spec, "tag": f"w{n}r{r}"}, extra,
+                                     settle_s=8.0 if kafka else 1.0)
             runs.append((n, arm, load))
     return runs
 
@@ -55,8 +64,11 @@ def render(args: Any, runs: list[tuple[int, ArmResult, str]]) -> str:
              "Shared with other work while measured: the load average before each arm is listed; compare "
              "the ratios, not the absolute numbers.", "",
              f"`python benchmarks/ingest.py --workers {args.workers} --records {args.records} "
-             f"--concurrency {args.concurrency} --rounds {args.rounds}`: database log (SQLite), limiter as "
-             "shipped, closed loop, client in its own process.", "",
+             f"--concurrency {args.concurrency} --rounds {args.rounds}"
+             f"{' --limiter-dry-run' if args.limiter_dry_run else ''}{' --kafka' if args.kafka else ''}`: "
+             f"{'Kafka (Tansu, 4 partitions)' if args.kafka else 'database log'}, SQLite, "
+             f"{'adaptive limiter in dry run' if args.limiter_dry_run else 'limiter as shipped'}, closed loop, "
+             "client in its own process.", "",
              "| arm | records/s end to end | records/s acked | meterd CPU µs/record (all processes) | "
              "cores used | ack p50 / p99 | shed answers | load avg before |",
              "|---|---|---|---|---|---|---|---|"]
