@@ -728,8 +728,8 @@ def _scaling(args: argparse.Namespace, spec: dict) -> None:
     workers = [int(n) for n in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="meterd-bench-") as tmp_s:
         env = {"METERD_GOVERNANCE": json.dumps({"plugins": _dry_run_plugins()})} if args.limiter_dry_run else {}
-        report = render_scaling(args, run_scaling(Path(tmp_s), spec, workers, args.rounds, env,
-                                                       args.kafka))
+        report = render_scaling(args, run_scaling(Path(tmp_s), spec, workers, args.rounds, env, args.kafka,
+                                                       ROOT / "benchmarks" / "results" if args.profile_writer else None))
     print(report)
     out = ROOT / "benchmarks" / "results" / "ingest-scaling.md"
     out.write_text(out.read_text() + "\n---\n\n" + report if args.append and out.exists() else report)
@@ -759,6 +759,8 @@ def main() -> None:
     ap.add_argument("--limiter-dry-run", action="store_true", help="scaling arms: the adaptive limiter decides "
                     "but never sheds (what the processes carry, not what the limiter lets through)")
     ap.add_argument("--kafka", action="store_true", help="scaling arms: the log is Kafka (a Tansu broker per arm)")
+    ap.add_argument("--profile-writer", action="store_true", help="scaling arms: capture writer-1 for 5 s through "
+                    "its /debug/profiles in the first multi-process arm; flamegraph and folded stacks to results/")
     args = ap.parse_args()
     loads: dict[str, str] = {}
     spec = {"mode": "closed", "records": args.records, "per_batch": args.batch, "concurrency": args.concurrency}

@@ -10,15 +10,21 @@ that of every one of its processes (supervisor and children), in total and per p
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import statistics
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from tests.support.broker import running_tansu
+from tests.support.meterd import ADMIN_TOKEN
 
 try:  # run as a script: benchmarks/ is on sys.path
     from ingest import ArmResult, _load, _ms, pct, run_meterd_arm
@@ -29,7 +35,7 @@ except ImportError:  # imported as benchmarks.<module>
 
 
 def run(tmp: Path, spec: dict[str, Any], workers: list[int], rounds: int,
-        env: dict[str, str] | None = None, kafka: bool = False) -> list[tuple[int, ArmResult, str]]:
+        env: dict[str, str] | None = None, kafka: bool = False, profile: Path | None = None) -> list[tuple[int, ArmResult, str]]:
     runs = []
     for r in range(rounds):
         for n in workers:
@@ -42,10 +48,42 @@ def run(tmp: Path, spec: dict[str, Any], workers: list[int], rounds: int,
                 if kafka:  # a fresh broker per arm (4 partitions, meterd's default)
                     broker = stack.enter_context(running_tansu())
                     extra["METERD_KAFKA__BOOTSTRAP_SERVERS"] = broker.bootstrap
+                capture = capture_writer(where, 3.0, profile) if profile and n > 1 and r == 0 else None
                 arm = run_meterd_arm(f"--workers {n}", where, {**spec, "tag": f"w{n}r{r}"}, extra,
                                      settle_s=8.0 if kafka else 1.0)
+            if capture is not None:
+                capture.join(90)
             runs.append((n, arm, load))
     return runs
+
+
+def capture_writer(where: Path, seconds: float, results: Path) -> threading.Thread:
+    """Once the arm's load starts, a capture of writer-1 through meterd's own API (POST
+    /debug/profiles/start on its admin port, the admin token), its flamegraph and folded stacks then
+    copied to `results`."""
+
+    def run() -> None:
+        while not (where / "client.go").exists():
+            time.sleep(0.02)
+        time.sleep(0.5)  # past the first connections
+        targets = json.loads((where / "data" / "meterd-up-targets.json").read_text())
+        admin = next(t["targets"][0] for t in targets if t["labels"]["process"] == "writer-1")
+        headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        started = httpx.post(f"http://{admin}/debug/profiles/start", params={"duration_s": seconds},
+                             headers=headers, timeout=30).json()
+        deadline = time.monotonic() + seconds + 60
+        while time.monotonic() < deadline:  # the files appear when the capture ends (or meterd stops)
+            files = [p for p in (where / "meterd_profile").glob(f"{started['id']}_*")
+                     if p.name.endswith(("flamegraph.svg", "folded.txt"))]
+            if len(files) == 2:
+                for path in files:
+                    shutil.copy(path, results / f"ingest-writer-profile-{path.name.rsplit('_', 1)[1]}")
+                return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def _per_role(arm: ArmResult) -> dict[str, float]:
