@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ class Supervisor:
         self._stopping = False
         self.stopped = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reservation = None
+        self._reservation: socket.socket | None = None
         self.grpc_port = settings.grpc.port
 
     def _check_and_reserve(self) -> None:
@@ -75,10 +76,11 @@ class Supervisor:
 
         s = self.settings
         try:
-            self._reservation = reserve_shared_port(s.grpc.host, s.grpc.port)
+            reservation = reserve_shared_port(s.grpc.host, s.grpc.port)
         except OSError:
             raise port_in_use("grpc", s.grpc.host, s.grpc.port) from None
-        self.grpc_port = int(self._reservation.getsockname()[1])
+        self._reservation = reservation
+        self.grpc_port = int(reservation.getsockname()[1])
 
     async def start(self) -> None:
         self._check_and_reserve()

@@ -158,3 +158,14 @@ def test_children_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Path) -
         for p in children:
             if p.is_running():
                 p.kill()
+
+
+def test_bad_workers_setting_names_the_key_and_env_var(tmp_path: Path) -> None:
+    env = meterd_env(tmp_path, METERD_WORKERS="0")
+    m = MeterdProc(["up"], env, tmp_path)
+    try:
+        m.start(timeout=30)
+    except RuntimeError:
+        pass
+    assert m.proc is not None and m.proc.wait(30) == 2
+    assert "workers" in m.output() and "METERD_WORKERS" in m.output(), m.output()
