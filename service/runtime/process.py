@@ -73,8 +73,7 @@ class MeterdProcess:
     settings: Settings
     roles: tuple[str, ...]
     admin_token: str
-    # A writer under `meterd up --workers N`: the supervisor checked and holds the gRPC port, which
-    # N writers share with SO_REUSEPORT, so this process must not test it with a plain bind.
+    # A writer under `meterd up --workers N`: the supervisor checked and holds the port, shared by SO_REUSEPORT.
     shared_grpc_port: bool = False
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     endpoints: Endpoints = field(default_factory=Endpoints)
@@ -149,7 +148,8 @@ class MeterdProcess:
             servicer = TrafficWriterServicer(ingest, auth, governor=interceptor,
                                              max_streams_per_key=s.grpc.max_streams_per_key)
             grpc_server, health = build_grpc_server(servicer, max_message_bytes=s.grpc.max_message_bytes,
-                                                    interceptors=[interceptor], options=self._grpc_options())
+                                                    interceptors=[interceptor], options=[
+                *s.grpc.channel_options(), *([("grpc.so_reuseport", 1)] if self.shared_grpc_port else [])])
             if not self.shared_grpc_port:
                 check_port_free("grpc", s.grpc.host, s.grpc.port)
             try:
@@ -247,10 +247,6 @@ class MeterdProcess:
                 busy.append(str(exc))
         if busy:  # all of them in one line: fixing one should not reveal the next
             raise StartupError("; ".join(busy))
-
-    def _grpc_options(self) -> list[tuple[str, int]]:
-        shared = [("grpc.so_reuseport", 1)] if self.shared_grpc_port else []
-        return [*self.settings.grpc.channel_options(), *shared]
 
     def _admin_check(self) -> Callable[[Request], bool]:
         expected = self.admin_token.encode()
