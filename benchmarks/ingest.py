@@ -60,6 +60,7 @@ from tests.support.meterd import ADMIN_TOKEN, MeterdProc, meterd_env  # noqa: E4
 
 ACCOUNTS = 10
 TEMPLATES = 8  # distinct record sets; a request is its batch_id + one of them (protobuf fields merge)
+CONNECTIONS = 8  # closed loop: client connections the writers are spread over
 SHED_RETRY_S = 0.05  # a shed write is retried this soon with the same batch_id, as an edge node would
 
 
@@ -128,11 +129,15 @@ async def closed_loop(target: str, bodies: list[bytes], per_batch: int, concurre
     latencies: list[float] = []
     sheds: list[str] = []
     queue = list(reversed(bodies))
-    async with grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
-        write = ch.unary_unary("/meterd.v1.TrafficWriter/Write", request_serializer=None,
-                               response_deserializer=traffic_pb2.WriteResponse.FromString)
+    # Several connections, as several edge nodes make: `meterd up`'s writer processes share the port
+    # and the kernel gives each connection to one of them (gRPC would share one between channels).
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(min(concurrency, CONNECTIONS))]
+    try:
+        writes = [ch.unary_unary("/meterd.v1.TrafficWriter/Write", request_serializer=None,
+                                 response_deserializer=traffic_pb2.WriteResponse.FromString) for ch in channels]
 
-        async def worker() -> None:
+        async def worker(write: Callable[..., Awaitable[traffic_pb2.WriteResponse]]) -> None:
             while queue:
                 body = queue.pop()
                 t = time.perf_counter()  # from the first attempt: shed retries included
@@ -141,8 +146,11 @@ async def closed_loop(target: str, bodies: list[bytes], per_batch: int, concurre
                 assert resp.accepted == per_batch and not resp.duplicate, resp
 
         t0 = time.time()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(writes[i % len(writes)]) for i in range(concurrency)))
         t1 = time.time()
+    finally:
+        for ch in channels:
+            await ch.close()
     return {"t0": t0, "t1": t1, "lat": latencies, "sheds": len(sheds), "shed_why": _top(sheds),
             "sent": len(bodies) * per_batch}
 
@@ -222,6 +230,7 @@ class ArmResult:
     rate: float | None = None
     shed_why: str = ""
     threads: dict[str, float] = field(default_factory=dict)  # meterd CPU seconds by thread name
+    processes: dict[str, float] = field(default_factory=dict)  # CPU seconds by meterd process (supervisor, writer-1..)
     server: dict[str, str] = field(default_factory=dict)  # from meterd's own /metrics
 
     @property
@@ -240,6 +249,27 @@ class ArmResult:
 def _cpu_s(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return t.user + t.system
+
+
+def meterd_processes(pid: int) -> dict[str, psutil.Process]:
+    """`meterd up` and, under its supervisor, every child, by slot (`writer-1`, `api`, `consumer`)."""
+    root = psutil.Process(pid)
+    out = {"meterd": root}
+    for child in root.children():
+        cmd = child.cmdline()
+        if "child" in cmd and "--slot" in cmd:
+            out[cmd[cmd.index("--slot") + 1]] = child
+    return out
+
+
+def _tree_cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for name, proc in procs.items():
+        try:
+            out[name] = _cpu_s(proc)
+        except psutil.NoSuchProcess:  # a restarted child: its CPU is gone with it
+            out[name] = 0.0
+    return out
 
 
 def _tansu_procs() -> list[psutil.Process]:
@@ -326,8 +356,10 @@ def run_meterd_arm(name: str, tmp: Path, spec: dict, env_extra: dict[str, str], 
                     raise RuntimeError("client process failed before starting")
                 time.sleep(0.01)
             meterd = psutil.Process(proc.pid)
+            tree = meterd_processes(proc.pid)
             brokers = _tansu_procs()
-            cpu0 = _cpu_s(meterd)
+            procs0 = _tree_cpu(tree)
+            cpu0 = sum(procs0.values())
             threads0 = _thread_cpu(meterd)
             broker0 = sum(_cpu_s(p) for p in brokers)
             spy = None
@@ -351,7 +383,8 @@ def run_meterd_arm(name: str, tmp: Path, spec: dict, env_extra: dict[str, str], 
                     raise RuntimeError(f"{name}: only {n} of {result['sent']} records queryable after 300 s")
                 time.sleep(0.05)
             t_queryable = time.time()
-            cpu1 = _cpu_s(meterd)
+            procs1 = _tree_cpu(tree)
+            cpu1 = sum(procs1.values())
             threads1 = _thread_cpu(meterd)
             broker1 = sum(_cpu_s(p) for p in brokers)
             if spy is not None:
@@ -367,7 +400,8 @@ def run_meterd_arm(name: str, tmp: Path, spec: dict, env_extra: dict[str, str], 
                      waits=result.get("waits", []),
                      gen_lag_p99=pct(result["gen_lag"], 0.99) if "gen_lag" in result else None,
                      rate=spec.get("rate"), shed_why=result.get("shed_why", ""),
-                     threads={k: v - threads0.get(k, 0.0) for k, v in threads1.items()}, server=server)
+                     threads={k: v - threads0.get(k, 0.0) for k, v in threads1.items()}, server=server,
+                     processes={k: v - procs0[k] for k, v in procs1.items()})
 
 
 # -- raw ceilings -------------------------------------------------------------------------------
@@ -695,6 +729,23 @@ def render(args: argparse.Namespace, db: ArmResult, dry: ArmResult, kafka: ArmRe
     return "\n".join(lines)
 
 
+def _scaling(args: argparse.Namespace, spec: dict) -> None:
+    try:
+        from ingest_scaling import render as render_scaling
+        from ingest_scaling import run as run_scaling
+    except ImportError:
+        from benchmarks.ingest_scaling import render as render_scaling
+        from benchmarks.ingest_scaling import run as run_scaling
+    workers = [int(n) for n in args.workers.split(",")]
+    with tempfile.TemporaryDirectory(prefix="meterd-bench-") as tmp_s:
+        env = {"METERD_GOVERNANCE": json.dumps({"plugins": _dry_run_plugins()})} if args.limiter_dry_run else {}
+        report = render_scaling(args, run_scaling(Path(tmp_s), spec, workers, args.rounds, env, args.kafka,
+                                                       ROOT / "benchmarks" / "results" if args.profile_writer else None))
+    print(report)
+    out = ROOT / "benchmarks" / "results" / "ingest-scaling.md"
+    out.write_text(out.read_text() + "\n---\n\n" + report if args.append and out.exists() else report)
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--client":
         client_process(Path(sys.argv[2]))
@@ -717,6 +768,14 @@ def main() -> None:
                     "writers), as shipped vs limiter in dry run; appended to --out")
     ap.add_argument("--sweep-records", type=int, default=200_000, help="records per sweep arm (at least 3 "
                     "batches per writer)")
+    ap.add_argument("--workers", help="only the scaling arms: `meterd up --workers N` for each N of this "
+                    "comma-separated list (e.g. 1,2), side by side; written to results/ingest-scaling.md")
+    ap.add_argument("--rounds", type=int, default=2, help="scaling arms: how many times each N runs, in turn")
+    ap.add_argument("--limiter-dry-run", action="store_true", help="scaling arms: the adaptive limiter decides "
+                    "but never sheds (what the processes carry, not what the limiter lets through)")
+    ap.add_argument("--kafka", action="store_true", help="scaling arms: the log is Kafka (a Tansu broker per arm)")
+    ap.add_argument("--profile-writer", action="store_true", help="scaling arms: capture writer-1 for 5 s through "
+                    "its /debug/profiles in the first multi-process arm; flamegraph and folded stacks to results/")
     args = ap.parse_args()
     if args.sweep:
         report = run_sweep(args, sys.modules[__name__])
@@ -725,6 +784,9 @@ def main() -> None:
         return
     loads: dict[str, str] = {}
     spec = {"mode": "closed", "records": args.records, "per_batch": args.batch, "concurrency": args.concurrency}
+    if args.workers:
+        _scaling(args, spec)
+        return
     with tempfile.TemporaryDirectory(prefix="meterd-bench-") as tmp_s:
         tmp = Path(tmp_s)
         for d in ("db", "dry", "kafka", "open", "ceiling", "stages"):

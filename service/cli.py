@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -64,7 +65,8 @@ def _admin_token(settings: Settings, default_mode: str) -> tuple[str, Path | Non
     return datadir.read_token(path) or "", path
 
 
-def _run_roles(settings: Settings, roles: tuple[str, ...], *, default_mode: str, name: str) -> None:
+def _run_roles(settings: Settings, roles: tuple[str, ...], *, default_mode: str, name: str,
+               workers: int = 1, config: Path | None = None, slot: str | None = None) -> None:
     from governance import GovernanceConfigError
 
     try:
@@ -72,26 +74,61 @@ def _run_roles(settings: Settings, roles: tuple[str, ...], *, default_mode: str,
         settings = settings.model_copy(update={"data_dir": datadir.prepare(settings.data_dir),
                                                "mode": settings.mode or default_mode})
         token, token_file = _admin_token(settings, default_mode)
-        _run(_serve(settings, roles, token, token_file, name))
+        if workers > 1:
+            _run_supervisor(settings, workers, config, token, token_file)
+        else:
+            _run(_serve(settings, roles, token, token_file, name, slot))
     except (ConfigError, GovernanceConfigError, datadir.StartupError) as exc:
         _fail(str(exc))
 
 
+def _run_supervisor(settings: Settings, workers: int, config: Path | None, token: str,
+                    token_file: Path | None) -> None:
+    from service.runtime.multi import serve_supervised
+
+    def banner(lines: list[str]) -> None:
+        if token_file is not None:  # printed to whoever started development mode; never logged
+            typer.echo(f"  admin token (development mode, kept in {token_file}): {token}")
+        for line in lines:
+            typer.echo(line)
+        typer.echo(f"  Data dir     {settings.data_dir}")
+        pid_path = datadir.PidFile(settings.data_dir, "up").path
+        typer.echo(f"  pid          {os.getpid()}   (the supervisor, in {pid_path}; SIGTRAP profiles every process)")
+        typer.echo(f"  meterd api+{workers}x writer+consumer ready; Ctrl-C drains and stops")
+        sys.stdout.flush()
+
+    code = 0
+
+    async def main() -> None:
+        nonlocal code
+        code = await serve_supervised(settings, workers, config, banner)
+
+    _run(main())
+    if code:
+        raise typer.Exit(code)
+
+
 async def _serve(settings: Settings, roles: tuple[str, ...], token: str, token_file: Path | None,
-                 name: str) -> None:
+                 name: str, slot: str | None = None) -> None:
     from service.runtime.process import MeterdProcess
 
-    proc = MeterdProcess(settings, roles, token)
+    proc = MeterdProcess(settings, roles, token, shared_grpc_port=slot is not None)
     proc.install_signal_handlers()
+    if slot is not None:
+        _as_child(proc)
     try:
         await proc.start()
     except BaseException:
         await proc.stop()
         raise
     pid_file = datadir.PidFile(settings.data_dir, name)
-    pid_file.write()
+    if slot is None:
+        pid_file.write()
     try:
-        _print_ready(proc, settings, roles, token, token_file, pid_file)
+        if slot is None:
+            _print_ready(proc, settings, roles, token, token_file, pid_file)
+        else:
+            _report_ready(proc, settings)
         await proc.wait()
         log.info("draining")
         await proc.stop()
@@ -100,6 +137,33 @@ async def _serve(settings: Settings, roles: tuple[str, ...], token: str, token_f
         pid_file.remove()
         if proc.endpoints.http:
             datadir.remove_api_url(settings.data_dir, proc.endpoints.http)
+
+
+def _as_child(proc: Any) -> None:
+    """Under `meterd up`'s supervisor: its SIGTERM starts our drain, in its order; a terminal's Ctrl-C
+    (sent to the whole group) is the supervisor's to act on; if the supervisor dies, we drain and stop."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+
+    def on_stdin() -> None:  # the supervisor holds our stdin pipe open and never writes to it
+        if not os.read(0, 4096):
+            loop.remove_reader(0)
+            log.warning("supervisor is gone; draining")
+            proc.request_stop()
+
+    loop.add_reader(0, on_stdin)
+
+
+def _report_ready(proc: Any, settings: Settings) -> None:
+    from service.runtime.supervisor import READY_PREFIX
+
+    e = proc.endpoints
+    if e.http:
+        datadir.write_api_url(settings.data_dir, e.http)
+    typer.echo(READY_PREFIX + json.dumps({"http": e.http, "grpc": e.grpc, "admin": e.admin, "log": e.log}))
+    sys.stdout.flush()
 
 
 def _print_ready(proc: Any, settings: Settings, roles: tuple[str, ...], token: str, token_file: Path | None,
@@ -136,10 +200,30 @@ def _run(coro: Any) -> None:
 def up(config: ConfigOpt = None,
        http_port: Annotated[int | None, typer.Option(help="HTTP port (default 8080)")] = None,
        grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051)")] = None,
-       data_dir: DataDirOpt = None) -> None:
-    """Run api + writer + consumer in one process (the log is a database table unless Kafka is configured)."""
+       data_dir: DataDirOpt = None,
+       workers: Annotated[str | None, typer.Option(
+           help="gRPC writer processes: auto (the CPUs meterd may use) or N; 1 runs everything in one "
+                "process (default auto; env METERD_WORKERS)")] = None) -> None:
+    """Run api + writer + consumer: N writer processes, the API and the consumer under one supervisor,
+    or all in one process with --workers 1 (the log is a database table unless Kafka is configured)."""
     settings = _settings(config, {"http": {"port": http_port}, "grpc": {"port": grpc_port}, "data_dir": data_dir})
-    _run_roles(settings, ("api", "writer", "consumer"), default_mode="development", name="up")
+    from service.runtime.workers import parse_workers
+
+    try:
+        count = parse_workers(str(workers if workers is not None else settings.workers))
+    except datadir.StartupError as exc:
+        _fail(str(exc))
+        raise AssertionError from exc
+    _run_roles(settings, ("api", "writer", "consumer"), default_mode="development", name="up",
+               workers=count, config=config)
+
+
+@app.command("child", hidden=True)
+def child(role: str, slot: Annotated[str, typer.Option()], config: ConfigOpt = None) -> None:
+    """One role under `meterd up`'s supervisor (started by it, not by hand)."""
+    if role not in ("api", "writer", "consumer"):
+        _fail(f"unknown role {role!r}")
+    _run_roles(_settings(config), (role,), default_mode="production", name=slot, slot=slot)
 
 
 def _role(name: str, config: Path | None, data_dir: Path | None) -> None:

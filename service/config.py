@@ -206,6 +206,8 @@ class Settings(BaseSettings):
     mode: Literal["development", "production"] | None = None
     admin_token: SecretStr | None = None
     data_dir: Path = Field(default_factory=default_data_dir)
+    # `meterd up` writer processes: auto = the CPUs this process may use (affinity, cgroup quota); 1 = one process
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
     http: HttpSettings = HttpSettings()
     grpc: GrpcSettings = GrpcSettings()
     admin: AdminSettings = AdminSettings()

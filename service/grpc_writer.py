@@ -192,10 +192,12 @@ def build_grpc_server(servicer: TrafficWriterServicer, *, max_message_bytes: int
                       interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
                       options: Sequence[tuple[str, Any]] = ()) -> tuple[grpc.aio.Server, Any]:
     """`options`: more grpc channel arguments (GrpcSettings.channel_options: stream and age caps)."""
+    # gRPC takes the first of repeated arguments: a caller's so_reuseport (shared-port writers) wins.
+    reuseport = [] if any(key == "grpc.so_reuseport" for key, _ in options) else [("grpc.so_reuseport", 0)]
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        *reuseport,
         *options,
     ]
     server = grpc.aio.server(interceptors=list(interceptors), options=options)

@@ -74,6 +74,8 @@ class MeterdProcess:
     settings: Settings
     roles: tuple[str, ...]
     admin_token: str
+    # A writer under `meterd up --workers N`: the supervisor checked and holds the port, shared by SO_REUSEPORT.
+    shared_grpc_port: bool = False
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     endpoints: Endpoints = field(default_factory=Endpoints)
 
@@ -157,8 +159,10 @@ class MeterdProcess:
             servicer = TrafficWriterServicer(ingest, auth, governor=interceptor,
                                              max_streams_per_key=s.grpc.max_streams_per_key)
             grpc_server, health = build_grpc_server(servicer, max_message_bytes=s.grpc.max_message_bytes,
-                                                    interceptors=[interceptor], options=s.grpc.channel_options())
-            check_port_free("grpc", s.grpc.host, s.grpc.port)
+                                                    interceptors=[interceptor], options=[
+                *s.grpc.channel_options(), *([("grpc.so_reuseport", 1)] if self.shared_grpc_port else [])])
+            if not self.shared_grpc_port:
+                check_port_free("grpc", s.grpc.host, s.grpc.port)
             try:
                 port = grpc_server.add_insecure_port(f"{s.grpc.host}:{s.grpc.port}")
             except RuntimeError:  # lost a race for the port since the check
@@ -243,7 +247,7 @@ class MeterdProcess:
 
     def _check_ports(self) -> None:
         s = self.settings
-        ports = [("grpc", s.grpc.host, s.grpc.port)] if "writer" in self.roles else []
+        ports = [("grpc", s.grpc.host, s.grpc.port)] if "writer" in self.roles and not self.shared_grpc_port else []
         ports.append(("http", s.http.host, s.http.port) if "api" in self.roles else
                      ("admin", s.admin.host, s.admin.port))
         busy = []

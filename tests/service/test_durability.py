@@ -73,6 +73,7 @@ def _assert_counted(m: MeterdProc, expected: Totals, timeout: float) -> None:
 def _up(tmp: Path, data: Path) -> MeterdProc:
     env = meterd_env(tmp, METERD_DATA_DIR=str(data), METERD_GRPC__PORT=str(free_port()),
                      METERD_HTTP__PORT=str(free_port()))
+    env.pop("METERD_WORKERS")  # the default: writer processes under a supervisor on this machine's cores
     return MeterdProc(["up"], env, tmp).start()
 
 

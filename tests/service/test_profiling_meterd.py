@@ -12,9 +12,10 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 
 from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc
-from tests.support.meterd import ADMIN_TOKEN, running_meterd, wait_until
+from tests.support.meterd import ADMIN_TOKEN, meterd_env, running_meterd, wait_until
 
 
 def _load(m, account: str, worker: int, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
@@ -32,8 +33,11 @@ def _load(m, account: str, worker: int, stop: threading.Event) -> None:  # type:
             c.get(f"/v1/accounts/{account}/usage")
 
 
-def test_sigtrap_toggles_a_capture_of_the_loaded_service(tmp_path: Path) -> None:
-    with running_meterd(tmp_path, "up") as m, m.client() as c:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigtrap_toggles_a_capture_of_the_loaded_service(tmp_path: Path, workers: str) -> None:
+    """With --workers 2 the pid is the supervisor's, and its capture (--subprocesses) holds the
+    writer processes' and the API process's frames; the API's /debug/profiles lists it."""
+    with running_meterd(tmp_path, "up", env=meterd_env(tmp_path, METERD_WORKERS=workers)) as m, m.client() as c:
         acc = c.post("/v1/accounts", json={"name": "profiled"}).json()["id"]
         stop = threading.Event()
         workers = [threading.Thread(target=_load, args=(m, acc, i, stop), daemon=True) for i in range(2)]

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.meterd import running_meterd
+from tests.support.meterd import meterd_env, running_meterd
 from tests.support.require import require_binary
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -27,7 +27,9 @@ def test_readme_quickstart_works_as_printed(tmp_path: Path) -> None:
     require_binary("curl")
     script = quickstart_script()
     assert "TOKEN=<the printed admin token>" in script
-    with running_meterd(tmp_path, "up") as m:
+    env = meterd_env(tmp_path)
+    env.pop("METERD_WORKERS")  # as a user runs it: the default, writer processes on every core
+    with running_meterd(tmp_path, "up", env=env) as m:
         grpc_port = m.grpc.rsplit(":", 1)[1]
         # Same commands; only the token and the test's random ports differ from the printed text.
         script = (script.replace("<the printed admin token>", m.admin_token)

@@ -109,6 +109,9 @@ def meterd_env(tmp: Path, **extra: str) -> dict[str, str]:
     env.update({"METERD_ADMIN_TOKEN": ADMIN_TOKEN, "METERD_DATA_DIR": str(tmp / "data"),
                 "METERD_HTTP__PORT": str(free_port()), "METERD_GRPC__PORT": str(free_port()),
                 "METERD_ADMIN__PORT": str(free_port()), "TMPDIR": str(tmp),
+                # One process, as these tests were written for (its /metrics, its SIGTRAP); the
+                # multi-process default is run by test_durability, test_supervisor and the quickstart.
+                "METERD_WORKERS": "1",
                 # Test receivers listen on loopback, which production mode refuses to post to.
                 "METERD_WEBHOOKS__ALLOW_PRIVATE_DESTINATIONS": "true"})
     env.update(extra)
