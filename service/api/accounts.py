@@ -81,12 +81,16 @@ def account_routes(ctx: ApiContext) -> list[BaseRoute]:
             out["webhook_secret"] = await repo.rotate_webhook_secret(account_id, overlap=False)
         return json_response(out)
 
-    async def rotate_webhook_secret(request: Request) -> Response:
-        await ctx.admin(request)
-        secret = await repo.rotate_webhook_secret(request.path_params["account_id"])
-        if secret is None:
-            raise not_found("account")
-        return json_response({"webhook_secret": secret})
+    return [
+        Route("/v1/accounts", create_account, methods=["POST"]),
+        Route("/v1/accounts/{account_id}", get_account, methods=["GET"]),
+        Route("/v1/accounts/{account_id}", patch_account, methods=["PATCH"]),
+    ]
+
+
+def event_routes(ctx: ApiContext) -> list[BaseRoute]:
+    """An account's event log (quota crossings), redelivered to its webhook on request."""
+    repo = ctx.repo
 
     async def events(request: Request) -> Response:
         row = await ctx.readable_account(request)
@@ -108,6 +112,16 @@ def account_routes(ctx: ApiContext) -> list[BaseRoute]:
         (row,) = await repo.list_events(account_id, 1, event_id=event_id)
         return json_response({**event_body(row), "delivery": delivery_json(row)}, 202)
 
+    return [
+        Route("/v1/accounts/{account_id}/events", events, methods=["GET"]),
+        Route("/v1/accounts/{account_id}/events/{event_id}/redeliver", redeliver, methods=["POST"]),
+    ]
+
+
+def secret_routes(ctx: ApiContext) -> list[BaseRoute]:
+    """What authenticates to or for an account: its API keys and its webhook signing secret."""
+    repo = ctx.repo
+
     async def create_key(request: Request) -> Response:
         await ctx.admin(request)
         account_id = request.path_params["account_id"]
@@ -117,6 +131,7 @@ def account_routes(ctx: ApiContext) -> list[BaseRoute]:
                               "account_id": account_id,
                               "created_at": format_rfc3339(key["created_at_ms"] / 1000)}, 201)
 
+
     async def delete_key(request: Request) -> Response:
         await ctx.admin(request)
         if not await repo.revoke_key(request.path_params["account_id"], request.path_params["key_id"]):
@@ -124,13 +139,16 @@ def account_routes(ctx: ApiContext) -> list[BaseRoute]:
         ctx.auth.forget_account(request.path_params["account_id"])
         return Response(status_code=204)
 
+
+    async def rotate_webhook_secret(request: Request) -> Response:
+        await ctx.admin(request)
+        secret = await repo.rotate_webhook_secret(request.path_params["account_id"])
+        if secret is None:
+            raise not_found("account")
+        return json_response({"webhook_secret": secret})
+
     return [
-        Route("/v1/accounts", create_account, methods=["POST"]),
-        Route("/v1/accounts/{account_id}", get_account, methods=["GET"]),
-        Route("/v1/accounts/{account_id}", patch_account, methods=["PATCH"]),
         Route("/v1/accounts/{account_id}/keys", create_key, methods=["POST"]),
         Route("/v1/accounts/{account_id}/keys/{key_id}", delete_key, methods=["DELETE"]),
-        Route("/v1/accounts/{account_id}/events", events, methods=["GET"]),
         Route("/v1/accounts/{account_id}/webhook-secret", rotate_webhook_secret, methods=["POST"]),
-        Route("/v1/accounts/{account_id}/events/{event_id}/redeliver", redeliver, methods=["POST"]),
     ]

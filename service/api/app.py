@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Match, Route
 
 from governance import DependencyUnavailable
 from governance.problem import retry_after_seconds
-from service.api.accounts import account_routes
+from service.api.accounts import account_routes, event_routes, secret_routes
 from service.api.adjustments_api import adjustment_routes
 from service.api.admin_routes import admin_routes
 from service.api.billing_api import billing_routes
@@ -45,9 +45,9 @@ log = logging.getLogger("meterd.api")
 
 
 def routes(ctx: ApiContext) -> list[BaseRoute]:
-    return [*account_routes(ctx), *usage_routes(ctx), *billing_routes(ctx), *adjustment_routes(ctx),
-            *admin_routes(ctx), *ingest_routes(ctx), *region_routes(ctx), *token_routes(ctx),
-            *ops_routes(ctx.registry, ctx.readiness), *docs_routes()]
+    return [*account_routes(ctx), *secret_routes(ctx), *event_routes(ctx), *usage_routes(ctx), *billing_routes(ctx),
+            *adjustment_routes(ctx), *admin_routes(ctx), *ingest_routes(ctx), *region_routes(ctx),
+            *token_routes(ctx), *ops_routes(ctx.registry, ctx.readiness), *docs_routes()]
 
 
 def ingest_problem(exc: IngestError) -> Problem:
