@@ -81,7 +81,7 @@ class AggregatingConsumer(StoredPositions):
     async def start(self) -> None:
         await self._dlq.start()
         await self._consumer.start()
-        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         self._task = asyncio.create_task(self._run(), name="meterd-consumer")
 
     async def stop(self) -> None:
@@ -99,7 +99,7 @@ class AggregatingConsumer(StoredPositions):
     async def seek_to_stored(self, assigned: Any) -> None:
         async with self._lock:
             try:
-                await self._seek(assigned)
+                await self.seek(assigned)
             except Exception:
                 # Database down during a rebalance: the fetch loop must not read these partitions
                 # from wherever Kafka put them; it rewinds (retrying) before its next fetch.
@@ -107,7 +107,7 @@ class AggregatingConsumer(StoredPositions):
                 self._needs_rewind = True
             owned = {tp.partition for tp in self._consumer.assignment()}
             for p in set(self._stored) - owned:
-                self._forget(p)
+                self.forget(p)
             log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
             self.assigned.set()
 
@@ -120,7 +120,7 @@ class AggregatingConsumer(StoredPositions):
             log.exception("flush on revocation failed; the new owner re-reads from the stored offsets")
         finally:
             for p in partitions:
-                self._forget(p)
+                self.forget(p)
 
     # -- the loop ---------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -131,7 +131,7 @@ class AggregatingConsumer(StoredPositions):
                 fetched = await self._consumer.getmany(timeout_ms=200)
                 for tp, messages in fetched.items():
                     await self._handle(tp, messages)
-                await self._check_positions()
+                await self.check_positions()
                 if (self._buffered() >= self._cfg.max_buffer_records
                         or sum(len(b.usage) for b in self._buffers.values()) >= self._cfg.max_flush_keys
                         or time.monotonic() - self._last_flush >= self._cfg.flush_interval_seconds):
@@ -141,7 +141,7 @@ class AggregatingConsumer(StoredPositions):
             except asyncio.CancelledError:
                 raise
             except OffsetOutOfRangeError as exc:  # a real Kafka broker says so for a stale offset
-                await self._stale({tp.partition: off for tp, off in exc.args[0].items()} if exc.args else {})
+                await self.handle_stale({tp.partition: off for tp, off in exc.args[0].items()} if exc.args else {})
             except Exception as exc:
                 # A database or broker hiccup: drop the unflushed buffers and re-read from the
                 # stored offsets, which is always correct, then retry. The same failure again and
@@ -172,7 +172,7 @@ class AggregatingConsumer(StoredPositions):
                 return  # revoked while we were fetching
             messages, reset = self._identity.check(tp.partition, messages)
             if reset is not None:
-                await self._log_reset_locked(tp.partition, self._stored.get(tp.partition) or 0,
+                await self.reset_partition_locked(tp.partition, self._stored.get(tp.partition) or 0,
                                              f"the partition does not hold the message last counted: {reset}")
                 return
             if self._poison.wants(tp.partition) and buf.next_offset is None:
@@ -231,7 +231,7 @@ class AggregatingConsumer(StoredPositions):
             started = time.perf_counter()
             try:
                 await self._ledger.apply(Flush(usage=usage, applied=applied, offsets=offsets, marks=marks),
-                                         group_id=self._kafka.group_id, topic=self._topic)
+                                         group_id=self._kafka.group_id, topic=self.topic)
             except OffsetConflict as exc:
                 await self._lost_race(exc.partitions)
                 continue
@@ -259,14 +259,14 @@ class AggregatingConsumer(StoredPositions):
         log.warning("lost an offset race during flush; dropping those sums",
                     extra={"partitions": sorted(partitions), "still_assigned": sorted(owned)})
         for p in partitions - owned:
-            self._forget(p)
+            self.forget(p)
         if owned:
-            await self._seek([self._tp(p) for p in sorted(owned)])
+            await self.seek([self.tp(p) for p in sorted(owned)])
 
     async def _commit_to_kafka(self, offsets: dict[int, tuple[int | None, int]]) -> None:
         # Informational only (lag tooling); the database offsets are authoritative.
         assigned = self._consumer.assignment()
-        commit = {self._tp(p): OffsetAndMetadata(new, "") for p, (_, new) in offsets.items() if self._tp(p) in assigned}
+        commit = {self.tp(p): OffsetAndMetadata(new, "") for p, (_, new) in offsets.items() if self.tp(p) in assigned}
         if commit:
             with contextlib.suppress(Exception):
                 await self._consumer.commit(commit)
@@ -279,7 +279,7 @@ class AggregatingConsumer(StoredPositions):
         self._buffers = {p: Aggregate() for p in self._buffers}
         self._metrics.buffer_records.set(0)
         try:
-            await self._seek(self._consumer.assignment())
+            await self.seek(self._consumer.assignment())
         except Exception as exc:  # counted: a consumer stuck here must still fire MeterdConsumerFailing
             self._metrics.consumer_errors.labels(error_kind(exc)).inc()
             log.exception("could not reload stored offsets; will retry")

@@ -36,15 +36,15 @@ class StoredPositions:
     _lock: asyncio.Lock
 
     @property
-    def _topic(self) -> str:
+    def topic(self) -> str:
         return self._kafka.topic
 
-    def _tp(self, partition: int) -> TopicPartition:
-        return TopicPartition(self._topic, partition)
+    def tp(self, partition: int) -> TopicPartition:
+        return TopicPartition(self.topic, partition)
 
-    async def _seek(self, partitions: Iterable[TopicPartition]) -> None:
+    async def seek(self, partitions: Iterable[TopicPartition]) -> None:
         """Positions each partition at the offset stored in the database (the beginning if none)."""
-        stored = await self._ledger.load_positions(self._kafka.group_id, self._topic)
+        stored = await self._ledger.load_positions(self._kafka.group_id, self.topic)
         for tp in partitions:
             offset, mark = stored.get(tp.partition, (None, None))
             self._stored[tp.partition] = offset
@@ -55,13 +55,13 @@ class StoredPositions:
             else:
                 self._consumer.seek(tp, self._identity.start_at(tp.partition, offset, mark))
 
-    def _forget(self, partition: int) -> None:
+    def forget(self, partition: int) -> None:
         self._stored.pop(partition, None)
         self._buffers.pop(partition, None)
         self._halted.discard(partition)
         self._identity.forget(partition)
 
-    async def _check_positions(self) -> None:
+    async def check_positions(self) -> None:
         """Lag per partition, and stale offsets: a position past the high-water mark means the log
         was recreated or reset under the stored offsets (Tansu never answers OFFSET_OUT_OF_RANGE)."""
         stale: dict[int, int] = {}
@@ -80,13 +80,13 @@ class StoredPositions:
             self._caught_up_at = time.time()
         self._metrics.consumer_lag_seconds.set(time.time() - self._caught_up_at)
         if stale:
-            await self._stale(stale)
+            await self.handle_stale(stale)
 
-    async def _stale(self, positions: dict[int, int]) -> None:
+    async def handle_stale(self, positions: dict[int, int]) -> None:
         async with self._lock:
             for p, pos in positions.items():
                 if not await self._log_starts_at_stored(p):
-                    await self._log_reset_locked(p, pos, "stored offset is past the end of the partition")
+                    await self.reset_partition_locked(p, pos, "stored offset is past the end of the partition")
 
     async def _log_starts_at_stored(self, p: int) -> bool:
         """Retention deleted just the message before the stored offset (real Kafka answers the
@@ -94,27 +94,27 @@ class StoredPositions:
         stored = self._stored.get(p)
         if stored is None or not self._identity.pending(p):
             return False
-        if (await self._consumer.beginning_offsets([self._tp(p)])).get(self._tp(p)) != stored:
+        if (await self._consumer.beginning_offsets([self.tp(p)])).get(self.tp(p)) != stored:
             return False
         self._identity.forget(p)
-        self._consumer.seek(self._tp(p), stored)
+        self._consumer.seek(self.tp(p), stored)
         return True
 
-    async def _log_reset_locked(self, p: int, pos: int, what: str) -> None:
+    async def reset_partition_locked(self, p: int, pos: int, what: str) -> None:
         """The partition is not the log the stored offset is for: say so, then apply the policy."""
         policy = self._cfg.on_stale_offsets
         self._metrics.stale_offsets.labels(policy).inc()
         log.error(f"{what}: the topic was recreated or the broker reset "
                   "(runbook: alerts/RUNBOOKS.md#meterdstaleoffsets)",
-                  extra={"topic": self._topic, "partition": p, "position": pos, "policy": policy})
+                  extra={"topic": self.topic, "partition": p, "position": pos, "policy": policy})
         self._identity.forget(p)
         if policy == "halt":
-            self._consumer.pause(self._tp(p))
+            self._consumer.pause(self.tp(p))
             self._halted.add(p)
             return
-        begin = (await self._consumer.beginning_offsets([self._tp(p)])).get(self._tp(p), 0)
-        await self._ledger.reset_offsets(self._kafka.group_id, self._topic, {p: begin})
+        begin = (await self._consumer.beginning_offsets([self.tp(p)])).get(self.tp(p), 0)
+        await self._ledger.reset_offsets(self._kafka.group_id, self.topic, {p: begin})
         self._stored[p] = begin
         self._buffers[p] = Aggregate()
-        self._consumer.seek(self._tp(p), begin)
+        self._consumer.seek(self.tp(p), begin)
 
