@@ -22,9 +22,9 @@ class Account(Strict):
     billing_timezone: str = Field(description="IANA zone of the balance and billing months")
     alert_thresholds: list[float] = Field(description="fractions of quota_bytes that raise an event")
     webhook_url: str | None
-    billing_plan: BillingPlan = Field(default=None, description="only when set; absent: "  # type: ignore[assignment]
+    billing_plan: BillingPlan = Field(default=None, description="only when set; absent: "  # type: ignore[assignment,arg-type]
                                       "the default plan (month95, max, all days)")
-    webhook_secret: str = Field(default=None, description="only in the response that sets a new "  # type: ignore[assignment]
+    webhook_secret: str = Field(default=None, description="only in the response that sets a new "  # type: ignore[assignment,arg-type]
                                 "webhook_url: shown once")
     created_at: datetime
     updated_at: datetime
@@ -63,7 +63,7 @@ class ReadToken(Strict):
     read_only: Literal[True]
     created_at: datetime
     expires_at: datetime
-    token: str = Field(default=None, description="only when created: shown once, stored hashed")  # type: ignore[assignment]
+    token: str = Field(default=None, description="only when created: shown once, stored hashed")  # type: ignore[assignment,arg-type]
 
 
 class ReadTokens(Strict):
@@ -99,13 +99,13 @@ class Usage(Strict):
     timezone: str
     start: datetime
     end: datetime
-    node_id: list[str] = Field(default=None, description="the node_id filters, when given")  # type: ignore[assignment]
-    points: list[UsagePoint] = Field(default=None,  # type: ignore[assignment]
+    node_id: list[str] = Field(default=None, description="the node_id filters, when given")  # type: ignore[assignment,arg-type]
+    points: list[UsagePoint] = Field(default=None,  # type: ignore[assignment,arg-type]
                                      description="buckets with traffic only, oldest first (without group_by)")
-    series: list[NodeSeries] = Field(default=None,  # type: ignore[assignment]
+    series: list[NodeSeries] = Field(default=None,  # type: ignore[assignment,arg-type]
                                      description="one per node, by node id (with group_by=node_id)")
-    region: list[str] = Field(default=None, description="the region filters, when given")  # type: ignore[assignment]
-    regions: list[RegionSeries] = Field(default=None,  # type: ignore[assignment]
+    region: list[str] = Field(default=None, description="the region filters, when given")  # type: ignore[assignment,arg-type]
+    regions: list[RegionSeries] = Field(default=None,  # type: ignore[assignment,arg-type]
                                         description="one per billing region (with group_by=region)")
     totals: Counts
 

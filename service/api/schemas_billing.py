@@ -86,13 +86,13 @@ class Billing(Strict):
     over_quota: bool
     plan: BillingPlan = Field(description="the account's plan, with the query's mode/direction/days over it")
     bill: Bill = Field(description="over all regions, or with region= that region's alone")
-    region: str = Field(default=None, description="with region=: the region billed")  # type: ignore[assignment]
-    regions: list[RegionBill] = Field(default=None,  # type: ignore[assignment]
+    region: str = Field(default=None, description="with region=: the region billed")  # type: ignore[assignment,arg-type]
+    regions: list[RegionBill] = Field(default=None,  # type: ignore[assignment,arg-type]
                                       description="group_by=region or region_scope each: one bill per region")
-    adjustments: AdjustmentSummary = Field(default=None, description="the admin's adjustments inside "  # type: ignore[assignment]
+    adjustments: AdjustmentSummary = Field(default=None, description="the admin's adjustments inside "  # type: ignore[assignment,arg-type]
                                            "the month, already in every figure (only when there are any)")
     late_adjustments: list[LateAdjustment] = Field(
-        default=None, description="records counted after the closed months just before this one were "  # type: ignore[assignment]
+        default=None, description="records counted after the closed months just before this one were "  # type: ignore[assignment,arg-type]
         "closed: live totals minus the frozen ones (only when there are any)")
 
 
