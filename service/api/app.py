@@ -29,14 +29,7 @@ from service.api.regions_api import region_routes
 from service.api.strict_query import StrictQuery
 from service.api.tokens_api import token_routes
 from service.api.usage import usage_routes
-from service.ingest.errors import (
-    BatchConflict,
-    DependencyDown,
-    ForeignRecords,
-    IngestError,
-    InvalidBatch,
-    ReadOnlyCredential,
-)
+from service.ingest.errors import DependencyDown, IngestError, InvalidBatch
 
 __all__ = ["EXCEPTION_HANDLERS", "ApiContext", "ReadinessCheck", "build_admin_app", "build_api", "ingest_problem",
            "ops_routes", "routes"]
@@ -51,20 +44,15 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
 
 
 def ingest_problem(exc: IngestError) -> Problem:
+    """The problem+json answer an ingest error names (service.ingest.errors), with its extra fields."""
+    extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
     if isinstance(exc, InvalidBatch):
-        return Problem(400, "Invalid Batch", exc.detail, slug="invalid-batch",
-                       errors=[{"field": v.field, "detail": v.description} for v in exc.violations])
-    if isinstance(exc, ForeignRecords):
-        return Problem(403, "Forbidden", exc.detail, slug="foreign-records")
-    if isinstance(exc, ReadOnlyCredential):
-        return Problem(403, "Forbidden", exc.detail, slug="read-only-token")
-    if isinstance(exc, BatchConflict):
-        return Problem(409, "Batch Conflict", exc.detail, slug="batch-conflict")
-    if isinstance(exc, DependencyDown):  # the same reply as governance's DependencyUnavailable
-        retry = retry_after_seconds(exc.retry_after)
-        return Problem(503, "Dependency Unavailable", exc.detail, headers={"Retry-After": str(retry)},
-                       retry_after=retry)
-    return Problem(500, "Internal Server Error", "internal error")
+        extra["errors"] = [{"field": v.field, "detail": v.description} for v in exc.violations]
+    if isinstance(exc, DependencyDown):
+        extra["retry_after"] = retry_after_seconds(exc.retry_after)
+        headers["Retry-After"] = str(extra["retry_after"])
+    return Problem(exc.status, exc.http_title, exc.public_detail, slug=exc.slug, headers=headers, **extra)
 
 
 def allowed_methods(request: Request) -> str:
