@@ -474,7 +474,7 @@ async def kafka_ceiling(payloads: list[tuple[str, bytes, bytes]], per_batch: int
     from aiokafka import AIOKafkaProducer
 
     from service.config import KafkaSettings
-    from service.kafka.topics import ensure_topics
+    from service.pipeline.kafka_log import ensure_topics
 
     settings = KafkaSettings()
     with running_tansu() as broker:

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 
 import psutil
 
+from .settings import ProfilingSettings
+
 
 class MemorySummary:
     """What memory did during a capture without tracing allocations: nearly free."""
@@ -143,3 +145,17 @@ def _size(n: int) -> str:
             return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
         value /= 1024
     return f"{n} B"
+
+
+def start_allocations(settings: ProfilingSettings, trigger: str, trace: bool | None,
+                      duration: float) -> tuple[AllocationTracker | MemorySummary, float | None]:
+    """What a capture records about memory, and when allocation tracing freezes (None: never)."""
+    if trace is None:
+        trace = trigger in settings.tracemalloc_triggers
+    if settings.tracemalloc and trace:
+        tracker = AllocationTracker(settings.tracemalloc_frames)
+        tracker.start()
+        return tracker, min(settings.tracemalloc_max_s, duration)
+    if settings.tracemalloc:
+        return MemorySummary(f"trigger {trigger!r} is not in profiling.tracemalloc_triggers"), None
+    return MemorySummary("profiling.tracemalloc is off"), None

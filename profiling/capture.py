@@ -11,12 +11,10 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import psutil
-
-from . import pyroscope, pyspy
-from .allocations import AllocationTracker, MemorySummary
+from . import pyspy
+from .allocations import AllocationTracker, MemorySummary, start_allocations
+from .capture_files import log_failure, log_finished, py_spy_summary, render_files, thread_dump, upload
 from .errors import (
     CaptureAlreadyRunning,
     CaptureWriteFailed,
@@ -28,7 +26,6 @@ from .errors import (
     PySpyPermissionDenied,
     classify_py_spy_failure,
 )
-from .flamegraph import render_svg, sample_count
 from .info import CaptureInfo, utcnow
 from .metrics import ProfilingMetrics
 from .settings import ProfilingSettings
@@ -113,13 +110,8 @@ class CaptureManager:
 
     # -- start ---------------------------------------------------------------------------------
 
-    async def _start_locked(
-        self,
-        trigger: str,
-        duration_s: float | None,
-        tracemalloc: bool | None = None,
-        detail: str | None = None,
-    ) -> CaptureInfo:
+    async def _start_locked(self, trigger: str, duration_s: float | None, tracemalloc: bool | None = None,
+                            detail: str | None = None) -> CaptureInfo:
         if not self.settings.enabled:
             raise ProfilingDisabled("profiling is disabled", "set profiling.enabled to true")
         if self._active is not None and self._active.finish is not None:
@@ -139,17 +131,9 @@ class CaptureManager:
         try:
             store.prepare()
             capture_id = store.new_capture_id(started, self.pid)
-            info = CaptureInfo(
-                id=capture_id,
-                service=self.settings.file_service_name,
-                pid=self.pid,
-                trigger=trigger,
-                status="running",
-                started_at=started,
-                requested_duration_s=duration,
-                rate_hz=self.settings.rate_hz,
-                trigger_detail=detail,
-            )
+            info = CaptureInfo(id=capture_id, service=self.settings.file_service_name, pid=self.pid, trigger=trigger,
+                               status="running", started_at=started, requested_duration_s=duration,
+                               rate_hz=self.settings.rate_hz, trigger_detail=detail)
             active = await self._launch(store, info, duration, tracemalloc)
         except ProfilingError as err:
             self.metrics.failures.labels(err.reason).inc()
@@ -204,18 +188,7 @@ class CaptureManager:
             except (ProfilingError, OSError):
                 pass
             raise
-        allocations: AllocationTracker | MemorySummary
-        if trace_allocations is None:
-            trace_allocations = info.trigger in settings.tracemalloc_triggers
-        freeze_after: float | None = None
-        if settings.tracemalloc and trace_allocations:
-            allocations = AllocationTracker(settings.tracemalloc_frames)
-            allocations.start()
-            freeze_after = min(settings.tracemalloc_max_s, duration)
-        elif settings.tracemalloc:
-            allocations = MemorySummary(f"trigger {info.trigger!r} is not in profiling.tracemalloc_triggers")
-        else:
-            allocations = MemorySummary("profiling.tracemalloc is off")
+        allocations, freeze_after = start_allocations(settings, info.trigger, trace_allocations, duration)
         try:
             store.write_meta(info)
         except OSError as exc:  # disk full, directory removed under us: do not leave py-spy behind
@@ -242,27 +215,10 @@ class CaptureManager:
 
     async def _write_thread_dump(self, active: _Active, executable: str, subprocesses: bool) -> None:
         try:
-            text = await self._thread_dump(executable, subprocesses)
+            text = await thread_dump(executable, self.pid, subprocesses)
         except ProfilingError as exc:  # attach worked a moment ago; still leave a dump behind
             text = python_thread_dump(f"py-spy dump failed: {exc}")
         await asyncio.to_thread(active.store.write_text, active.info.id, "threads", text)
-
-    async def _thread_dump(self, executable: str, subprocesses: bool) -> str:
-        try:
-            text = await pyspy.dump(executable, self.pid)
-        except (PySpyPermissionDenied, PySpyNotFound):
-            raise  # recording would fail the same way: report it now
-        except (PySpyFailed, OSError) as exc:
-            return python_thread_dump(f"py-spy dump failed: {exc}")
-        if not subprocesses:
-            return text
-        parts = [text]
-        for child in await asyncio.to_thread(_python_children, self.pid):
-            try:
-                parts.append(await pyspy.dump(executable, child))
-            except (ProfilingError, OSError) as exc:
-                parts.append(f"# child process {child}: no dump ({exc})\n")
-        return "\n".join(parts)
 
     # -- finish --------------------------------------------------------------------------------
 
@@ -273,7 +229,7 @@ class CaptureManager:
     def _begin_finish(self, active: _Active, reason: str) -> asyncio.Task[CaptureInfo]:
         if active.finish is None:
             active.finish = asyncio.create_task(self._finish(active, reason), name=f"profiling-finish-{reason}")
-            active.finish.add_done_callback(_log_failure)
+            active.finish.add_done_callback(log_failure)
         return active.finish
 
     async def _finish(self, active: _Active, reason: str) -> CaptureInfo:
@@ -299,7 +255,7 @@ class CaptureManager:
         title = f"{info.service} pid {info.pid}: {info.trigger} capture, {info.started_at:%Y-%m-%d %H:%M:%S} UTC"
         subtitle = f"{settings.rate_hz} Hz, {(stopped - info.started_at).total_seconds():.1f} s,"
         # Reading the stacks and laying out the SVG can take a while for a long capture: off the loop.
-        folded, samples = await asyncio.to_thread(_render, store, info.id, folded_path, title, subtitle)
+        folded, samples = await asyncio.to_thread(render_files, store, info.id, folded_path, title, subtitle)
         if folded is None:
             status = "failed"
             failure = classify_py_spy_failure(info.pid, active.recording.output)
@@ -314,7 +270,7 @@ class CaptureManager:
             stop_reason=reason,
             error=error,
             samples=samples,
-            py_spy_summary=_summary(active.recording.output),
+            py_spy_summary=py_spy_summary(active.recording.output),
             allocation_sites=isinstance(active.allocations, AllocationTracker),
         )
         written = store.read(final.id)
@@ -322,92 +278,14 @@ class CaptureManager:
         files["meta"] = store.path(final.id, "meta").name
         final = final.replace(files=files)
         store.write_meta(final)
-        paths = {kind: str(store.directory / name) for kind, name in final.files.items()}
-        level = logging.INFO if status == "completed" else logging.ERROR
-        log.log(
-            level,
-            "profiling capture %s %s (trigger %s, %s, %.1f s, %s samples): %s",
-            final.id, status, final.trigger, reason, final.duration_s or 0.0, samples,
-            " ".join(f"{kind}={path}" for kind, path in paths.items()),
-            extra={
-                "capture_id": final.id,
-                "capture_trigger": final.trigger,
-                "capture_status": status,
-                "capture_files": paths,
-                "capture_error": error,
-            },
-        )
+        log_finished(final, store, reason)
         store.enforce_retention(settings.retention_max_files, settings.retention_max_bytes, keep={final.id})
         if settings.pyroscope.url and folded:
             self._spawn_upload(final, folded)
         return final
 
     def _spawn_upload(self, info: CaptureInfo, folded: bytes) -> None:
-        settings = self.settings
-        app_name = settings.pyroscope.app_name or f"{settings.file_service_name}.cpu"
-
-        async def upload() -> None:
-            assert info.stopped_at is not None and settings.pyroscope.url
-            try:
-                await pyroscope.upload_folded(
-                    settings.pyroscope.url,
-                    app_name,
-                    folded,
-                    start=info.started_at,
-                    stop=info.stopped_at,
-                    rate_hz=settings.rate_hz,
-                    timeout_s=settings.pyroscope.timeout_s,
-                )
-            except Exception as exc:  # an unreachable Pyroscope must never hurt the service
-                self.metrics.failures.labels("upload_failed").inc()
-                log.warning("profiling capture %s: upload to Pyroscope failed: %s", info.id, exc)
-            else:
-                log.info("profiling capture %s uploaded to Pyroscope as %s", info.id, app_name)
-
-        task = asyncio.create_task(upload(), name=f"profiling-upload-{info.id}")
+        upload_task = upload(self.settings, self.metrics, info, folded)
+        task = asyncio.create_task(upload_task, name=f"profiling-upload-{info.id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _render(
-    store: CaptureStore, capture_id: str, folded_path: Path, title: str, subtitle: str
-) -> tuple[bytes | None, int | None]:
-    """(folded bytes, samples) after writing the flamegraph; (None, None) when py-spy wrote nothing."""
-    if not folded_path.exists():
-        return None, None
-    os.chmod(folded_path, 0o600)
-    folded = folded_path.read_bytes()
-    text = folded.decode(errors="replace")
-    store.write_text(capture_id, "flamegraph", render_svg(text, title, subtitle))
-    return folded, sample_count(text)
-
-
-def _summary(output: str) -> str | None:
-    """py-spy's closing line, e.g. "Samples: 991 Errors: 3" (errors are samples it had to drop)."""
-    for line in reversed(output.splitlines()):
-        if "Samples:" in line:
-            return "Samples:" + line.split("Samples:", 1)[1].rstrip()
-    return None
-
-
-def _python_children(pid: int, limit: int = 16) -> list[int]:
-    """Worker processes worth dumping: our descendants, minus py-spy helpers."""
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-    found = []
-    for child in children:
-        try:
-            if "py-spy" in child.name():
-                continue
-        except psutil.Error:
-            continue
-        found.append(child.pid)
-    return found[:limit]
-
-
-def _log_failure(task: asyncio.Task[CaptureInfo]) -> None:
-    # Finishing can run with nobody awaiting it (timer, py-spy exit): never lose its error.
-    if not task.cancelled() and task.exception() is not None:
-        log.error("profiling capture could not be finished: %s", task.exception())

@@ -83,7 +83,13 @@ def accounts_list(status: Annotated[str | None, typer.Option(help="active, suspe
             params["cursor"] = page["next_cursor"]
         return out
 
-    _run(fetch, as_json, lambda rows: [typer.echo(_account_line(a)) for a in rows] or typer.echo("no accounts"))
+    def human(rows: list[dict]) -> None:
+        for a in rows:
+            typer.echo(_account_line(a))
+        if not rows:
+            typer.echo("no accounts")
+
+    _run(fetch, as_json, human)
 
 
 @accounts_app.command("show")

@@ -72,20 +72,20 @@ class Authenticator:
         self.budget = PeerBudget()
         self.valid_keys = KeyHashFilter(lambda since_ms: repo.active_key_hashes(since_ms))
 
-    def _local(self, authorization: str | None) -> tuple[Principal | None, str, str, float]:
+    def _local(self, authorization: str | None) -> tuple[Principal | None, str, bytes, float]:
         """What can be answered without I/O: (principal, token, digest, now); an empty digest
         means the answer is final (no, bad or admin credentials, or a cache hit)."""
         token = bearer_token(authorization)
         if token is None:
-            return None, "", "", 0.0
+            return None, "", b"", 0.0
         if hmac.compare_digest(token.encode(), self._admin):
-            return ADMIN, "", "", 0.0
+            return ADMIN, "", b"", 0.0
         if not token.startswith(("mk_", "mr_")) or len(token) > 200:
-            return None, "", "", 0.0
+            return None, "", b"", 0.0
         digest, now = credential_digest(token), time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
-            return hit[0], "", "", 0.0
+            return hit[0], "", b"", 0.0
         return None, token, digest, now
 
     def peek(self, authorization: str | None) -> Principal | None | object:

@@ -182,5 +182,5 @@ def _day_mode(days: list[Day], counted: list[Day], plan: BillingPlan,
     if plan.mode == "month_top5_day_peak":
         top = heapq.nlargest(TOP_DAYS, figures)
         return _mean(top) / divisor, plan.day_rank, per_day, n_samples
-    rank = ranks.pop() if len(ranks) == 1 else None  # month_avg_day95 on DST days: see each day
-    return _mean(figures) / divisor, rank if plan.mode == "month_avg_day95" else 1, per_day, n_samples
+    month_rank = ranks.pop() if len(ranks) == 1 else None  # month_avg_day95 on DST days: see each day
+    return _mean(figures) / divisor, month_rank if plan.mode == "month_avg_day95" else 1, per_day, n_samples

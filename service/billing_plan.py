@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-MODES = ("month95", "day_peak", "month_avg_day_peak", "month_4th_day_peak", "month_avg_day95",
+MODES: tuple[Mode, ...] = ("month95", "day_peak", "month_avg_day_peak", "month_4th_day_peak", "month_avg_day95",
          "month_top5_day_peak", "night_half95")
 DIRECTIONS = ("out", "in", "max", "avg")
 DAY_RULES = ("all", "valid")

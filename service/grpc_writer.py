@@ -20,12 +20,9 @@ from governance import Call, DependencyUnavailable, Rejection
 from governance.grpc_aio import GovernanceInterceptor, peer_host, retry_metadata
 from service.auth import Authenticator, Principal
 from service.ingest.errors import (
-    BatchConflict,
     DependencyDown,
-    ForeignRecords,
     IngestError,
     InvalidBatch,
-    ReadOnlyCredential,
 )
 from service.ingest.writer import IngestService
 from service.pb.meterd.v1 import traffic_pb2, traffic_pb2_grpc
@@ -51,22 +48,21 @@ def _status(code: grpc.StatusCode, rpc_code: int, message: str, details: Sequenc
 
 
 def status_for(exc: IngestError) -> grpc.Status:
+    """The gRPC status an ingest error names (service.ingest.errors), with its rich details."""
+    details: list[Any] = []
     if isinstance(exc, InvalidBatch):
-        bad = error_details_pb2.BadRequest(field_violations=[
+        details.append(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in exc.violations])
-        return _status(grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT, exc.detail, [bad])
-    if isinstance(exc, (ForeignRecords, ReadOnlyCredential)):
-        return _status(grpc.StatusCode.PERMISSION_DENIED, code_pb2.PERMISSION_DENIED, exc.detail)
-    if isinstance(exc, BatchConflict):
-        return _status(grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS, exc.detail)
+            for v in exc.violations]))
     if isinstance(exc, DependencyDown):  # as governance answers DependencyUnavailable, plus RetryInfo
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(int(exc.retry_after * 1000))
-        status = _status(grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, exc.detail, [retry])
-        return _RichStatus(status.code, status.details,
-                           (*status.trailing_metadata, *retry_metadata(exc.retry_after)))
-    return _status(grpc.StatusCode.INTERNAL, code_pb2.INTERNAL, "internal error")
+        details.append(retry)
+    status = _status(getattr(grpc.StatusCode, exc.grpc_code), getattr(code_pb2, exc.grpc_code),
+                     exc.public_detail, details)
+    if isinstance(exc, DependencyDown):
+        return _RichStatus(status.code, status.details, (*status.trailing_metadata, *retry_metadata(exc.retry_after)))
+    return status
 
 
 STREAM_ROUTE = f"/{SERVICE_NAME}/WriteStream"

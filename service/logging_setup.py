@@ -24,7 +24,7 @@ def _trace_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any
 def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
-    shared = [
+    shared: list[Any] = [
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),

@@ -4,7 +4,6 @@ month's adjustments (their provenance) for whoever may read the account."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -14,10 +13,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service.api.bodies import parse_model, read_json
+from service.api.context import ApiContext, json_response
 from service.api.problems import Problem, invalid, not_found
 from service.api.timeparams import format_local, format_rfc3339, month_bounds, parse_month, parse_rfc3339, parse_zone
-from service.storage import Repository
 from service.storage.adjustments import FIELDS, KeyReused, WouldGoNegative
+from service.storage.repository import new_id
 
 Delta = Annotated[int, Field(ge=-(1 << 62), le=1 << 62, strict=True)]
 
@@ -40,9 +40,10 @@ def adjustment_json(row: dict, zone_name: str = "UTC") -> dict[str, Any]:
             "created_at": format_rfc3339(row["created_at_ms"] / 1000)}
 
 
-def adjustment_routes(repo: Repository, admin: Callable[[Request], Awaitable[Any]],
-                      readable_account: Callable[[Request], Awaitable[dict]], json_response: Callable[..., Response],
-                      max_body: int, body_timeout: float, new_id: Callable[[str], str]) -> list[BaseRoute]:
+def adjustment_routes(ctx: ApiContext) -> list[BaseRoute]:
+    repo, admin, readable_account = ctx.repo, ctx.admin, ctx.readable_account
+    max_body, body_timeout = ctx.max_body_bytes, ctx.body_timeout
+
     async def create(request: Request) -> Response:
         await admin(request)
         account_id = request.path_params["account_id"]

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import BaseRoute, Route
 
-from service.api.problems import Problem, invalid, not_found
+from service.api.accounts import account_json
+from service.api.context import ApiContext, json_response
+from service.api.problems import invalid, not_found
 from service.api.timeparams import format_rfc3339
-
-if TYPE_CHECKING:
-    from service.api.app import Api
 
 STATUSES = ("active", "suspended", "deleted")
 MAX_PAGE = 500
@@ -52,12 +49,11 @@ def key_json(row: dict) -> dict:
             "last_used_at": ts(row["last_used_at_ms"]), "revoked_at": ts(row["revoked_at_ms"])}
 
 
-def admin_routes(api: Api, account_json: Callable[[dict], dict],
-                 json_response: Callable[..., Response]) -> list[BaseRoute]:
-    repo = api.ctx.repo
+def admin_routes(ctx: ApiContext) -> list[BaseRoute]:
+    repo = ctx.repo
 
     async def list_accounts(request: Request) -> Response:
-        await api.admin(request)
+        await ctx.admin(request)
         params = request.query_params
         status = params.get("status")
         if status is not None and status not in STATUSES:
@@ -74,7 +70,7 @@ def admin_routes(api: Api, account_json: Callable[[dict], dict],
                               "next_cursor": encode_cursor(rows[-1]["id"]) if more else None})
 
     async def list_keys(request: Request) -> Response:
-        await api.admin(request)
+        await ctx.admin(request)
         account_id = request.path_params["account_id"]
         if await repo.get_account(account_id) is None:
             raise not_found("account")
@@ -82,34 +78,15 @@ def admin_routes(api: Api, account_json: Callable[[dict], dict],
         return json_response({"account_id": account_id, "keys": [key_json(k) for k in keys]})
 
     async def delete_account(request: Request) -> Response:
-        await api.admin(request)
+        await ctx.admin(request)
         account_id = request.path_params["account_id"]
         if not await repo.delete_account(account_id):
             raise not_found("account")
-        api.ctx.auth.forget_account(account_id)  # its keys stop here at once, elsewhere within 1 s
-        if api.ctx.ingest is not None:
-            api.ctx.ingest.accounts.invalidate(account_id)
+        ctx.auth.forget_account(account_id)  # its keys stop here at once, elsewhere within 1 s
+        if ctx.ingest is not None:
+            ctx.ingest.accounts.invalidate(account_id)
         return Response(status_code=204)
 
     return [Route("/v1/accounts", list_accounts, methods=["GET"]),
             Route("/v1/accounts/{account_id}", delete_account, methods=["DELETE"]),
             Route("/v1/accounts/{account_id}/keys", list_keys, methods=["GET"])]
-
-
-async def refuse_if_deleted(get_account: Callable[[str], Awaitable[dict | None]], account_id: str) -> dict:
-    """A deleted account keeps its usage for reading but cannot be changed or given keys again."""
-    row = await get_account(account_id)
-    if row is None:
-        raise not_found("account")
-    if row["status"] == "deleted":
-        raise Problem(409, "Conflict", "the account is deleted: its usage stays readable, it cannot change")
-    return row
-
-
-def allowed_methods(request: Request) -> str:
-    """Every method any route serves at this path (the Allow header of a 405)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
-            methods |= route.methods
-    return ", ".join(sorted(methods))

@@ -4,7 +4,7 @@ bill under the account's billing plan (or a mode asked for in the query, for com
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from service.api.context import ApiContext, json_response
 from service.api.periods_api import frozen_bill, late_adjustments, period_routes
 from service.api.problems import invalid
 from service.api.regions_api import check_region, shown_region, stored_region
@@ -126,9 +127,8 @@ async def add_region_bills(body: dict[str, Any], repo: Repository, account_id: s
     return body
 
 
-def billing_routes(repo: Repository, readable_account: Callable[[Request], Awaitable[dict]],
-                   admin: Callable[[Request], Awaitable[Any]], json_response: Callable[..., Response],
-                   default_region: str) -> list[BaseRoute]:
+def billing_routes(ctx: ApiContext) -> list[BaseRoute]:
+    repo, readable_account, default_region = ctx.repo, ctx.readable_account, ctx.default_region
     """GET .../billing and .../billing/forecast (admin, the account's key or its read-only token),
     and the admin's POST .../periods/{month}/close."""
 
@@ -155,4 +155,4 @@ def billing_routes(repo: Repository, readable_account: Callable[[Request], Await
 
     return [Route("/v1/accounts/{account_id}/billing", billing, methods=["GET"]),
             Route("/v1/accounts/{account_id}/billing/forecast", billing_forecast, methods=["GET"]),
-            *period_routes(repo, admin, bill)]
+            *period_routes(ctx, bill)]

@@ -106,8 +106,8 @@ def annotate(paths: dict[str, Any]) -> dict[str, Any]:
             for media in (op.get("requestBody", {}).get("content", {})).items():
                 _example(*media)
             for response in op["responses"].values():
-                for media in response.get("content", {}).items():
-                    _example(*media, OPS_EXAMPLES.get(path))
+                for media_type, media in response.get("content", {}).items():
+                    _example(media_type, media, OPS_EXAMPLES.get(path))
     return paths
 
 

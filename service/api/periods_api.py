@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from service.api.context import ApiContext
 from service.api.problems import Problem, not_found
 from service.api.timeparams import month_bounds, parse_month, parse_zone
 from service.storage import Repository
@@ -58,8 +59,10 @@ async def late_adjustments(repo: Repository, account_id: str, key: str) -> list[
     return out
 
 
-def period_routes(repo: Repository, admin: Callable[[Request], Awaitable[Any]],
+def period_routes(ctx: ApiContext,
                   bill: Callable[[dict, Mapping[str, str], int], Awaitable[dict[str, Any]]]) -> list[BaseRoute]:
+    repo, admin = ctx.repo, ctx.admin
+
     async def close(request: Request) -> Response:
         await admin(request)
         row = await repo.get_account(request.path_params["account_id"])

@@ -8,13 +8,13 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from service.api.context import ApiContext, json_response
 from service.api.problems import Problem, invalid, not_found
 from service.api.timeparams import format_local
 from service.api.usage_body import UsageQuery, counts_json, point_rows, total_json
@@ -26,7 +26,6 @@ from service.storage.regions import DEFAULT, MAX_MAPPED_NODES, UNMAPPED_WINDOW
 MAX_NODE_ID = 128
 UNMAPPED_LISTED = 100
 
-JsonResponse = Callable[..., Response]
 
 
 def check_region(value: str, field: str = "region") -> str:
@@ -102,8 +101,9 @@ async def region_usage_body(repo: Repository, account_id: str, bounds: list[int]
     return body
 
 
-def region_routes(repo: Repository, admin: Callable[[Request], Awaitable[Any]], default_region: str,
-                  json_response: JsonResponse) -> list[BaseRoute]:
+def region_routes(ctx: ApiContext) -> list[BaseRoute]:
+    repo, admin, default_region = ctx.repo, ctx.admin, ctx.default_region
+
     async def overview(request: Request) -> Response:
         await admin(request)
         mapping, count, ids = await repo.region_overview(int(time.time()) - UNMAPPED_WINDOW, UNMAPPED_LISTED)

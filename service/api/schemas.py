@@ -7,18 +7,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from service.billing_plan import BillingPlan, Days, Direction, Mode
-
-NonNegative = Field(ge=0)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+from service.api.schema_base import NonNegative, Strict
+from service.api.schemas_billing import Billing, Forecast, NodeRegion, Regions
+from service.billing_plan import BillingPlan
 
 
-class Account(_Strict):
+class Account(Strict):
     id: str
     name: str
     status: Literal["active", "suspended", "deleted"]
@@ -26,15 +22,15 @@ class Account(_Strict):
     billing_timezone: str = Field(description="IANA zone of the balance and billing months")
     alert_thresholds: list[float] = Field(description="fractions of quota_bytes that raise an event")
     webhook_url: str | None
-    billing_plan: BillingPlan = Field(default=None, description="only when set; absent: "  # type: ignore[assignment]
+    billing_plan: BillingPlan = Field(default=None, description="only when set; absent: "  # type: ignore[assignment,arg-type]
                                       "the default plan (month95, max, all days)")
-    webhook_secret: str = Field(default=None, description="only in the response that sets a new "  # type: ignore[assignment]
+    webhook_secret: str = Field(default=None, description="only in the response that sets a new "  # type: ignore[assignment,arg-type]
                                 "webhook_url: shown once")
     created_at: datetime
     updated_at: datetime
 
 
-class ApiKey(_Strict):
+class ApiKey(Strict):
     id: str
     prefix: str
     key: str = Field(description="shown once; stored hashed")
@@ -42,12 +38,12 @@ class ApiKey(_Strict):
     created_at: datetime
 
 
-class AccountPage(_Strict):
+class AccountPage(Strict):
     accounts: list[Account]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last")
 
 
-class KeyInfo(_Strict):
+class KeyInfo(Strict):
     id: str
     prefix: str = Field(description="the key's first characters; the secret itself is never shown again")
     created_at: datetime
@@ -55,27 +51,27 @@ class KeyInfo(_Strict):
     revoked_at: datetime | None
 
 
-class KeyList(_Strict):
+class KeyList(Strict):
     account_id: str
     keys: list[KeyInfo]
 
 
-class ReadToken(_Strict):
+class ReadToken(Strict):
     id: str
     prefix: str
     account_id: str
     read_only: Literal[True]
     created_at: datetime
     expires_at: datetime
-    token: str = Field(default=None, description="only when created: shown once, stored hashed")  # type: ignore[assignment]
+    token: str = Field(default=None, description="only when created: shown once, stored hashed")  # type: ignore[assignment,arg-type]
 
 
-class ReadTokens(_Strict):
+class ReadTokens(Strict):
     account_id: str
     tokens: list[ReadToken] = Field(description="live tokens (unexpired, unrevoked), oldest first, no secrets")
 
 
-class Counts(_Strict):
+class Counts(Strict):
     bytes_in: int = NonNegative
     bytes_out: int = NonNegative
     requests: int = NonNegative
@@ -85,36 +81,36 @@ class UsagePoint(Counts):
     ts: datetime = Field(description="bucket start, with the zone's offset at that instant")
 
 
-class NodeSeries(_Strict):
+class NodeSeries(Strict):
     node_id: str
     points: list[UsagePoint]
     totals: Counts
 
 
-class RegionSeries(_Strict):
+class RegionSeries(Strict):
     region: str
     points: list[UsagePoint]
     totals: Counts
 
 
-class Usage(_Strict):
+class Usage(Strict):
     account_id: str
     step: Literal["1m", "1h", "1d"]
     timezone: str
     start: datetime
     end: datetime
-    node_id: list[str] = Field(default=None, description="the node_id filters, when given")  # type: ignore[assignment]
-    points: list[UsagePoint] = Field(default=None,  # type: ignore[assignment]
+    node_id: list[str] = Field(default=None, description="the node_id filters, when given")  # type: ignore[assignment,arg-type]
+    points: list[UsagePoint] = Field(default=None,  # type: ignore[assignment,arg-type]
                                      description="buckets with traffic only, oldest first (without group_by)")
-    series: list[NodeSeries] = Field(default=None,  # type: ignore[assignment]
+    series: list[NodeSeries] = Field(default=None,  # type: ignore[assignment,arg-type]
                                      description="one per node, by node id (with group_by=node_id)")
-    region: list[str] = Field(default=None, description="the region filters, when given")  # type: ignore[assignment]
-    regions: list[RegionSeries] = Field(default=None,  # type: ignore[assignment]
+    region: list[str] = Field(default=None, description="the region filters, when given")  # type: ignore[assignment,arg-type]
+    regions: list[RegionSeries] = Field(default=None,  # type: ignore[assignment,arg-type]
                                         description="one per billing region (with group_by=region)")
     totals: Counts
 
 
-class Balance(_Strict):
+class Balance(Strict):
     account_id: str
     timezone: str
     period_start: datetime
@@ -125,138 +121,7 @@ class Balance(_Strict):
     over_quota: bool
 
 
-class Bandwidth(_Strict):
-    in_: int = Field(alias="in", ge=0)
-    out: int = NonNegative
-    max: int = NonNegative
-
-
-class BandwidthSet(_Strict):
-    p95: Bandwidth
-    peak: Bandwidth
-    daily_peak_avg: Bandwidth
-
-
-class DailyFigure(_Strict):
-    date: str = Field(description="local day, YYYY-MM-DD")
-    bps: int = Field(ge=0, description="the day's figure under the mode")
-    rank: int = Field(ge=1, description="the day's sample rank taken (1 is the highest)")
-    samples: int = NonNegative
-    valid: bool = Field(description="the day had more than 0 bytes in the plan's direction")
-    complete: bool
-    counted: bool = Field(description="part of the monthly figure (complete, and valid under days=valid)")
-
-
-class Bill(_Strict):
-    mode: Mode
-    direction: Direction
-    days: Days
-    bps: int = Field(ge=0, description="the mode's figure in bits/s (day_peak: the sum of the counted days')")
-    billable_bps: int = Field(ge=0, description="bps x proration, rounded once")
-    valid_days: int = NonNegative
-    days_in_period: int = NonNegative
-    proration: str = Field(pattern=r"^[01]\.[0-9]{8}$", description="valid_days / days_in_period "
-                           "under days=valid (8 decimals), else 1")
-    samples: int = Field(ge=0, description="5-minute samples the figure is taken over")
-    rank: int | None = Field(ge=0, description="the rank taken, 1 the highest: of the samples (month95, "
-                             "night_half95; 0 with no samples), of each day's samples (day modes), 4 of the "
-                             "daily peaks (month_4th_day_peak); null when it differs between days")
-    days_counted: int | None = Field(ge=0, description="daily figures the monthly one is built from")
-    daily: list[DailyFigure] | None = Field(description="day modes: every begun local day")
-
-
-class AdjustmentSummary(_Strict):
-    count: int = Field(ge=1, description="GET .../adjustments?month= lists them")
-    bytes_in: int
-    bytes_out: int
-    requests: int
-
-
-class LateAdjustment(_Strict):
-    month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$", description="the closed month the records belong to")
-    bytes_in: int
-    bytes_out: int
-    requests: int
-
-
-class RegionBill(_Strict):
-    region: str
-    bill: Bill
-
-
-class Billing(_Strict):
-    account_id: str
-    month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
-    timezone: str
-    period_start: datetime
-    period_end: datetime
-    complete: bool = Field(description="false while the month is still running")
-    intervals: int = Field(ge=0, description="5-minute intervals counted so far")
-    bytes_in: int = NonNegative
-    bytes_out: int = NonNegative
-    requests: int = NonNegative
-    bandwidth_bps: BandwidthSet
-    quota_bytes: int | None
-    over_quota: bool
-    plan: BillingPlan = Field(description="the account's plan, with the query's mode/direction/days over it")
-    bill: Bill = Field(description="over all regions, or with region= that region's alone")
-    region: str = Field(default=None, description="with region=: the region billed")  # type: ignore[assignment]
-    regions: list[RegionBill] = Field(default=None,  # type: ignore[assignment]
-                                      description="group_by=region or region_scope each: one bill per region")
-    adjustments: AdjustmentSummary = Field(default=None, description="the admin's adjustments inside "  # type: ignore[assignment]
-                                           "the month, already in every figure (only when there are any)")
-    late_adjustments: list[LateAdjustment] = Field(
-        default=None, description="records counted after the closed months just before this one were "  # type: ignore[assignment]
-        "closed: live totals minus the frozen ones (only when there are any)")
-
-
-class NodeRegion(_Strict):
-    node_id: str
-    region: str
-
-
-class RegionNodes(_Strict):
-    region: str
-    nodes: list[str]
-
-
-class UnmappedNodes(_Strict):
-    count: int = NonNegative
-    node_ids: list[str] = Field(description="the first 100, by id")
-    detail: str
-
-
-class Regions(_Strict):
-    default_region: str
-    regions: list[RegionNodes]
-    unmapped_nodes: UnmappedNodes
-
-
-class ModeForecast(_Strict):
-    mode: Mode
-    bps: int = NonNegative
-    billable_bps: int = NonNegative
-    valid_days: int = NonNegative
-    proration: str = Field(pattern=r"^[01]\.[0-9]{8}$")
-    unit_price: str | None = Field(description="the plan's unit_prices entry for the mode")
-    cost: str | None = Field(description="billable_bps / 10^6 x unit_price, to the cent (half up)")
-
-
-class Forecast(_Strict):
-    account_id: str
-    month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
-    timezone: str
-    period_start: datetime
-    period_end: datetime
-    complete: bool = Field(description="the month has ended: each forecast is the bill")
-    as_of: datetime = Field(description="observed up to here; later intervals are projected")
-    method: Literal["weekly-repeat"]
-    plan: BillingPlan
-    forecasts: list[ModeForecast]
-    cheapest: Mode | None = Field(description="the priced mode with the lowest cost (null: no prices)")
-
-
-class Adjustment(_Strict):
+class Adjustment(Strict):
     id: str
     account_id: str
     idempotency_key: str
@@ -270,13 +135,13 @@ class Adjustment(_Strict):
     created_at: datetime
 
 
-class Adjustments(_Strict):
+class Adjustments(Strict):
     account_id: str
     month: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}$")
     adjustments: list[Adjustment] = Field(description="the month's adjustments, newest first (at most 1,000)")
 
 
-class Delivery(_Strict):
+class Delivery(Strict):
     status: Literal["pending", "retrying", "delivered", "given_up"]
     attempts: int = NonNegative
     http_status: int | None = Field(description="the receiver's status at the last attempt; null if none came")
@@ -286,7 +151,7 @@ class Delivery(_Strict):
     given_up_at: datetime | None
 
 
-class QuotaEvent(_Strict):
+class QuotaEvent(Strict):
     id: str
     type: Literal["quota.threshold_crossed"]
     account_id: str
@@ -302,22 +167,22 @@ class QuotaEvent(_Strict):
                                       "recorded, or the delivery is older than webhooks.retention_seconds")
 
 
-class Events(_Strict):
+class Events(Strict):
     account_id: str
     events: list[QuotaEvent]
 
 
-class WebhookSecret(_Strict):
+class WebhookSecret(Strict):
     webhook_secret: str
 
 
-class WriteResult(_Strict):
+class WriteResult(Strict):
     batch_id: str
     accepted: int = NonNegative
     duplicate: bool
 
 
-class BatchStatus(_Strict):
+class BatchStatus(Strict):
     batch_id: str
     # pending: acknowledged and durable in the log, not counted yet (Kafka mode: or claimed by a
     # write whose produce failed and whose client is expected to retry)

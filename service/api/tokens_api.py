@@ -3,7 +3,6 @@ revokes tokens that read one account (a portal or dashboard) and can write nothi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -13,10 +12,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service.api.bodies import parse_model, read_body
+from service.api.context import ApiContext, json_response
 from service.api.problems import Problem, forbidden, not_found
 from service.api.timeparams import format_rfc3339
-from service.auth import Authenticator, Principal
-from service.storage import Repository
 from service.storage.read_tokens import MAX_ACTIVE_PER_ACCOUNT
 
 DAY = 86400
@@ -34,8 +32,10 @@ def token_json(row: dict) -> dict[str, Any]:
             "expires_at": format_rfc3339(row["expires_at_ms"] / 1000)}
 
 
-def token_routes(repo: Repository, auth: Authenticator, principal: Callable[[Request], Awaitable[Principal]],
-                 json_response: Callable[..., Response], max_body: int, body_timeout: float) -> list[BaseRoute]:
+def token_routes(ctx: ApiContext) -> list[BaseRoute]:
+    repo, auth, principal = ctx.repo, ctx.auth, ctx.principal
+    max_body, body_timeout = ctx.max_body_bytes, ctx.body_timeout
+
     async def issuer(request: Request) -> str:
         """The account id, for the admin or the account's own API key; 404 for another account."""
         p = await principal(request)

@@ -17,9 +17,9 @@ from typing import Protocol
 
 from service.config import IngestSettings
 from service.ingest.errors import BatchConflict, DependencyDown
-from service.kafka.producer import BatchProducer
 from service.metrics import PipelineMetrics
 from service.pipeline.group_commit import GroupCommit
+from service.pipeline.kafka_log import BatchProducer
 from service.storage.ledger import Claim, ClaimResult, Ledger
 
 

@@ -67,7 +67,7 @@ class FailureStreak:
         self._last, self.count = None, 0
 
 
-async def settle(units: Sequence[U], apply: Callable[[Sequence[U]], Awaitable[None]],
+async def settle(units: Sequence[U], apply: Callable[[Sequence[U]], Awaitable[object]],
                  quarantine: Callable[[U, str], Awaitable[None]], attempts: int,
                  passthrough: PassThrough = ()) -> None:
     """Applies `units` in order, halving any group whose apply fails; a single unit that fails
@@ -89,7 +89,7 @@ async def settle(units: Sequence[U], apply: Callable[[Sequence[U]], Awaitable[No
     await settle(units[mid:], apply, quarantine, attempts, passthrough)
 
 
-async def _retry_alone(unit: U, first: Exception, apply: Callable[[Sequence[U]], Awaitable[None]],
+async def _retry_alone(unit: U, first: Exception, apply: Callable[[Sequence[U]], Awaitable[object]],
                        quarantine: Callable[[U, str], Awaitable[None]], attempts: int,
                        passthrough: PassThrough) -> None:
     last: Exception = first

@@ -26,8 +26,9 @@ from service.api.bodies import read_body
 from service.api.problems import Problem
 from service.credential_gate import PeerBudget
 from service.relay.auth import WebhookAuth
+from service.relay.batching import Outcome
 from service.relay.client import DingTalkClient
-from service.relay.dispatcher import Outcome, RobotDispatcher
+from service.relay.dispatcher import RobotDispatcher
 from service.relay.metrics import UNKNOWN_ROBOT, RelayMetrics
 from service.relay.payload import WebhookMessage
 from service.relay.render import Renderer

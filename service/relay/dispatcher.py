@@ -20,56 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from service.relay.batching import Entry, Outcome, Pending, take_batch
 from service.relay.client import Delivery, DingTalkClient, SendResult
 from service.relay.metrics import RelayMetrics
-from service.relay.payload import WebhookMessage, severity_rank
+from service.relay.payload import WebhookMessage
 from service.relay.ratelimit import SlidingWindow
 from service.relay.render import RenderedMessage, Renderer
 from service.relay.settings import RelaySettings, RobotSettings
 from service.relay.store import NotificationStore, StoredNotification
 
 log = logging.getLogger("meterd.relay")
-
-# Bounds the rendering work per message; more would never fit 20,000 bytes anyway.
-MAX_NOTIFICATIONS_PER_MESSAGE = 400
-
-
-class Outcome(enum.Enum):
-    DELIVERED = "delivered"  # sent; HTTP 200
-    QUEUED = "queued"  # the relay owns it now; HTTP 202
-    RETRY = "retry"  # DingTalk asked for a retry; HTTP 503 so Alertmanager retries
-    REJECTED = "rejected"  # DingTalk refused for good; HTTP 424, no retry
-    OVERLOADED = "overloaded"  # queue full; HTTP 503
-    DROPPED = "dropped"  # relay-owned and given up (never returned to a request)
-
-
-@dataclass(eq=False)
-class _Entry:
-    message: WebhookMessage
-    received: float
-    future: asyncio.Future[tuple[Outcome, str]]
-    owned: bool = False  # the request already answered 202; the relay must deliver it
-    row_id: int | None = None  # its row in the store while owned
-
-
-@dataclass
-class _State:
-    pending: list[_Entry] = field(default_factory=list)
-    retry_at: float = 0.0
-    backoff: float = 0.0
-
-
-def _importance(entry: _Entry) -> tuple[int, int]:
-    """Firing before resolved-only, then by the most severe firing alert (sorted() keeps arrival order)."""
-    firing = [severity_rank(a.severity) for a in entry.message.alerts if a.status == "firing"]
-    return (0, min(firing)) if firing else (1, 0)
-
 
 class RobotDispatcher:
     def __init__(
@@ -94,7 +58,7 @@ class RobotDispatcher:
         self._metrics = metrics
         self._clock = clock
         self.limiter = SlidingWindow(settings.robot_rate(name), window_s, clock)
-        self._state = _State(backoff=settings.retry_backoff_initial_s)
+        self._state = Pending(backoff=settings.retry_backoff_initial_s)
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
@@ -110,7 +74,7 @@ class RobotDispatcher:
         if len(self._state.pending) >= self._settings.max_pending_notifications:
             return self._count(Outcome.OVERLOADED, "too many queued notifications")
         self._ensure_worker()
-        entry = _Entry(message, self._clock(), asyncio.get_running_loop().create_future())
+        entry = Entry(message, self._clock(), asyncio.get_running_loop().create_future())
         self._state.pending.append(entry)
         self._update_pending()
         self._wakeup.set()
@@ -128,7 +92,7 @@ class RobotDispatcher:
         self._withdraw(entry)
         return self._count(Outcome.RETRY, "not sent within the ack timeout; retry later")
 
-    def _take_over(self, entry: _Entry) -> bool:
+    def _take_over(self, entry: Entry) -> bool:
         """Make the relay responsible for `entry`: True once its row is committed (or it is settled)."""
         if entry.future.done():
             return True
@@ -143,7 +107,7 @@ class RobotDispatcher:
         self._metrics.queued.labels(self.name).inc()
         return True
 
-    def _withdraw(self, entry: _Entry) -> None:
+    def _withdraw(self, entry: Entry) -> None:
         """Alertmanager keeps this one (it gets a 5xx): stop trying to send it ourselves."""
         if entry in self._state.pending:
             self._state.pending.remove(entry)
@@ -164,7 +128,7 @@ class RobotDispatcher:
                 bad.append(row.id)
                 continue
             received = now - max(0.0, wall - row.received_at)
-            entry = _Entry(message, received, loop.create_future(), owned=True, row_id=row.id)
+            entry = Entry(message, received, loop.create_future(), owned=True, row_id=row.id)
             self._state.pending.append(entry)
         if bad and self._store is not None:
             self._store.remove(bad)
@@ -174,7 +138,7 @@ class RobotDispatcher:
             self._ensure_worker()
             self._wakeup.set()
 
-    def _forget(self, entries: list[_Entry]) -> None:
+    def _forget(self, entries: list[Entry]) -> None:
         """Delete settled entries' rows (one transaction)."""
         ids = [e.row_id for e in entries if e.row_id is not None]
         if ids and self._store is not None:
@@ -209,9 +173,9 @@ class RobotDispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
                 continue
-            batch: list[_Entry] = []
+            batch: list[Entry] = []
             try:
-                batch, rendered = self._take_batch()
+                batch, state.pending, rendered = take_batch(state.pending, self._renderer, self._robot.mentions)
                 await self._deliver(batch, rendered)
             except asyncio.CancelledError:
                 # Cancelled mid-send (shutdown timeout): hand the batch back for aclose() to settle.
@@ -227,33 +191,7 @@ class RobotDispatcher:
             finally:
                 self._update_pending()
 
-    def _take_batch(self) -> tuple[list[_Entry], RenderedMessage]:
-        """The most important notifications that fit one message whole; the rest wait their turn.
-
-        Only a single notification too large on its own gets truncated, so a storm is spread over
-        as many messages as the budget allows instead of being cut.
-        """
-        state = self._state
-        order = sorted(state.pending, key=_importance)[:MAX_NOTIFICATIONS_PER_MESSAGE]
-
-        def render(k: int) -> RenderedMessage:
-            return self._renderer.render([e.message for e in order[:k]], self._robot.mentions)
-
-        best_k, best = 1, render(1)
-        lo, hi = 2, len(order)
-        while lo <= hi:  # largest k whose message needs no truncation
-            mid = (lo + hi) // 2
-            candidate = render(mid)
-            if candidate.truncated:
-                hi = mid - 1
-            else:
-                best_k, best, lo = mid, candidate, mid + 1
-        batch = order[:best_k]
-        chosen = {id(e) for e in batch}
-        state.pending = [e for e in state.pending if id(e) not in chosen]
-        return batch, best
-
-    async def _deliver(self, batch: list[_Entry], rendered: RenderedMessage) -> None:
+    async def _deliver(self, batch: list[Entry], rendered: RenderedMessage) -> None:
         m, robot = self._metrics, self.name
         started = self._clock()
         try:
@@ -275,14 +213,8 @@ class RobotDispatcher:
             if rendered.truncated:
                 m.truncated.labels(robot).inc()
             self._state.retry_at, self._state.backoff = 0.0, self._settings.retry_backoff_initial_s
-            log.info(
-                "relay delivered robot=%s notifications=%d alerts=%d shown=%d bytes=%d",
-                robot,
-                len(batch),
-                rendered.alerts_total,
-                rendered.alerts_shown,
-                len(rendered.encoded),
-            )
+            log.info("relay delivered robot=%s notifications=%d alerts=%d shown=%d bytes=%d", robot, len(batch),
+                     rendered.alerts_total, rendered.alerts_shown, len(rendered.encoded))
             for entry in batch:
                 self._finish(entry, Outcome.DELIVERED, "delivered")
             self._forget(batch)
@@ -292,32 +224,23 @@ class RobotDispatcher:
         if result.delivery is Delivery.RETRY:
             self._retry_later(batch, result)
         else:
-            log.error(
-                "relay: DingTalk rejected the message for good robot=%s reason=%s detail=%s notifications=%d",
-                robot,
-                result.reason,
-                result.detail,
-                len(batch),
-            )
+            log.error("relay: DingTalk rejected the message for good robot=%s reason=%s detail=%s notifications=%d",
+                      robot, result.reason, result.detail, len(batch))
             for entry in batch:
                 self._finish(entry, Outcome.DROPPED if entry.owned else Outcome.REJECTED, result.detail)
             self._forget(batch)
 
-    def _retry_later(self, batch: list[_Entry], result: SendResult) -> None:
+    def _retry_later(self, batch: list[Entry], result: SendResult) -> None:
         state, now = self._state, self._clock()
-        keep: list[_Entry] = []
-        given_up: list[_Entry] = []
+        keep: list[Entry] = []
+        given_up: list[Entry] = []
         for entry in batch:
             if not entry.owned:
                 # The request is still waiting: answer 503 and let Alertmanager retry it.
                 self._finish(entry, Outcome.RETRY, result.detail)
             elif now - entry.received > self._settings.max_pending_age_s:
-                log.error(
-                    "relay: giving up on a queued notification robot=%s age=%.0fs last=%s",
-                    self.name,
-                    now - entry.received,
-                    result.detail,
-                )
+                log.error("relay: giving up on a queued notification robot=%s age=%.0fs last=%s",
+                          self.name, now - entry.received, result.detail)
                 self._finish(entry, Outcome.DROPPED, result.detail)
                 given_up.append(entry)
             else:
@@ -327,15 +250,10 @@ class RobotDispatcher:
         # Back off either way: DingTalk is limiting or failing, hammering it helps nobody.
         state.retry_at = now + state.backoff
         state.backoff = min(state.backoff * 2, self._settings.retry_backoff_max_s)
-        log.warning(
-            "relay: send failed, will retry robot=%s reason=%s detail=%s queued=%d",
-            self.name,
-            result.reason,
-            result.detail,
-            len(keep),
-        )
+        log.warning("relay: send failed, will retry robot=%s reason=%s detail=%s queued=%d",
+                    self.name, result.reason, result.detail, len(keep))
 
-    def _finish(self, entry: _Entry, outcome: Outcome, detail: str) -> None:
+    def _finish(self, entry: Entry, outcome: Outcome, detail: str) -> None:
         if not entry.future.done():
             entry.future.set_result((outcome, detail))
         self._count(outcome, detail)

@@ -43,11 +43,10 @@ from service.governance_setup import (
 )
 from service.grpc_writer import TrafficWriterServicer, build_grpc_server
 from service.ingest.writer import IngestService
-from service.kafka.consumer import AggregatingConsumer
-from service.kafka.producer import BatchProducer
-from service.kafka.topics import ensure_topics
 from service.metrics import PipelineMetrics
 from service.pipeline.db_consumer import DatabaseLogConsumer
+from service.pipeline.kafka_consumer import AggregatingConsumer
+from service.pipeline.kafka_log import BatchProducer, ensure_topics
 from service.pipeline.logs import BatchLog, DatabaseLog, KafkaLog
 from service.runtime.datadir import StartupError
 from service.runtime.gc_tuning import tune_gc_for_serving

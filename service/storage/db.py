@@ -39,7 +39,8 @@ def _add_missing_columns(conn: Connection, table_name: str, names: list[str]) ->
             continue
         col = table.c[name]
         ddl = col.type.compile(dialect=conn.dialect)
-        default = f" DEFAULT '{col.server_default.arg}'" if col.server_default is not None else ""
+        # The schema's server defaults are all DefaultClause (literal text), which has .arg.
+        default = f" DEFAULT '{col.server_default.arg}'" if col.server_default is not None else ""  # type: ignore[attr-defined]
         null = "" if col.nullable else " NOT NULL"
         conn.execute(text(f'ALTER TABLE {table_name} ADD COLUMN {name} {ddl}{default}{null}'))
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Where credentials are checked or passed around: authentication, key storage, both transports,
 # and the process wiring (where the profiling routes get their admin check).
 AUTH_MODULES = ["service/auth.py", "service/storage/repository.py", "service/grpc_writer.py",
-                "service/api/app.py", "service/runtime/process.py", "service/cli.py",
+                "service/api/app.py", "service/api/context.py", "service/runtime/process.py", "service/cli.py",
                 "service/relay/auth.py", "service/relay/signing.py", "service/relay/client.py",
                 "service/relay/settings.py"]
 

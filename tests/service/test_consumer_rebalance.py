@@ -16,8 +16,8 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from service.config import Settings
-from service.kafka.consumer import AggregatingConsumer
 from service.metrics import PipelineMetrics
+from service.pipeline.kafka_consumer import AggregatingConsumer
 from service.storage import Repository
 from service.storage.ledger import Ledger
 from tests.support.pipeline import writer_batch
@@ -180,7 +180,7 @@ async def test_stale_offsets_follow_the_policy_loudly(ledger: Ledger, policy: st
     c._consumer = kafka  # type: ignore[assignment]
     await c.seek_to_stored(kafka.assignment())
     kafka.high[0] = 2
-    await c._check_positions()
+    await c.check_positions()
     assert "past the end of the partition" in caplog.text
     assert registry.get_sample_value("meterd_consumer_stale_offsets_total", {"policy": policy}) == 1
     if policy == "halt":
@@ -210,7 +210,7 @@ async def test_a_longer_new_log_is_detected_by_the_last_counted_message(
     c._consumer = kafka  # type: ignore[assignment]
     await c.seek_to_stored(kafka.assignment())
     kafka.high[0] = 8
-    await c._check_positions()  # the offset fits the new log: nothing to see here
+    await c.check_positions()  # the offset fits the new log: nothing to see here
     await c._handle(tp(0), new_log[kafka.positions[0]:])
     assert "does not hold the message last counted" in caplog.text
     assert registry.get_sample_value("meterd_consumer_stale_offsets_total", {"policy": policy}) == 1
@@ -241,7 +241,7 @@ async def test_retention_of_just_the_last_counted_message_is_not_a_reset(ledger:
     c._consumer = kafka  # type: ignore[assignment]
     await c.seek_to_stored(kafka.assignment())
     assert kafka.positions[0] == 4
-    await c._stale({0: 4})  # what the OffsetOutOfRangeError handler passes on
+    await c.handle_stale({0: 4})  # what the OffsetOutOfRangeError handler passes on
     assert kafka.positions[0] == 5
     assert registry.get_sample_value("meterd_consumer_stale_offsets_total", {"policy": "earliest"}) == 0
     await c._handle(tp(0), [Msg(TOPIC, 0, 5, batch("next", 10), b"next")])

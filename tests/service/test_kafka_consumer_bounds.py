@@ -16,8 +16,8 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from service.config import Settings
-from service.kafka.consumer import AggregatingConsumer
 from service.metrics import PipelineMetrics
+from service.pipeline.kafka_consumer import AggregatingConsumer
 from service.storage import Repository
 from service.storage.ledger import Ledger
 from tests.service.test_consumer_poison import FAR_FUTURE_MINUTE, distinct_nodes_batch

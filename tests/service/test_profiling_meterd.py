@@ -80,7 +80,7 @@ def test_sigtrap_toggles_a_capture_of_the_loaded_service(tmp_path: Path, workers
     folded = files["folded.txt"].read_text()
     # meterd's own request handling, not just the event loop: the write path and the usage query.
     assert "service/ingest/writer.py" in folded or "service/grpc_writer.py" in folded, folded[:2000]
-    assert "service/api/app.py" in folded, folded[:2000]
+    assert "service/api/usage.py" in folded, folded[:2000]
     assert "<svg" in files["flamegraph.svg"].read_text()[:500]
     meta = json.loads(files["meta.json"].read_text())
     assert meta["trigger"] == "signal"

@@ -1,20 +1,25 @@
-"""The producer the writer acknowledges through: acks=all, and a send returns only once the
-broker has acknowledged the message."""
+"""The Kafka log's writing side: meterd's topics (created when missing, idempotent) and the producer
+the writer acknowledges through (acks=all: a send returns only once the broker has acknowledged it).
+The reading side is kafka_consumer.py."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from governance import DependencyUnavailable
 from service.config import KafkaSettings
 from service.ingest.errors import DependencyDown
 from service.metrics import PipelineMetrics
 
+log = logging.getLogger("meterd.kafka.topics")
 Guard = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
@@ -67,3 +72,28 @@ class BatchProducer:
         except KafkaError:
             return False
         return bool(parts)
+
+
+async def ensure_topics(bootstrap: str, settings: KafkaSettings, attempts: int = 30) -> None:
+    wanted = {settings.topic: settings.partitions, settings.dlq_topic: 1}
+    last: Exception | None = None
+    for _ in range(attempts):
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [NewTopic(name, n, settings.replication_factor)
+                       for name, n in wanted.items() if name not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass  # another replica won the race
+                log.info("created topics", extra={"topics": [t.name for t in missing]})
+            return
+        except KafkaError as exc:
+            last = exc
+            await asyncio.sleep(1.0)
+        finally:
+            await admin.close()
+    raise RuntimeError(f"could not create Kafka topics on {bootstrap}: {last!r}")

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -25,10 +24,11 @@ from google.protobuf.message import DecodeError
 
 from governance.tracing import start_consumer_span
 from service.config import Settings
-from service.kafka.isolation import PartitionSettler, PoisonGuard
-from service.kafka.positions import LogIdentity, message_mark
 from service.metrics import PipelineMetrics
 from service.pipeline.counting import Aggregate, Verdict, decode, merged_usage, observe_freshness
+from service.pipeline.kafka_identity import LogIdentity, message_mark
+from service.pipeline.kafka_isolation import PartitionSettler, PoisonGuard
+from service.pipeline.kafka_offsets import StoredPositions
 from service.pipeline.poison import error_kind
 from service.pipeline.retention import PURGE_EVERY_S, purge_expired
 from service.storage.ledger import AlreadyApplied, Flush, Ledger, OffsetConflict
@@ -48,7 +48,7 @@ class _Rebalance(ConsumerRebalanceListener):
         await self._owner.seek_to_stored(assigned)
 
 
-class AggregatingConsumer:
+class AggregatingConsumer(StoredPositions):
     def __init__(self, bootstrap: str, settings: Settings, ledger: Ledger, metrics: PipelineMetrics) -> None:
         self._kafka = settings.kafka
         self._cfg = settings.consumer
@@ -78,17 +78,10 @@ class AggregatingConsumer:
                                                     self._cfg.poison_attempts, self._dead_letter),
                                    self._cfg.poison_attempts)
 
-    @property
-    def _topic(self) -> str:
-        return self._kafka.topic
-
-    def _tp(self, partition: int) -> TopicPartition:
-        return TopicPartition(self._topic, partition)
-
     async def start(self) -> None:
         await self._dlq.start()
         await self._consumer.start()
-        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         self._task = asyncio.create_task(self._run(), name="meterd-consumer")
 
     async def stop(self) -> None:
@@ -103,23 +96,10 @@ class AggregatingConsumer:
         await self._dlq.stop()
 
     # -- partition ownership ----------------------------------------------------------------
-    async def _seek(self, partitions: Iterable[TopicPartition]) -> None:
-        """Positions each partition at the offset stored in the database (the beginning if none)."""
-        stored = await self._ledger.load_positions(self._kafka.group_id, self._topic)
-        for tp in partitions:
-            offset, mark = stored.get(tp.partition, (None, None))
-            self._stored[tp.partition] = offset
-            self._buffers[tp.partition] = Aggregate()
-            if offset is None:
-                self._identity.forget(tp.partition)
-                await self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, self._identity.start_at(tp.partition, offset, mark))
-
     async def seek_to_stored(self, assigned: Any) -> None:
         async with self._lock:
             try:
-                await self._seek(assigned)
+                await self.seek(assigned)
             except Exception:
                 # Database down during a rebalance: the fetch loop must not read these partitions
                 # from wherever Kafka put them; it rewinds (retrying) before its next fetch.
@@ -127,7 +107,7 @@ class AggregatingConsumer:
                 self._needs_rewind = True
             owned = {tp.partition for tp in self._consumer.assignment()}
             for p in set(self._stored) - owned:
-                self._forget(p)
+                self.forget(p)
             log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
             self.assigned.set()
 
@@ -140,13 +120,7 @@ class AggregatingConsumer:
             log.exception("flush on revocation failed; the new owner re-reads from the stored offsets")
         finally:
             for p in partitions:
-                self._forget(p)
-
-    def _forget(self, partition: int) -> None:
-        self._stored.pop(partition, None)
-        self._buffers.pop(partition, None)
-        self._halted.discard(partition)
-        self._identity.forget(partition)
+                self.forget(p)
 
     # -- the loop ---------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -157,7 +131,7 @@ class AggregatingConsumer:
                 fetched = await self._consumer.getmany(timeout_ms=200)
                 for tp, messages in fetched.items():
                     await self._handle(tp, messages)
-                await self._check_positions()
+                await self.check_positions()
                 if (self._buffered() >= self._cfg.max_buffer_records
                         or sum(len(b.usage) for b in self._buffers.values()) >= self._cfg.max_flush_keys
                         or time.monotonic() - self._last_flush >= self._cfg.flush_interval_seconds):
@@ -167,7 +141,7 @@ class AggregatingConsumer:
             except asyncio.CancelledError:
                 raise
             except OffsetOutOfRangeError as exc:  # a real Kafka broker says so for a stale offset
-                await self._stale({tp.partition: off for tp, off in exc.args[0].items()} if exc.args else {})
+                await self.handle_stale({tp.partition: off for tp, off in exc.args[0].items()} if exc.args else {})
             except Exception as exc:
                 # A database or broker hiccup: drop the unflushed buffers and re-read from the
                 # stored offsets, which is always correct, then retry. The same failure again and
@@ -198,7 +172,7 @@ class AggregatingConsumer:
                 return  # revoked while we were fetching
             messages, reset = self._identity.check(tp.partition, messages)
             if reset is not None:
-                await self._log_reset_locked(tp.partition, self._stored.get(tp.partition) or 0,
+                await self.reset_partition_locked(tp.partition, self._stored.get(tp.partition) or 0,
                                              f"the partition does not hold the message last counted: {reset}")
                 return
             if self._poison.wants(tp.partition) and buf.next_offset is None:
@@ -257,7 +231,7 @@ class AggregatingConsumer:
             started = time.perf_counter()
             try:
                 await self._ledger.apply(Flush(usage=usage, applied=applied, offsets=offsets, marks=marks),
-                                         group_id=self._kafka.group_id, topic=self._topic)
+                                         group_id=self._kafka.group_id, topic=self.topic)
             except OffsetConflict as exc:
                 await self._lost_race(exc.partitions)
                 continue
@@ -285,14 +259,14 @@ class AggregatingConsumer:
         log.warning("lost an offset race during flush; dropping those sums",
                     extra={"partitions": sorted(partitions), "still_assigned": sorted(owned)})
         for p in partitions - owned:
-            self._forget(p)
+            self.forget(p)
         if owned:
-            await self._seek([self._tp(p) for p in sorted(owned)])
+            await self.seek([self.tp(p) for p in sorted(owned)])
 
     async def _commit_to_kafka(self, offsets: dict[int, tuple[int | None, int]]) -> None:
         # Informational only (lag tooling); the database offsets are authoritative.
         assigned = self._consumer.assignment()
-        commit = {self._tp(p): OffsetAndMetadata(new, "") for p, (_, new) in offsets.items() if self._tp(p) in assigned}
+        commit = {self.tp(p): OffsetAndMetadata(new, "") for p, (_, new) in offsets.items() if self.tp(p) in assigned}
         if commit:
             with contextlib.suppress(Exception):
                 await self._consumer.commit(commit)
@@ -305,70 +279,12 @@ class AggregatingConsumer:
         self._buffers = {p: Aggregate() for p in self._buffers}
         self._metrics.buffer_records.set(0)
         try:
-            await self._seek(self._consumer.assignment())
+            await self.seek(self._consumer.assignment())
         except Exception as exc:  # counted: a consumer stuck here must still fire MeterdConsumerFailing
             self._metrics.consumer_errors.labels(error_kind(exc)).inc()
             log.exception("could not reload stored offsets; will retry")
             return False
         return True
-
-    # -- positions past the end of the log ---------------------------------------------------
-    async def _check_positions(self) -> None:
-        """Lag per partition, and stale offsets: a position past the high-water mark means the log
-        was recreated or reset under the stored offsets (Tansu never answers OFFSET_OUT_OF_RANGE)."""
-        stale: dict[int, int] = {}
-        behind = False
-        for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            buf = self._buffers.get(tp.partition)
-            pos = buf.next_offset if buf is not None and buf.next_offset is not None else self._stored.get(tp.partition)
-            if high is None or pos is None:
-                continue
-            if pos > high and tp.partition not in self._halted:
-                stale[tp.partition] = pos
-            self._metrics.consumer_lag.labels(str(tp.partition)).set(max(0, high - pos))
-            behind = behind or high > pos
-        if not behind:
-            self._caught_up_at = time.time()
-        self._metrics.consumer_lag_seconds.set(time.time() - self._caught_up_at)
-        if stale:
-            await self._stale(stale)
-
-    async def _stale(self, positions: dict[int, int]) -> None:
-        async with self._lock:
-            for p, pos in positions.items():
-                if not await self._log_starts_at_stored(p):
-                    await self._log_reset_locked(p, pos, "stored offset is past the end of the partition")
-
-    async def _log_starts_at_stored(self, p: int) -> bool:
-        """Retention deleted just the message before the stored offset (real Kafka answers the
-        early seek OFFSET_OUT_OF_RANGE): the log starts at the stored offset, nothing is skipped."""
-        stored = self._stored.get(p)
-        if stored is None or not self._identity.pending(p):
-            return False
-        if (await self._consumer.beginning_offsets([self._tp(p)])).get(self._tp(p)) != stored:
-            return False
-        self._identity.forget(p)
-        self._consumer.seek(self._tp(p), stored)
-        return True
-
-    async def _log_reset_locked(self, p: int, pos: int, what: str) -> None:
-        """The partition is not the log the stored offset is for: say so, then apply the policy."""
-        policy = self._cfg.on_stale_offsets
-        self._metrics.stale_offsets.labels(policy).inc()
-        log.error(f"{what}: the topic was recreated or the broker reset "
-                  "(runbook: alerts/RUNBOOKS.md#meterdstaleoffsets)",
-                  extra={"topic": self._topic, "partition": p, "position": pos, "policy": policy})
-        self._identity.forget(p)
-        if policy == "halt":
-            self._consumer.pause(self._tp(p))
-            self._halted.add(p)
-            return
-        begin = (await self._consumer.beginning_offsets([self._tp(p)])).get(self._tp(p), 0)
-        await self._ledger.reset_offsets(self._kafka.group_id, self._topic, {p: begin})
-        self._stored[p] = begin
-        self._buffers[p] = Aggregate()
-        self._consumer.seek(self._tp(p), begin)
 
     async def _maybe_purge(self) -> None:
         now = time.monotonic()

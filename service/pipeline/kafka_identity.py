@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 
 from aiokafka.structs import ConsumerRecord
 
@@ -46,8 +45,8 @@ class LogIdentity:
     def forget(self, partition: int) -> None:
         self._pending.pop(partition, None)
 
-    def check(self, partition: int, messages: Sequence[ConsumerRecord]) -> tuple[Sequence[ConsumerRecord], str | None]:
-        """(the messages to count, None), or ((), why) when the partition is not the log counted."""
+    def check(self, partition: int, messages: list[ConsumerRecord]) -> tuple[list[ConsumerRecord], str | None]:
+        """(the messages to count, None), or ([], why) when the partition is not the log counted."""
         pending = self._pending.pop(partition, None)
         if pending is None or not messages:
             return messages, None
@@ -56,10 +55,10 @@ class LogIdentity:
         if first.offset == offset - 1:
             if message_mark(first) == mark:
                 return messages[1:], None
-            return (), f"offset {offset - 1} holds another message than the one last counted"
+            return [], f"offset {offset - 1} holds another message than the one last counted"
         if first.offset == offset:
             # The message before it is gone (retention) but nothing after it was skipped.
             log.warning("could not check the partition's last counted message (deleted by retention?)",
                         extra={"partition": partition, "offset": offset})
             return messages, None
-        return (), f"the log jumps from offset {offset - 1} to {first.offset}"
+        return [], f"the log jumps from offset {offset - 1} to {first.offset}"

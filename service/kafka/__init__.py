@@ -1,1 +1,0 @@
-"""Kafka plumbing: topic setup, the batch producer, the aggregating consumer."""
