@@ -7,7 +7,7 @@ the YAML file are errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError

@@ -32,15 +32,8 @@ async def serve_supervised(settings: Settings, workers: int, config: Path | None
                            banner: Callable[[list[str]], None]) -> int:
     s = settings
     _check_ports(s)
-    db = await open_database(s)  # one line if unreachable; migrated once here, children never race on it
-    try:
-        await db.migrate()
-    finally:
-        await db.close()
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
+    await _migrate_once(s)
+    registry = _supervisor_registry()
     supervisor = Supervisor(s, workers, config, registry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,6 +74,22 @@ async def serve_supervised(settings: Settings, workers: int, config: Path | None
         http = supervisor.endpoint("api", "http")
         if http:
             datadir.remove_api_url(s.data_dir, http)
+
+
+async def _migrate_once(s: Settings) -> None:
+    db = await open_database(s)  # one line if unreachable; migrated once here, children never race on it
+    try:
+        await db.migrate()
+    finally:
+        await db.close()
+
+
+def _supervisor_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
 def _check_ports(s: Settings) -> None:
