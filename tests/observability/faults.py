@@ -3,7 +3,7 @@
 Some series exist only once something has gone wrong (an open breaker, a failed profile capture,
 a 5xx), so the scenario breaks things on purpose, the way they break in production: the Kafka
 broker dies, the profile directory is swapped for a symlink, a DingTalk robot answers errors,
-a message nobody can decode lands on the traffic topic. Also here: the processes under load
+a message nobody can decode lands on the traffic topic, the quota's Redis hangs. Also here: the processes under load
 (`meterd up`, `meterd relay`, fake DingTalk robots) and the traffic they get.
 """
 
@@ -35,6 +35,7 @@ from tests.relay.fake_dingtalk import FakeDingTalk
 from tests.relay.helpers import alert, notification
 from tests.support.meterd import MeterdProc
 from tests.support.meterd_client import bearer, pb, record, unique
+from tests.support.servers import RedisServer
 
 TRAFFIC_TOPIC = "meterd.traffic.v1"
 BALANCE_QUOTA = "2/second"
@@ -71,6 +72,19 @@ def symlinked_directory(directory: Path) -> Iterator[None]:
     finally:
         directory.unlink()
         real.rename(directory)
+
+
+@contextlib.contextmanager
+def hung(server: RedisServer) -> Iterator[None]:
+    """SIGSTOP until the block ends: the port still accepts connections but nothing answers,
+    the way a hung Redis looks to its clients (the quota's checks time out)."""
+    pid = server.pid
+    assert pid is not None, "the Redis server is not running"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 # --- the processes ------------------------------------------------------------------------------
@@ -153,9 +167,11 @@ def running_relay(workdir: Path, robots: dict[str, FakeDingTalk], port: int) -> 
 WRITE_INFLIGHT_CAP = 1  # Traffic.write_burst sends 8 at once
 
 
-def meterd_config(tmp: Path) -> dict[str, Any]:
+def meterd_config(tmp: Path, quota_storage: str) -> dict[str, Any]:
     plugins = copy.deepcopy(DEFAULT_PLUGINS)
     quota = next(p for p in plugins if p["type"] == "quota")
+    # Counters in a real Redis, as deploy/meterd.yaml has them; while it hangs, calls are admitted.
+    quota.update(storage=quota_storage, fail_open=True)
     # A route override below the default: the balance reads of the scenario get 429s.
     quota["routes"] = {**quota["routes"], "GET /v1/accounts/{account_id}/balance": {"limit": BALANCE_QUOTA}}
     adaptive = next(p for p in plugins if p["type"] == "adaptive")
@@ -173,9 +189,9 @@ def meterd_config(tmp: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def running_meterd_up(tmp: Path, env: dict[str, str]) -> Iterator[MeterdProc]:
+def running_meterd_up(tmp: Path, env: dict[str, str], quota_storage: str) -> Iterator[MeterdProc]:
     """`meterd up` with `meterd_config`; `env` from tests.support.meterd.meterd_env (ports)."""
-    (tmp / "meterd.yaml").write_text(yaml.safe_dump(meterd_config(tmp)))
+    (tmp / "meterd.yaml").write_text(yaml.safe_dump(meterd_config(tmp, quota_storage)))
     proc = MeterdProc(["up", "--config", str(tmp / "meterd.yaml")], env, tmp).start()
     try:
         yield proc
@@ -238,6 +254,11 @@ class Traffic:
         # A burst beyond the route's 2/second quota.
         codes = {user.get(f"/v1/accounts/{acc}/balance").status_code for _ in range(5)}
         self.expect("balance burst has a 429", 429 in codes, True)
+
+    def balance_reads_admitted(self) -> None:
+        """With the quota storage down (fail_open): a burst beyond the quota, all admitted."""
+        codes = {self.user.get(f"/v1/accounts/{self.account}/balance").status_code for _ in range(5)}
+        self.expect("balance burst, quota storage down", codes, {200})
 
     def grpc_round(self) -> None:
         md = bearer(self.key)
@@ -306,6 +327,17 @@ class Traffic:
         robot.scripted.extend([(500, {}), (200, {"errcode": 300001, "errmsg": "token is not exist"})])
         self.expect("failing robot, 5xx", self.notify(name, notification(alert())), 503)
         self.expect("failing robot, refusal", self.notify(name, notification(alert())), 424)
+
+
+def quota_storage_outage(traffic: Traffic, redis: RedisServer, seconds: float = 3.0) -> None:
+    """The quota's Redis hangs for `seconds` (spanning a few scrapes) under balance reads: the first
+    checks time out, then the quota_storage breaker opens and answers at once; every failure is
+    counted (governance_quota_storage_errors_total) and every call admitted."""
+    with hung(redis):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            traffic.balance_reads_admitted()
+            time.sleep(0.2)
 
 
 def trip_kafka_breaker(traffic: Traffic, deadline_s: float = 30.0) -> dict[str, int]:
