@@ -39,15 +39,13 @@ import yaml
 
 from tests.observability.artifacts import RULE_FILES, dashboard_expressions, grafana_to_promql
 from tests.observability.faults import (
-    RobotServer,
     Traffic,
     produce_undecodable,
     quota_storage_outage,
-    running_meterd_up,
-    running_relay,
     symlinked_directory,
     trip_kafka_breaker,
 )
+from tests.observability.processes import RobotServer, running_meterd_up, running_relay
 from tests.observability.promstack import Proc, running_prometheus
 from tests.relay.fake_dingtalk import FakeDingTalk
 from tests.relay.helpers import SECRET
