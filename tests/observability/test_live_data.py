@@ -1,12 +1,14 @@
 """Issue 5, acceptance 2: every dashboard query and every rule reads series a loaded meterd emits.
 
 One scenario for the module: a real `meterd up` on a Kafka-protocol broker (Tansu) with a tight
-quota on the balance route, a real `meterd relay` with two robots (fake DingTalk endpoints, one of them failing), and a
-real Prometheus scraping both every second with the shipped rule files (groups every 1 s, alert
-`for:` removed so alerts fire within the test). Traffic covers HTTP and gRPC (including 4xx,
-429 and WriteStream), usage reads, a profile capture, a dead letter and relay notifications
-(firing, resolved, merged burst, truncated, failed sends). Then faults: a failed capture and a
-Kafka outage (the broker is killed) that opens the `kafka` breaker and feeds the error SLI.
+quota on the balance route (its counters in a real Redis), a real `meterd relay` with two robots
+(fake DingTalk endpoints, one of them failing), and a real Prometheus scraping both every second
+with the shipped rule files (groups every 1 s, alert `for:` removed so alerts fire within the test).
+Traffic covers HTTP and gRPC (including 4xx, 429 and WriteStream), usage reads, a profile capture, a
+dead letter and relay notifications (firing, resolved, merged burst, truncated, failed sends). Then
+faults: a failed capture, a quota storage outage (Redis hung by SIGSTOP: calls admitted, failures
+counted) and a Kafka outage (the broker is killed) that opens the `kafka` breaker and feeds the
+error SLI.
 
 Then, through Prometheus's HTTP API as range queries over the scenario (what Grafana runs):
 every dashboard expression, every recording rule expression, and every vector selector inside
@@ -37,25 +39,25 @@ import yaml
 
 from tests.observability.artifacts import RULE_FILES, dashboard_expressions, grafana_to_promql
 from tests.observability.faults import (
-    RobotServer,
     Traffic,
     produce_undecodable,
-    running_meterd_up,
-    running_relay,
+    quota_storage_outage,
     symlinked_directory,
     trip_kafka_breaker,
 )
+from tests.observability.processes import RobotServer, running_meterd_up, running_relay
 from tests.observability.promstack import Proc, running_prometheus
 from tests.relay.fake_dingtalk import FakeDingTalk
 from tests.relay.helpers import SECRET
 from tests.support.broker import running_tansu
 from tests.support.meterd import meterd_env
 from tests.support.require import require_binary
-from tests.support.servers import free_port
+from tests.support.servers import free_port, running_redis
 
 # Faults the scenario injects, and what each one is.
 FAULTS = {
     "capture_failure": "profile directory swapped for a symlink; POST /debug/profiles/start fails (unsafe_directory)",
+    "quota_storage_outage": "the quota's Redis SIGSTOPped for 3 s; reads admitted (fail_open), failures counted",
     "kafka_outage": "the broker (Tansu) SIGKILLed; writes fail with UNAVAILABLE / 503 and the kafka breaker opens",
 }
 _SLI_GRPC_FAILURE = 'grpc_code=~"Unknown|Internal|Unavailable|DataLoss|DeadlineExceeded"'
@@ -92,6 +94,10 @@ SIGNALS: dict[str, str] = {
     'meterd_relay_send_failures_total{robot="broken", reason="http_5xx"} > 0': "the failing robot's 5xx",
     'meterd_relay_notifications_total{robot="broken", result="rejected"} > 0': "the failing robot's refusal",
     'governance_breaker_state{breaker="kafka"} == 1': "the kafka breaker opened",
+    # Counted per reason from start-up (at 0), so only a count above 0 shows the Redis outage.
+    'governance_quota_storage_errors_total{reason="timeout"} > 0': "quota checks timed out on the hung Redis",
+    'governance_quota_storage_errors_total{reason="breaker_open"} > 0': "then the quota_storage breaker answered",
+    'governance_breaker_state{breaker="quota_storage"} == 1': "the quota_storage breaker opened",
     'governance_adaptive_sheds_total{priority="write", reason="inflight_cap"} > 0': "a write burst went past the cap",
     # Alerts (for: removed) that the faults must fire: the rules work on real series.
     'ALERTS{alertname="MeterdDependencyBreakerOpen", alertstate="firing", breaker="kafka"}': "the outage",
@@ -335,7 +341,8 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
             running_prometheus(config, tmp / "prometheus") as prometheus,
             running_relay(tmp, {"oncall": oncall, "broken": broken}, relay_port) as relay,
             running_tansu(tmp / "tansu") as tansu,
-            running_meterd_up(tmp, {**env, "METERD_KAFKA__BOOTSTRAP_SERVERS": tansu.bootstrap}) as meterd,
+            running_redis() as redis,
+            running_meterd_up(tmp, {**env, "METERD_KAFKA__BOOTSTRAP_SERVERS": tansu.bootstrap}, redis.url) as meterd,
             ThreadPoolExecutor(8) as pool,
         ):
             _wait_scraped(prometheus)
@@ -346,6 +353,9 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
             try:
                 healthy_traffic(traffic, broken, tmp / "profiles", injected)
                 lap("healthy traffic")
+                injected["quota_storage_outage"] = time.time()
+                quota_storage_outage(traffic, redis)
+                lap("quota storage outage")
                 injected["kafka_outage"] = time.time()
                 tansu.kill()
                 outage_answers = trip_kafka_breaker(traffic)
