@@ -21,7 +21,7 @@ from service.metrics import PipelineMetrics
 from service.pipeline.kafka_consumer import AggregatingConsumer
 from service.pipeline.kafka_isolation import PartitionSettler
 from service.storage import Repository
-from service.storage.ledger import Ledger
+from service.storage.ledger import Flush, Ledger
 from tests.service.test_consumer_poison import FAR_FUTURE_MINUTE, distinct_nodes_batch
 from tests.service.test_consumer_rebalance import MINUTE, TOPIC, Msg, StandInKafka, batch, consumer, counted
 from tests.support.pipeline import writer_batch
@@ -130,3 +130,29 @@ async def test_a_reset_after_a_quarantined_last_message_is_still_detected(
     await c._handle(TopicPartition(TOPIC, 0), new_log[kafka.positions[0]:])
     await c.flush()
     assert await counted(sqlite_ledger) == 3 + 80
+
+
+async def stored_and_tripped(ledger: Ledger) -> tuple[AggregatingConsumer, StandInKafka, list[Msg]]:
+    """A consumer re-reading from stored offset 5 (one message early) whose guard settles partition 0 apart."""
+    old = [Msg(TOPIC, 0, i, batch(f"old-{i}", 1), f"old-{i}".encode(), timestamp=i) for i in range(8)]
+    first, _ = await consumer(ledger, {0})
+    await first._handle(TopicPartition(TOPIC, 0), old[:5])
+    await first.flush()
+    c, kafka = await consumer(ledger, {0})
+    while not c._poison.wants(0):
+        c._poison.failed({0: 5}, {0: 8}, ValueError("cannot apply"))
+    return c, kafka, old
+
+
+async def test_the_early_message_alone_keeps_the_partition_settled_apart(sqlite_ledger: Ledger) -> None:
+    c, kafka, old = await stored_and_tripped(sqlite_ledger)
+    await c._handle(TopicPartition(TOPIC, 0), old[4:5])  # only the identity check's message
+    assert c._poison.wants(0)
+
+
+async def test_an_offset_race_while_settling_apart_re_reads_from_the_stored_offset(sqlite_ledger: Ledger) -> None:
+    c, kafka, old = await stored_and_tripped(sqlite_ledger)
+    await sqlite_ledger.apply(Flush(offsets={0: (5, 6)}), group_id=c._kafka.group_id, topic=TOPIC)  # a zombie
+    await c._handle(TopicPartition(TOPIC, 0), old[4:])
+    assert c._stored[0] == 6 and kafka.positions[0] == 6
+    assert await counted(sqlite_ledger) == 5
