@@ -194,9 +194,9 @@ class Repository(WebhookOutbox):
         async with self.db.engine.connect() as conn:
             return (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
 
-    async def apply_adjustment(self, row: dict[str, Any]) -> tuple[dict, bool]:
+    async def apply_adjustment(self, row: dict[str, Any], node_cap: int) -> tuple[dict, bool]:
         """(stored adjustment, applied now); see service.storage.adjustments."""
-        return await self._adjustments.apply(row)
+        return await self._adjustments.apply(row, node_cap)
 
     async def adjustments_in(self, account_id: str, start_s: int, end_s: int) -> list[dict]:
         return await self._adjustments.in_window(account_id, start_s, end_s)
