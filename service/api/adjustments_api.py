@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.api.bodies import parse_model, read_json
+from service.api.bodies import NodeId, parse_model, read_json
 from service.api.context import ApiContext, json_response
 from service.api.problems import Problem, invalid, not_found
 from service.api.timeparams import format_local, format_rfc3339, month_bounds, parse_month, parse_rfc3339, parse_zone
-from service.storage.adjustments import FIELDS, KeyReused, WouldGoNegative
+from service.storage.adjustments import FIELDS, KeyReused, NodeCapReached, WouldGoNegative
 from service.storage.repository import new_id
 
 Delta = Annotated[int, Field(ge=-(1 << 62), le=1 << 62, strict=True)]
@@ -25,7 +25,7 @@ Delta = Annotated[int, Field(ge=-(1 << 62), le=1 << 62, strict=True)]
 class AdjustmentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     idempotency_key: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
-    node_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    node_id: NodeId
     interval: str = Field(description="RFC 3339 start of the 5-minute interval")
     bytes_in: Delta = 0
     bytes_out: Delta = 0
@@ -41,7 +41,7 @@ def adjustment_json(row: dict, zone_name: str = "UTC") -> dict[str, Any]:
 
 
 def adjustment_routes(ctx: ApiContext) -> list[BaseRoute]:
-    repo, admin, readable_account = ctx.repo, ctx.admin, ctx.readable_account
+    repo, admin, readable_account, node_cap = ctx.repo, ctx.admin, ctx.readable_account, ctx.max_nodes_per_account
     max_body, body_timeout = ctx.max_body_bytes, ctx.body_timeout
 
     async def create(request: Request) -> Response:
@@ -60,11 +60,14 @@ def adjustment_routes(ctx: ApiContext) -> list[BaseRoute]:
                "node_id": body.node_id, "bucket": bucket, **{f: getattr(body, f) for f in FIELDS},
                "reason": body.reason}
         try:
-            stored, applied = await repo.apply_adjustment(row)
+            stored, applied = await repo.apply_adjustment(row, node_cap)
         except KeyReused as exc:
             raise Problem(409, "Idempotency Key Reused", str(exc)) from None
         except WouldGoNegative as exc:
             raise Problem(409, "Usage Would Go Negative", str(exc)) from None
+        except NodeCapReached:  # worded as ingest refuses a new node past the cap
+            raise invalid([{"field": "node_id", "detail": f"new node '{body.node_id}' refused: the account would "
+                            f"have more than {node_cap} distinct node ids (ingest.max_nodes_per_account)"}]) from None
         return json_response(adjustment_json(stored), 201 if applied else 200)
 
     async def listing(request: Request) -> Response:

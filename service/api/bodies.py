@@ -13,6 +13,7 @@ from service.api.messages import phrase
 from service.api.problems import Problem, invalid
 from service.api.timeparams import is_zone
 from service.billing_plan import BillingPlan
+from service.ingest.validate import NODE_ID, NODE_ID_PATTERN, NODE_ID_RULE
 
 MAX_QUOTA = 1 << 62
 M = TypeVar("M", bound=BaseModel)
@@ -83,6 +84,17 @@ def _zone(value: str) -> str:
 
 
 Zone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_zone)]
+
+
+def _node_id(value: str) -> str:
+    if not NODE_ID.fullmatch(value):
+        raise ValueError(NODE_ID_RULE)
+    return value
+
+
+# Ingest's rule (a look-ahead pydantic's regex engine lacks, hence a validator) with its pattern documented.
+NodeId = Annotated[str, StringConstraints(max_length=128), AfterValidator(_node_id),
+                   Field(json_schema_extra={"pattern": NODE_ID_PATTERN})]
 # Fractions of quota_bytes (1.0 = the quota); above 1 alerts on overage too.
 Thresholds = Annotated[list[Annotated[float, Field(gt=0, le=10)]], Field(min_length=1, max_length=10)]
 WebhookUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s]+$")]

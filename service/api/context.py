@@ -40,6 +40,7 @@ class ApiContext:
     readiness: list[ReadinessCheck] = field(default_factory=list)
     extra_routes: Sequence[BaseRoute] = ()
     default_region: str = "default"  # config billing.default_region
+    max_nodes_per_account: int = 10_000  # config ingest.max_nodes_per_account: adjustments register nodes too
 
     async def principal(self, request: Request) -> Principal:
         p = await self.auth.authenticate(request.headers.get("authorization"))

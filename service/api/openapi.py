@@ -52,7 +52,8 @@ _REGION_FILTER = {"name": "region", "in": "query", "style": "form", "explode": T
 _REGION = {"name": "region", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}}
 _NODE_ID = {"name": "node_id", "in": "path", "required": True,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+            "schema": {"type": "string", "pattern": NODE_ID_PATTERN},
+            "description": "ingest's node id; '/' in it is sent as is (or as %2F)"}
 _TZ = {"name": "tz", "in": "query", "schema": _ZONE, "description": "IANA zone of the buckets; default UTC"}
 
 # The traffic body is parsed by service.api.traffic_json into the protobuf records the gRPC writer

@@ -20,10 +20,10 @@ from service.api.timeparams import format_local
 from service.api.usage_body import UsageQuery, counts_json, point_rows, total_json
 from service.api.usage_query import MAX_ROWS
 from service.config import REGION_NAME
+from service.ingest.validate import NODE_ID, NODE_ID_RULE
 from service.storage import Repository
 from service.storage.regions import DEFAULT, MAX_MAPPED_NODES, UNMAPPED_WINDOW
 
-MAX_NODE_ID = 128
 UNMAPPED_LISTED = 100
 
 
@@ -117,8 +117,8 @@ def region_routes(ctx: ApiContext) -> list[BaseRoute]:
     def target(request: Request) -> tuple[str, str]:
         region = check_region(request.path_params["region"])
         node = request.path_params["node_id"]
-        if not 1 <= len(node) <= MAX_NODE_ID:
-            raise invalid([{"field": "node_id", "detail": f"must be 1 to {MAX_NODE_ID} characters"}])
+        if not NODE_ID.fullmatch(node):  # ingest's rule: a node it counts can be mapped, no other
+            raise invalid([{"field": "node_id", "detail": NODE_ID_RULE}])
         return region, node
 
     async def put_node(request: Request) -> Response:
@@ -139,5 +139,6 @@ def region_routes(ctx: ApiContext) -> list[BaseRoute]:
         return Response(status_code=204)
 
     return [Route("/v1/regions", overview, methods=["GET"]),
-            Route("/v1/regions/{region}/nodes/{node_id}", put_node, methods=["PUT"]),
-            Route("/v1/regions/{region}/nodes/{node_id}", delete_node, methods=["DELETE"])]
+            # :path, as ingest allows '/' in node ids; the template (path_format) stays {node_id}.
+            Route("/v1/regions/{region}/nodes/{node_id:path}", put_node, methods=["PUT"]),
+            Route("/v1/regions/{region}/nodes/{node_id:path}", delete_node, methods=["DELETE"])]

@@ -175,9 +175,13 @@ class AggregatingConsumer(StoredPositions):
                 await self.reset_partition_locked(tp.partition, self._stored.get(tp.partition) or 0,
                                              f"the partition does not hold the message last counted: {reset}")
                 return
-            if self._poison.wants(tp.partition) and buf.next_offset is None:
-                self._stored[tp.partition], messages = await self._poison.settle(
-                    tp.partition, self._stored.get(tp.partition), messages)
+            if self._poison.wants(tp.partition) and buf.next_offset is None and messages:
+                try:
+                    self._stored[tp.partition], messages = await self._poison.settle(
+                        tp.partition, self._stored.get(tp.partition), messages)
+                except OffsetConflict as exc:
+                    await self._lost_race(exc.partitions)
+                    return
             decoded: list[tuple[ConsumerRecord, Any]] = []
             if not messages:
                 return

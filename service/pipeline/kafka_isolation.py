@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 
 from service.metrics import PipelineMetrics
 from service.pipeline.counting import Aggregate, Verdict, decode, merged_usage, observe_freshness
+from service.pipeline.kafka_identity import message_mark
 from service.pipeline.poison import FailureStreak, settle
 from service.storage.ledger import AlreadyApplied, Flush, Ledger, OffsetConflict
 
@@ -34,21 +35,23 @@ class PartitionSettler:
         """Applies `messages` (in offset order, starting at the stored offset); returns the new stored offset."""
         position = [stored]
 
-        async def write(flush: Flush, new: int) -> None:
-            flush.offsets = {partition: (position[0], new)}
+        async def write(flush: Flush, last: ConsumerRecord) -> None:
+            # The mark of the last message moved past, as the normal flush stores: a later reset is seen.
+            flush.offsets = {partition: (position[0], last.offset + 1)}
+            flush.marks = {partition: message_mark(last)}
             await self._ledger.apply(flush, group_id=self._group_id, topic=self._topic)
-            position[0] = new
+            position[0] = last.offset + 1
 
         async def apply(group: Sequence[ConsumerRecord]) -> None:
             agg = await self._aggregate(group)
             usage, _ = merged_usage([agg])
-            await write(Flush(usage=usage, applied=agg.applied), group[-1].offset + 1)
+            await write(Flush(usage=usage, applied=agg.applied), group[-1])
             observe_freshness(self._metrics, [agg])
             self._metrics.consumer_records.inc(agg.records)
 
         async def quarantine(msg: ConsumerRecord, reason: str) -> None:
             await self._dead_letter(msg, reason)
-            await write(Flush(), msg.offset + 1)
+            await write(Flush(), msg)
             self._metrics.consumer_poison.inc()
             log.error("poison batch moved to the dead-letter topic; the partition moves on "
                       "(runbook: alerts/RUNBOOKS.md#meterddlqgrowing)",

@@ -180,7 +180,8 @@ class MeterdProcess:
             app = build_api(ApiContext(repo=repo, auth=auth, ingest=ingest, registry=self.registry, ledger=ledger,
                                        max_body_bytes=s.http.max_body_bytes,
                                        body_timeout=s.http.body_timeout_seconds, readiness=readiness,
-                                       extra_routes=extra_routes, default_region=s.billing.default_region))
+                                       extra_routes=extra_routes, default_region=s.billing.default_region,
+                                       max_nodes_per_account=s.ingest.max_nodes_per_account))
             http = HttpServer(gov.asgi(app, client_key=http_client_key), s.http.host, s.http.port, name="api",
                               header_timeout=s.http.header_timeout_seconds, max_header_bytes=s.http.max_header_bytes)
             with binding("http", s.http.host, s.http.port):

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.storage import schema
+from service.storage.nodes import register_nodes
 from service.storage.regions import DEFAULT, regions_of
 from service.storage.usage_write import saturating_upsert
 
@@ -27,6 +28,10 @@ class KeyReused(Exception):
 
 class WouldGoNegative(Exception):
     """A negative delta larger than the usage it would come off."""
+
+
+class NodeCapReached(Exception):
+    """A new node id would take the account past ingest.max_nodes_per_account."""
 
 
 def _targets(account: str, node: str, region: str, bucket: int) -> list[tuple[Table, dict[str, Any]]]:
@@ -62,7 +67,7 @@ class Adjustments:
                                                            t.c.idempotency_key == idempotency_key)))).mappings().first()
         return dict(row) if row else None
 
-    async def apply(self, row: dict[str, Any]) -> tuple[dict, bool]:
+    async def apply(self, row: dict[str, Any], node_cap: int) -> tuple[dict, bool]:
         """(the stored adjustment, True when this call applied it). A key seen before with the same
         content is a replay (False); with other content it is KeyReused."""
         existing = await self.find(row["account_id"], row["idempotency_key"])
@@ -70,6 +75,9 @@ class Adjustments:
             row = {**row, "created_at_ms": int(time.time() * 1000)}
             try:
                 async with self.engine.begin() as conn:
+                    # A node an adjustment names counts against the cap as one ingest writes does.
+                    if await register_nodes(conn, self._insert, {row["account_id"]: {row["node_id"]}}, node_cap):
+                        raise NodeCapReached(row["node_id"])
                     region = (await regions_of(conn, [row["node_id"]])).get(row["node_id"], DEFAULT)
                     delta = {f: row[f] for f in FIELDS}
                     for table, key in _targets(row["account_id"], row["node_id"], region, row["bucket"]):

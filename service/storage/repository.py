@@ -146,12 +146,16 @@ class Repository(WebhookOutbox):
             return res.rowcount > 0
 
     async def active_key_hashes(self, created_since_ms: int = 0) -> list[tuple[str, int]]:
-        """(key_hash, created_at_ms) of the unrevoked keys created at or after `created_since_ms`."""
-        keys = schema.api_keys.c
+        """(SHA-256 hex, created_at_ms) of the unrevoked API keys and live read-only tokens created
+        at or after `created_since_ms`: both pass the credential gate's valid-key filter."""
+        keys, tokens = schema.api_keys.c, schema.read_tokens.c
         async with self.db.engine.connect() as conn:
             res = await conn.execute(select(keys.key_hash, keys.created_at_ms)
                                      .where(and_(keys.created_at_ms >= created_since_ms, keys.revoked_at_ms.is_(None))))
-            return [(r[0], r[1]) for r in res]
+            live = await conn.execute(select(tokens.token_hash, tokens.created_at_ms).where(and_(
+                tokens.created_at_ms >= created_since_ms, tokens.revoked_at_ms.is_(None),
+                tokens.expires_at_ms > now_ms())))
+            return [(r[0], r[1]) for r in res] + [(r[0], r[1]) for r in live]
 
     async def account_for_key(self, key: str) -> str | None:
         """The account owning an unrevoked key, or None."""
@@ -190,9 +194,9 @@ class Repository(WebhookOutbox):
         async with self.db.engine.connect() as conn:
             return (await usage_totals(conn, [account_id], start_s, end_s))[account_id]
 
-    async def apply_adjustment(self, row: dict[str, Any]) -> tuple[dict, bool]:
+    async def apply_adjustment(self, row: dict[str, Any], node_cap: int) -> tuple[dict, bool]:
         """(stored adjustment, applied now); see service.storage.adjustments."""
-        return await self._adjustments.apply(row)
+        return await self._adjustments.apply(row, node_cap)
 
     async def adjustments_in(self, account_id: str, start_s: int, end_s: int) -> list[dict]:
         return await self._adjustments.in_window(account_id, start_s, end_s)

@@ -72,7 +72,8 @@ def test_conflicts_and_bounds(stack: Meterd) -> None:
     ({"interval": "2026-04-10T12:06:00Z"}, "interval"), ({"interval": "yesterday"}, "interval"),
     ({"bytes_in": 0}, "bytes_in"), ({"idempotency_key": "has space"}, "idempotency_key"),
     ({"reason": ""}, "reason"), ({"bytes_in": 1 << 63}, "bytes_in"), ({"bytes_in": "5"}, "bytes_in"),
-    ({"extra": 1}, "extra")])
+    ({"extra": 1}, "extra"), ({"node_id": "=HYPERLINK()"}, "node_id"), ({"node_id": "edge 1"}, "node_id"),
+    ({"node_id": "edge\n1"}, "node_id"), ({"node_id": ""}, "node_id")])
 def test_bad_adjustments(stack: Meterd, change: dict, field: str) -> None:
     acc, _ = stack.new_account("adjust-400")
     body = {"idempotency_key": "k", "node_id": "edge-1", "interval": APRIL, "reason": "r", "bytes_in": 5, **change}

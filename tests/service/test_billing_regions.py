@@ -69,9 +69,18 @@ def test_map_from_config_and_admin_api(regional: Meterd) -> None:
     assert sg not in {n for r in regional.admin.get("/v1/regions").json()["regions"] for n in r["nodes"]}
 
 
+def test_a_node_id_with_slashes_is_mapped_like_any_other(regional: Meterd) -> None:
+    pod = "k8s/" + unique_node("pod") + "/edge"  # ingest allows '/' in node ids
+    put(regional, "overseas", pod)
+    assert pod in {n for r in regional.admin.get("/v1/regions").json()["regions"] for n in r["nodes"]}
+    assert regional.admin.delete(f"/v1/regions/overseas/nodes/{pod}").status_code == 204
+
+
 @pytest.mark.parametrize(("path", "field"), [("/v1/regions/cn/nodes/n1", "region"),
                                              ("/v1/regions/Bad!/nodes/n1", "region"),
-                                             (f"/v1/regions/eu/nodes/{'n' * 129}", "node_id")])
+                                             (f"/v1/regions/eu/nodes/{'n' * 129}", "node_id"),
+                                             ("/v1/regions/eu/nodes/=cmd", "node_id"),
+                                             ("/v1/regions/eu/nodes/edge%201", "node_id")])
 def test_bad_mapping(regional: Meterd, path: str, field: str) -> None:
     assert field in problem_fields(assert_problem(regional.admin.put(path), 400))
 

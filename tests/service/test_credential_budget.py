@@ -89,10 +89,13 @@ def test_profiles_are_charged_to_the_peer_budget(meterd: MeterdProc) -> None:
     assert ok.status_code == 200, ok.text  # the admin is not locked out by its peer's failures
 
 
-def test_a_bad_token_flood_does_not_refuse_a_fresh_valid_key(meterd: MeterdProc) -> None:
+@pytest.mark.parametrize("kind", ["keys", "read-tokens"])
+def test_a_bad_token_flood_does_not_refuse_a_fresh_valid_key(meterd: MeterdProc, kind: str) -> None:
+    """An API key writes, a read-only `mr_` token reads; neither is refused behind the flooded address."""
     with meterd.client() as admin:
         account = admin.post("/v1/accounts", json={"name": "behind-nat"}).json()["id"]
-        key = admin.post(f"/v1/accounts/{account}/keys").json()["key"]
+        issued = admin.post(f"/v1/accounts/{account}/{kind}", json={} if kind == "read-tokens" else None)
+        key = issued.json()["key" if kind == "keys" else "token"]
     stop, flood_statuses = threading.Event(), Counter[int]()
 
     def flood() -> None:
@@ -110,9 +113,11 @@ def test_a_bad_token_flood_does_not_refuse_a_fresh_valid_key(meterd: MeterdProc)
             while flood_statuses[429] < 20:  # the shared address is over its budget before the key's first use
                 threading.Event().wait(0.05)
             for _ in range(20):
-                body = {"batch_id": unique(), "records": [record(account)]}
-                r = c.post("/v1/traffic", json=body)
-                if r.status_code != 202:
+                if kind == "keys":
+                    r = c.post("/v1/traffic", json={"batch_id": unique(), "records": [record(account)]})
+                else:
+                    r = c.get(f"/v1/accounts/{account}")
+                if r.status_code != (202 if kind == "keys" else 200):
                     refused.append((r.status_code, r.text))
     finally:
         stop.set()

@@ -12,16 +12,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from service.config import Settings
 from service.metrics import PipelineMetrics
 from service.pipeline.kafka_consumer import AggregatingConsumer
+from service.pipeline.kafka_isolation import PartitionSettler
 from service.storage import Repository
-from service.storage.ledger import Ledger
+from service.storage.ledger import Flush, Ledger
 from tests.service.test_consumer_poison import FAR_FUTURE_MINUTE, distinct_nodes_batch
-from tests.service.test_consumer_rebalance import MINUTE, TOPIC, Msg, StandInKafka
+from tests.service.test_consumer_rebalance import MINUTE, TOPIC, Msg, StandInKafka, batch, consumer, counted
 from tests.support.pipeline import writer_batch
 
 
@@ -51,6 +53,9 @@ class StandInDlq:
 
     async def send_and_wait(self, topic: str, value: bytes, key: Any = None, headers: Any = None) -> None:
         self.sent.append((value, dict(headers or ())))
+
+    async def dead_letter(self, msg: Msg, reason: str) -> None:
+        self.sent.append((msg.value, {"meterd-error": reason.encode()}))
 
 
 @contextlib.asynccontextmanager
@@ -103,3 +108,51 @@ async def test_buffered_sums_are_flushed_once_they_reach_max_flush_keys(sqlite_l
     async with running(sqlite_ledger, log, CollectorRegistry(), flush_interval_seconds=600,
                        max_flush_keys=1_500):
         await wait_for_usage(sqlite_ledger, "wide", 3_000, 5)
+
+
+async def test_a_reset_after_a_quarantined_last_message_is_still_detected(
+        sqlite_ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+    """The poison path stores the fingerprint of the message it moved past, as a normal flush does:
+    with the poison batch last in the partition, a longer new log is still seen as a reset."""
+    quota_account = (await Repository(sqlite_ledger.db).create_account("quota", 10**12))["id"]
+    poison = writer_batch("poison", 7, FAR_FUTURE_MINUTE, quota_account).SerializeToString()
+    old = [Msg(TOPIC, 0, i, batch(f"old-{i}", 1), f"old-{i}".encode(), timestamp=i) for i in range(3)]
+    old.append(Msg(TOPIC, 0, 3, poison, b"poison", timestamp=3))
+    c, kafka = await consumer(sqlite_ledger, {0})
+    settler = PartitionSettler(sqlite_ledger, c._kafka.group_id, TOPIC, PipelineMetrics(CollectorRegistry()),
+                               attempts=2, dead_letter=StandInDlq().dead_letter)
+    assert await settler.run(0, None, old) == 4
+    new_log = [Msg(TOPIC, 0, i, batch(f"new-{i}", 10), f"new-{i}".encode(), timestamp=100 + i) for i in range(8)]
+    c, kafka = await consumer(sqlite_ledger, {0})
+    assert kafka.positions[0] == 3  # one message early, to compare it with the quarantined one
+    await c._handle(TopicPartition(TOPIC, 0), new_log[kafka.positions[0]:])
+    assert "does not hold the message last counted" in caplog.text
+    await c._handle(TopicPartition(TOPIC, 0), new_log[kafka.positions[0]:])
+    await c.flush()
+    assert await counted(sqlite_ledger) == 3 + 80
+
+
+async def stored_and_tripped(ledger: Ledger) -> tuple[AggregatingConsumer, StandInKafka, list[Msg]]:
+    """A consumer re-reading from stored offset 5 (one message early) whose guard settles partition 0 apart."""
+    old = [Msg(TOPIC, 0, i, batch(f"old-{i}", 1), f"old-{i}".encode(), timestamp=i) for i in range(8)]
+    first, _ = await consumer(ledger, {0})
+    await first._handle(TopicPartition(TOPIC, 0), old[:5])
+    await first.flush()
+    c, kafka = await consumer(ledger, {0})
+    while not c._poison.wants(0):
+        c._poison.failed({0: 5}, {0: 8}, ValueError("cannot apply"))
+    return c, kafka, old
+
+
+async def test_the_early_message_alone_keeps_the_partition_settled_apart(sqlite_ledger: Ledger) -> None:
+    c, kafka, old = await stored_and_tripped(sqlite_ledger)
+    await c._handle(TopicPartition(TOPIC, 0), old[4:5])  # only the identity check's message
+    assert c._poison.wants(0)
+
+
+async def test_an_offset_race_while_settling_apart_re_reads_from_the_stored_offset(sqlite_ledger: Ledger) -> None:
+    c, kafka, old = await stored_and_tripped(sqlite_ledger)
+    await sqlite_ledger.apply(Flush(offsets={0: (5, 6)}), group_id=c._kafka.group_id, topic=TOPIC)  # a zombie
+    await c._handle(TopicPartition(TOPIC, 0), old[4:])
+    assert c._stored[0] == 6 and kafka.positions[0] == 6
+    assert await counted(sqlite_ledger) == 5

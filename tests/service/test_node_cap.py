@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from tests.support.meterd import meterd_env
@@ -36,6 +37,13 @@ def _refused_over_http(m: Meterd, key: str, acc: str, nodes: list[str]) -> dict[
     return problem_fields(assert_problem(resp, 400))
 
 
+def _adjust(m: Meterd, acc: str, node: str) -> httpx.Response:
+    """An admin adjustment names a node too: it counts against the same cap."""
+    return m.admin.post(f"/v1/accounts/{acc}/adjustments", json={
+        "idempotency_key": unique("adj"), "node_id": node, "interval": "2026-04-10T12:05:00Z",
+        "reason": "meter undercounted", "bytes_in": 1})
+
+
 def test_new_nodes_beyond_the_cap_are_refused(tmp_path: Path) -> None:
     env = meterd_env(tmp_path, METERD_INGEST__MAX_NODES_PER_ACCOUNT=str(CAP))
     with shared_meterd(tmp_path, env) as m:
@@ -52,6 +60,12 @@ def test_new_nodes_beyond_the_cap_are_refused(tmp_path: Path) -> None:
         assert "records[0].node_id" in grpc_violations(err.value)
         m.write(other_key, unique("o"), _batch(other, [f"o-{i}" for i in range(CAP)]))  # its own cap
         m.wait_totals(acc, {"bytes_in": 6, "bytes_out": 0, "requests": 6})
+        adjusted, adjusted_key = m.new_account("adjusted")
+        assert [_adjust(m, adjusted, f"a-{i}").status_code for i in range(CAP)] == [201] * CAP
+        fields = problem_fields(assert_problem(_adjust(m, adjusted, "a-new"), 400))
+        assert "ingest.max_nodes_per_account" in fields["node_id"], fields
+        assert _adjust(m, adjusted, "a-0").status_code == 201  # a known node still takes adjustments
+        assert "records[0].node_id" in _refused_over_http(m, adjusted_key, adjusted, ["a-new"])
     with shared_meterd(tmp_path, env) as m:  # same data dir: the registry survives the restart
         assert "records[0].node_id" in _refused_over_http(m, key, acc, ["edge-6"])
         m.write(key, unique("known"), _batch(acc, ["edge-3"]))

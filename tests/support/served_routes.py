@@ -52,7 +52,8 @@ def flatten(app: Any, prefix: str = "") -> list[Endpoint]:
             methods = set(route.methods or {"*"})
             if "GET" in methods:
                 methods.discard("HEAD")  # Starlette adds HEAD to every GET route; same handler
-            out.extend((m, prefix + route.path) for m in sorted(methods))
+            # path_format: the template without convertors ({node_id:path} -> {node_id}), as OpenAPI writes it
+            out.extend((m, prefix + route.path_format) for m in sorted(methods))
         elif isinstance(route, Mount):
             out.extend(flatten(route.app, prefix + route.path))
         elif isinstance(route, Host):
