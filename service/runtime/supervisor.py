@@ -69,6 +69,7 @@ class Supervisor:
         self.stopped = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._reservation: socket.socket | None = None
+        self._extra_targets: list[dict[str, Any]] = []  # the supervisor's own admin target
         self.grpc_port = settings.grpc.port
 
     def _check_and_reserve(self) -> None:
@@ -186,7 +187,7 @@ class Supervisor:
             self._extra_targets = extra
         path = self.settings.data_dir / TARGETS_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([*getattr(self, "_extra_targets", []), *self.scrape_targets()], indent=1) + "\n")
+        tmp.write_text(json.dumps([*self._extra_targets, *self.scrape_targets()], indent=1) + "\n")
         tmp.replace(path)
 
     async def stop(self) -> int:
