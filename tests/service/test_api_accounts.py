@@ -233,7 +233,7 @@ def _app_routes() -> set[tuple[str, str]]:
         assert isinstance(route, Route)
         for method in route.methods or ():
             if method != "HEAD":
-                out.add((route.path, method.lower()))
+                out.add((route.path_format, method.lower()))  # without convertors, as OpenAPI writes it
     return out
 
 
